@@ -1,0 +1,191 @@
+"""The versioned artifact directory that the trainer writes and the services serve.
+
+    <root>/<version>/manifest.json   schema version, data fingerprint, params, metrics, sha256 of every file
+    <root>/<version>/...             the files the manifest lists
+    <root>/CURRENT                   the version to serve (one line)
+
+A version is written into a hidden temporary directory and renamed into place only when complete, and
+CURRENT is replaced atomically, so a reader never sees half a version. Readers verify every checksum
+before they use a version: a corrupt or partial one is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+
+log = logging.getLogger(__name__)
+
+
+class ArtifactError(Exception):
+    """A version that cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class ArtifactVersion:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise ArtifactError(f"artifact {self.version} has no file {name!r}")
+        return self.path / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def new_version_name() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def staging_dir(root: Path, version: str) -> Path:
+    """A fresh hidden directory to write a version's files into before `publish`."""
+    path = root / f".staging-{version}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(root: Path, staging: Path, version: str, manifest: dict[str, Any]) -> ArtifactVersion:
+    """Checksum every file in `staging`, write the manifest, move it to `root/version`, point CURRENT at it."""
+    files = {
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(staging.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    full = {
+        "schema_version": SCHEMA_VERSION,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(),
+        **manifest,
+        "files": files,
+    }
+    (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    final = root / version
+    if final.exists():
+        raise ArtifactError(f"artifact version {version} already exists in {root}")
+    staging.rename(final)
+    set_current(root, version)
+    return ArtifactVersion(version, final, full)
+
+
+def set_current(root: Path, version: str) -> None:
+    tmp = root / f".{CURRENT}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / CURRENT)
+
+
+def current_version_name(root: Path) -> str:
+    pointer = root / CURRENT
+    if not root.is_dir():
+        raise ArtifactError(f"artifacts directory {root} does not exist (run `recsys train` first)")
+    if not pointer.is_file():
+        raise ArtifactError(f"{pointer} is missing (run `recsys train` first)")
+    name = pointer.read_text().strip()
+    if not name or "/" in name or name.startswith("."):
+        raise ArtifactError(f"{pointer} does not name a version: {name!r}")
+    return name
+
+
+def open_version(root: Path, version: str) -> ArtifactVersion:
+    """Read and verify one version: manifest present and parseable, schema known, every file's sha256."""
+    path = root / version
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"artifact {version}: {manifest_path} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"artifact {version}: manifest.json is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"artifact {version}: schema_version {found!r}, expected {SCHEMA_VERSION}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"artifact {version}: manifest lists no files")
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"artifact {version}: file {name} is missing")
+        if sha256_file(file) != meta.get("sha256"):
+            raise ArtifactError(f"artifact {version}: file {name} is corrupt (sha256 mismatch)")
+    return ArtifactVersion(version, path, manifest)
+
+
+def open_current(root: Path) -> ArtifactVersion:
+    return open_version(root, current_version_name(root))
+
+
+Loader = Callable[[ArtifactVersion], Awaitable[None]]
+
+
+class ArtifactWatcher:
+    """Loads CURRENT at start and again whenever it changes; a version that fails stays refused.
+
+    `loader` must build the new state completely and swap it in only at the end, so a failed load leaves
+    the previous version serving.
+    """
+
+    def __init__(self, root: Path, loader: Loader, interval_s: float) -> None:
+        self.root = root
+        self.loader = loader
+        self.interval_s = interval_s
+        self.loaded: str | None = None
+        self._refused: str | None = None
+
+    async def check(self) -> bool:
+        """Load CURRENT if it names a new version; True when a version is loaded (new or old)."""
+        try:
+            name = current_version_name(self.root)
+        except ArtifactError as e:
+            self._refuse(str(e))
+            return self.loaded is not None
+        if name in (self.loaded, self._refused):
+            return self.loaded is not None
+        try:
+            version = await asyncio.to_thread(open_version, self.root, name)
+            await self.loader(version)
+        except Exception as e:  # any failure refuses this version; the old one keeps serving
+            self._refused = name
+            log.error(
+                "artifact version refused",
+                extra={"version": name, "reason": str(e), "serving": self.loaded},
+            )
+            return self.loaded is not None
+        log.info("artifact version loaded", extra={"version": name, "previous": self.loaded})
+        self.loaded = name
+        self._refused = None
+        return True
+
+    def _refuse(self, reason: str) -> None:
+        if self._refused != reason:
+            self._refused = reason
+            log.error("artifacts unavailable", extra={"reason": reason, "serving": self.loaded})
+
+    async def run(self, on_loaded: Callable[[], None]) -> None:
+        """Poll forever; call `on_loaded` after every successful load."""
+        while True:
+            before = self.loaded
+            if await self.check() and self.loaded != before:
+                on_loaded()
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,79 @@
+"""What every RPC handler shares: a span named `recsys.<service>.<operation>`, and the mapping of our
+errors to gRPC status codes (bad input -> INVALID_ARGUMENT naming the field; no artifacts yet ->
+UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable, Sized
+from typing import Any, TypeVar
+
+import grpc
+from opentelemetry import trace
+
+from services.common.telemetry import tracer
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class InvalidArgument(ValueError):
+    """Bad request input; the message starts with the field's name."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotReady(RuntimeError):
+    """The service has no artifacts loaded yet."""
+
+
+def require(condition: bool, field: str, problem: str) -> None:
+    if not condition:
+        raise InvalidArgument(field, problem)
+
+
+def require_id(value: str, field: str) -> None:
+    require(bool(value.strip()), field, "must not be empty")
+    require(len(value) <= 256, field, f"must be at most 256 characters, got {len(value)}")
+
+
+def require_max_len(values: Sized, field: str, limit: int) -> None:
+    require(len(values) <= limit, field, f"at most {limit} entries, got {len(values)}")
+
+
+def require_finite(value: float, field: str) -> None:
+    require(math.isfinite(value), field, f"must be a finite number, got {value}")
+
+
+Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def handler(
+    service: str, operation: str
+) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+    """Decorate a servicer method: span `recsys.<service>.<operation>` and error-to-status mapping."""
+    span_name = f"recsys.{service}.{operation}"
+
+    def decorate(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+        @functools.wraps(method)
+        async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+            with tracer(service).start_as_current_span(span_name) as span:
+                try:
+                    return await method(self, request, context)
+                except InvalidArgument as e:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                except NotReady as e:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            raise AssertionError("unreachable: context.abort raises")
+
+        return wrapped
+
+    return decorate
+
+

@@ -1,0 +1,130 @@
+"""One server bootstrap for every service: grpc.aio server, standard health service (NOT_SERVING until
+the artifacts are loaded), reflection, artifact hot reload, and graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import telemetry
+from services.common.artifacts import ArtifactVersion, ArtifactWatcher
+from services.common.config import option, port_number, positive
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Fields every service has; each service's config extends this."""
+
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(50051, "port to listen on", port_number)
+    artifacts_dir: Path = option(Path("artifacts"), "artifact root holding CURRENT and the versions")
+    reload_interval_s: float = option(2.0, "how often to look for a new CURRENT version", positive)
+    grace_s: float = option(5.0, "how long in-flight calls may finish at shutdown", positive)
+    log_level: str = option("info", "debug, info, warning or error")
+
+
+class Component(Protocol):
+    """What a service hands to `serve`."""
+
+    #: Short name: "features", "retrieval", "ranking", "gateway".
+    name: str
+    #: Fully qualified gRPC service name, e.g. "recsys.v1.FeatureService" (health and reflection).
+    service_name: str
+    #: False for a service that can answer without artifacts (SERVING as soon as it listens).
+    needs_artifacts: bool
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def load(self, version: ArtifactVersion) -> None:
+        """Build the state for `version` completely, then swap it in; raise to refuse the version."""
+
+    async def close(self) -> None: ...
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
+    server = grpc.aio.server(options=channel_options())
+    component.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [component.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+
+    async def set_serving(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", component.service_name):
+            await health_servicer.set(name, status)
+
+    await set_serving(False)
+    address = f"{config.host}:{config.port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"{component.name}: cannot listen on {address}")
+    await server.start()
+    log.info("listening", extra={"address": address, "component": component.name})
+
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    watch: asyncio.Task[None] | None = None
+    if component.needs_artifacts:
+        watcher = ArtifactWatcher(config.artifacts_dir, component.load, config.reload_interval_s)
+
+        def on_loaded() -> None:
+            loop.create_task(set_serving(True))
+
+        watch = loop.create_task(watcher.run(on_loaded))
+    else:
+        await set_serving(True)
+
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": config.grace_s})
+    if watch is not None:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_s)
+    await component.close()
+
+
+class StartupError(RuntimeError):
+    """A service cannot start (e.g. Redis unreachable); the CLI prints the message and exits non-zero."""
+
+
+def run(name: str, create: Callable[[], Component], config: ServerConfig) -> None:
+    """Process entry point: logging and tracing first (so gRPC is instrumented), then the component."""
+    telemetry.setup_logging(name, config.log_level)
+    provider = telemetry.setup_tracing(name)
+
+    async def main() -> None:
+        await serve(create(), config)
+
+    try:
+        asyncio.run(main())
+    finally:
+        provider.shutdown()

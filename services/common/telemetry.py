@@ -1,0 +1,100 @@
+"""Logging and tracing set-up shared by every process.
+
+Logs: one JSON object per line on stderr, with the service, the current trace and span ids, and any
+`extra={...}` fields. Traces: OpenTelemetry SDK; the exporter is chosen by the standard variables:
+`OTEL_TRACES_EXPORTER` = otlp | console | none (default: otlp when an `OTEL_EXPORTER_OTLP_*ENDPOINT`
+is set, else none), `OTEL_SERVICE_NAME` (default `recsys-<service>`), and the OTLP exporter's own
+`OTEL_EXPORTER_OTLP_*` variables. gRPC servers and `grpc.aio` clients are instrumented so that the
+trace context crosses every hop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
+_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event["trace_id"] = format(context.trace_id, "032x")
+            event["span_id"] = format(context.span_id, "016x")
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS:
+                event[key] = value
+        if record.exc_info:
+            event["error"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
+def setup_logging(service: str, level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _exporter() -> SpanExporter | None:
+    endpoint_set = any(
+        os.environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if endpoint_set else "none").strip().lower()
+    if choice == "none":
+        return None
+    if choice == "console":
+        return ConsoleSpanExporter()
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r}: expected otlp, console or none")
+
+
+def setup_tracing(service: str) -> TracerProvider:
+    """Install the global tracer provider and instrument gRPC; call before creating servers or channels."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+
+    os.environ.setdefault("OTEL_SERVICE_NAME", f"recsys-{service}")
+    provider = TracerProvider(resource=Resource.create({"recsys.service": service}))
+    exporter = _exporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorClient().instrument()
+    return provider
+
+
+def tracer(service: str) -> trace.Tracer:
+    return trace.get_tracer(f"recsys.{service}")
+
+
+def current_trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
