@@ -18,17 +18,18 @@ PROTO_FILES = sorted(PROTO_ROOT.glob("recsys/v1/*.proto"))
 
 
 def generate(out: Path) -> list[Path]:
-    """Run protoc (messages, .pyi, gRPC stubs and their .pyi) into `out`; returns the files written."""
+    """Run protoc (messages, gRPC stubs, and mypy-protobuf .pyi for both) into `out`; returns the files."""
     out.mkdir(parents=True, exist_ok=True)
-    plugin = shutil.which("protoc-gen-mypy_grpc") or str(Path(sys.executable).parent / "protoc-gen-mypy_grpc")
+    bindir = Path(sys.executable).parent
     grpc_include = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{grpc_include}",
-        f"--plugin=protoc-gen-mypy_grpc={plugin}",
+        f"--plugin=protoc-gen-mypy={shutil.which('protoc-gen-mypy') or bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={shutil.which('protoc-gen-mypy_grpc') or bindir / 'protoc-gen-mypy_grpc'}",
         f"--python_out={out}",
-        f"--pyi_out={out}",
+        f"--mypy_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_grpc_out={out}",
         *[str(p) for p in PROTO_FILES],

@@ -84,7 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         )
 
 
-def load(cls: type[T], flags: Mapping[str, Any] | argparse.Namespace, env: Mapping[str, str] | None = None) -> T:
+def load(
+    cls: type[T], flags: Mapping[str, Any] | argparse.Namespace, env: Mapping[str, str] | None = None
+) -> T:
     """Build `cls` from parsed flags and the environment; raise ConfigError naming the bad field."""
     env = os.environ if env is None else env
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
@@ -115,12 +117,16 @@ def load(cls: type[T], flags: Mapping[str, Any] | argparse.Namespace, env: Mappi
     return config
 
 
-def parse(cls: type[T], argv: Sequence[str], env: Mapping[str, str] | None = None) -> T:
-    """Parse `argv` (flags only) into `cls`: what `recsys serve NAME ...` and the tests use."""
-    parser = argparse.ArgumentParser(prog=cls.__name__, exit_on_error=False)
+def parse(
+    cls: type[T], argv: Sequence[str], env: Mapping[str, str] | None = None, prog: str | None = None
+) -> T:
+    """Parse `argv` (flags only) into `cls`: what `recsys serve NAME ...` uses."""
+    parser = argparse.ArgumentParser(prog=prog or cls.__name__, exit_on_error=False)
     add_arguments(parser, cls)
     try:
-        namespace = parser.parse_args(list(argv))
+        namespace, unknown = parser.parse_known_args(list(argv))
     except argparse.ArgumentError as e:
         raise ConfigError(str(e)) from e
+    if unknown:
+        raise ConfigError(f"unrecognized arguments: {' '.join(unknown)}")
     return load(cls, namespace, env)

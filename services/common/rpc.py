@@ -52,9 +52,7 @@ def require_finite(value: float, field: str) -> None:
 Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
 
-def handler(
-    service: str, operation: str
-) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Decorate a servicer method: span `recsys.<service>.<operation>` and error-to-status mapping."""
     span_name = f"recsys.{service}.{operation}"
 
@@ -75,5 +73,3 @@ def handler(
         return wrapped
 
     return decorate
-
-

@@ -66,15 +66,21 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
     """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
     server = grpc.aio.server(options=channel_options())
     component.add_to_server(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [component.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            component.service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
 
     async def set_serving(serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", component.service_name):
             await health_servicer.set(name, status)
 
@@ -94,8 +100,12 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
     if component.needs_artifacts:
         watcher = ArtifactWatcher(config.artifacts_dir, component.load, config.reload_interval_s)
 
+        pending: set[asyncio.Task[None]] = set()
+
         def on_loaded() -> None:
-            loop.create_task(set_serving(True))
+            task = loop.create_task(set_serving(True))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
         watch = loop.create_task(watcher.run(on_loaded))
     else:

@@ -86,8 +86,8 @@ def setup_tracing(service: str) -> TracerProvider:
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    GrpcAioInstrumentorServer().instrument()
-    GrpcAioInstrumentorClient().instrument()
+    GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
+    GrpcAioInstrumentorClient().instrument()  # type: ignore[no-untyped-call]
     return provider
 
 

@@ -1,0 +1,175 @@
+"""The `recsys` command: train, serve one service, run all four (`up`), call the gateway, demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from services.common import config
+
+SERVICE_MODULES = {
+    "gateway": "services.gateway.service",
+    "features": "services.features.service",
+    "retrieval": "services.retrieval.service",
+    "ranking": "services.ranking.service",
+}
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def service_module(name: str) -> ModuleType:
+    # Imported on demand: `recsys recommend` should not pay for FAISS and LightGBM.
+    return importlib.import_module(SERVICE_MODULES[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train on an interaction log and publish an artifact version")
+    from services.trainer.cli import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run one service in the foreground",
+        description="`recsys serve NAME --help` lists its flags",
+    )
+    serve.add_argument("service", choices=sorted(SERVICE_MODULES))
+    serve.add_argument("flags", nargs=argparse.REMAINDER, help="the service's flags (RECSYS_* env vars too)")
+
+    up = commands.add_parser("up", help="run all four services on loopback until Ctrl-C")
+    up.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    up.add_argument("--redis-url", default=None, help="features store in Redis (default: embedded)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
+    up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
+
+    recommend = commands.add_parser("recommend", help="ask the gateway for a user's top k")
+    recommend.add_argument("--user", required=True)
+    recommend.add_argument("-k", type=int, default=10)
+    recommend.add_argument("--exclude", nargs="*", default=[])
+    recommend.add_argument("--gateway", default="127.0.0.1:50051")
+    recommend.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="for titles")
+
+    feedback = commands.add_parser("feedback", help="send one event through the gateway")
+    feedback.add_argument("--user", required=True)
+    feedback.add_argument("--item", required=True)
+    feedback.add_argument("--type", choices=["impression", "click", "rating"], default="click")
+    feedback.add_argument("--rating", type=float, default=0.0)
+    feedback.add_argument("--gateway", default="127.0.0.1:50051")
+
+    demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
+    demo.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--redis-url", default=None)
+    demo.add_argument("--users", type=int, default=3, help="warm users to show (a cold one is added)")
+    demo.add_argument("--requests", type=int, default=200, help="sequential requests for the latency table")
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.common.server import StartupError, run
+
+    module = service_module(args.service)
+    cfg = config.parse(module.Config, args.flags, prog=f"recsys serve {args.service}")
+    try:
+        run(args.service, lambda: module.create(cfg), cfg)
+    except StartupError as e:
+        raise CommandError(str(e)) from e
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.local import SERVICES, LocalPlatform
+
+    ports = {name: args.port + i for i, name in enumerate(("gateway", "features", "retrieval", "ranking"))}
+    platform = LocalPlatform(
+        args.artifacts_dir,
+        args.work_dir / "logs",
+        host=args.host,
+        ports=ports,
+        redis_url=args.redis_url,
+        event_log=args.work_dir / "events.jsonl",
+    )
+    with platform:
+        for name in SERVICES:
+            print(f"{name:<10} {platform.address(name)}  pid {platform.processes[name].pid}")
+        print(f"logs in {platform.log_dir}; Ctrl-C stops all four")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import grpc
+
+    from services.client import Client
+    from services.demo import format_response, load_titles
+
+    with Client(args.gateway) as client:
+        try:
+            response = client.recommend(args.user, k=args.k, exclude=args.exclude, debug=True)
+        except grpc.RpcError as e:
+            raise CommandError(f"{e.code().name}: {e.details()}") from e
+    print(format_response(response, load_titles(args.artifacts_dir)))
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import grpc
+
+    from services.client import Client, event
+
+    with Client(args.gateway) as client:
+        try:
+            accepted = client.feedback([event(args.user, args.item, args.type, args.rating)])
+        except grpc.RpcError as e:
+            raise CommandError(f"{e.code().name}: {e.details()}") from e
+    print(f"accepted {accepted}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo import run
+
+    return run(args.artifacts_dir, args.work_dir, args.redis_url, args.users, args.requests)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from services.trainer.cli import main as train_main
+
+    return train_main(args)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "serve": cmd_serve,
+    "up": cmd_up,
+    "recommend": cmd_recommend,
+    "feedback": cmd_feedback,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, config.ConfigError) as e:
+        print(f"recsys {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""A small OTLP/gRPC trace receiver: what the services export to when there is no collector
+(tests, and reports read from a live run). Spans are kept in memory as flat records."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    service: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+def _value(v: common_pb2.AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, sink: OtlpReceiver) -> None:
+        self.sink = sink
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        received = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            service = str(resource.get("service.name", ""))
+            for scope_spans in resource_spans.scope_spans:
+                for s in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_span_id=s.parent_span_id.hex(),
+                            name=s.name,
+                            service=service,
+                            kind=s.kind,
+                            start_ns=s.start_time_unix_nano,
+                            end_ns=s.end_time_unix_nano,
+                            attributes={a.key: _value(a.value) for a in s.attributes},
+                        )
+                    )
+        self.sink.add(received)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class OtlpReceiver:
+    """Listens on `host:port` (0 picks a free port); `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._spans: list[ReceivedSpan] = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.server)  # type: ignore[no-untyped-call]
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.endpoint = f"http://{host}:{self.port}"
+
+    def add(self, spans: list[ReceivedSpan]) -> None:
+        with self._lock:
+            self._spans.extend(spans)
+
+    @property
+    def spans(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self._spans)
+
+    def start(self) -> OtlpReceiver:
+        self.server.start()
+        return self
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self.server.stop(grace_s)

@@ -1,0 +1,200 @@
+"""The in-process online store (the default when no Redis URL is configured).
+
+The served version is one immutable snapshot of numpy arrays and dicts, swapped in with a single
+assignment. The event log is a JSON-lines file: a batch is written with one `write`, flushed and
+fsynced before anything of it is applied in memory; a batch whose write fails is cut off the file again,
+so the log and the live state both hold all of it or none. On open the log is replayed to rebuild the
+users' live recent/seen items (a torn last line, never acknowledged, is cut off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.common.artifacts import ArtifactVersion
+from services.features.store import (
+    EMPTY,
+    RECENT_MAX,
+    BoolArray,
+    Event,
+    FloatArray,
+    UserProfile,
+    check_events,
+    merge_recent,
+    read_tables,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    #: The append-only JSON-lines event log.
+    event_log: Path = Path("var/events.jsonl")
+    #: Recent items per user (live feedback + history).
+    recent_max: int = RECENT_MAX
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    version: str
+    item_row: dict[str, int]
+    item_features: FloatArray
+    user_row: dict[str, int]
+    user_embeddings: FloatArray
+    user_features: FloatArray
+    history: dict[str, list[str]]
+
+
+def _build(version: ArtifactVersion) -> _Snapshot:
+    t = read_tables(version)
+    for array in (t.item_features, t.user_embeddings, t.user_features):
+        array.flags.writeable = False
+    return _Snapshot(
+        version=t.version,
+        item_row={item: i for i, item in enumerate(t.item_ids)},
+        item_features=t.item_features,
+        user_row={user: i for i, user in enumerate(t.user_ids)},
+        user_embeddings=t.user_embeddings,
+        user_features=t.user_features,
+        history=t.user_history,
+    )
+
+
+class EmbeddedStore:
+    """`OnlineStore` in process memory with a JSON-lines event log."""
+
+    def __init__(self, config: EmbeddedConfig) -> None:
+        self.config = config
+        self._snapshot: _Snapshot | None = None
+        self._recent: dict[str, list[str]] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._log_lock = asyncio.Lock()
+        self._materialize_lock = asyncio.Lock()
+        self._events_path = config.event_log
+        self._events_path.parent.mkdir(parents=True, exist_ok=True)
+        self._replay()
+
+    # ---- served version -------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        return None if self._snapshot is None else self._snapshot.version
+
+    @property
+    def item_dim(self) -> int:
+        return 0 if self._snapshot is None else int(self._snapshot.item_features.shape[1])
+
+    async def materialize(self, version: ArtifactVersion) -> bool:
+        async with self._materialize_lock:
+            if self._snapshot is not None and self._snapshot.version == version.version:
+                return False
+            snapshot = await asyncio.to_thread(_build, version)
+            self._snapshot = snapshot  # one assignment: readers see the old or the new version
+            return True
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def get_user(self, user_id: str) -> UserProfile:
+        snap = self._snapshot
+        history = snap.history.get(user_id, []) if snap is not None else []
+        row = snap.user_row.get(user_id) if snap is not None else None
+        live = self._recent.get(user_id, [])
+        seen = frozenset(history).union(self._seen.get(user_id, ()))
+        return UserProfile(
+            user_id=user_id,
+            known=row is not None,
+            embedding=snap.user_embeddings[row] if snap is not None and row is not None else EMPTY,
+            values=snap.user_features[row] if snap is not None and row is not None else EMPTY,
+            recent_item_ids=merge_recent(live, history, self.config.recent_max),
+            seen_item_ids=seen,
+            version=snap.version if snap is not None else "",
+        )
+
+    async def get_items(self, item_ids: Sequence[str]) -> tuple[FloatArray, BoolArray]:
+        snap = self._snapshot
+        if snap is None:
+            return np.empty((len(item_ids), 0), dtype=np.float32), np.zeros(len(item_ids), dtype=bool)
+        rows = np.fromiter((snap.item_row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        found = rows >= 0
+        out = np.full((len(item_ids), snap.item_features.shape[1]), np.nan, dtype=np.float32)
+        out[found] = snap.item_features[rows[found]]
+        return out, found
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> int:
+        check_events(events)
+        if not events:
+            return 0
+        data = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in events).encode()
+        async with self._log_lock:
+            await asyncio.to_thread(self._append_to_log, data)
+            self._apply(events)  # only after the whole batch is durable in the log
+        return len(events)
+
+    def _append_to_log(self, data: bytes) -> None:
+        with self._events_path.open("ab") as f:
+            start = f.tell()
+            try:
+                self._write(f.fileno(), data)
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                f.truncate(start)  # cut the partial batch off again: all or nothing
+                raise
+
+    def _write(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def _apply(self, events: Sequence[Event]) -> None:
+        limit = self.config.recent_max
+        for event in events:
+            if not event.type.interacts:
+                continue
+            recent = self._recent.setdefault(event.user_id, [])
+            if event.item_id in recent:
+                recent.remove(event.item_id)
+            recent.insert(0, event.item_id)
+            del recent[limit:]
+            self._seen.setdefault(event.user_id, set()).add(event.item_id)
+
+    async def read_events(self) -> list[Event]:
+        async with self._log_lock:
+            return await asyncio.to_thread(self._read_log)
+
+    def _read_log(self) -> list[Event]:
+        if not self._events_path.exists():
+            return []
+        with self._events_path.open("rb") as f:
+            return [Event.from_json(json.loads(line)) for line in f if line.strip()]
+
+    def _replay(self) -> None:
+        """Rebuild the live state from the log; cut off a torn (unacknowledged) last line."""
+        path = self._events_path
+        if not path.exists():
+            return
+        with path.open("rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                log.warning(
+                    "cutting a torn line off the event log",
+                    extra={"path": str(path), "bytes": len(data) - end},
+                )
+                f.truncate(end)
+        self._apply([Event.from_json(json.loads(line)) for line in data[:end].splitlines() if line.strip()])
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,373 @@
+"""The Redis online store (redis.asyncio with hiredis).
+
+Keys (`p` = the configured prefix, default "recsys"; `V` = an artifact version):
+
+    p:v:V:item:<item_id>   item feature row: packed little-endian float32 (`np.float32.tobytes()`)
+    p:v:V:user:<user_id>   user vector: packed float32, the embedding then the user features
+    p:v:V:hist:<user_id>   the user's training history, JSON list, most recent first
+    p:v:V:meta             hash: dims and counts; written LAST, so it is the version's completion marker
+    p:current              the version materialized last (informational)
+    p:versions             sorted set of complete versions, scored by completion time
+    p:events               Stream: the append-only event log (XADD, one entry per event)
+    p:live:recent:<user>   list: the user's live clicked/rated items, newest first (LREM+LPUSH+LTRIM)
+    p:live:seen:<user>     set: every item the user clicked or rated live
+
+Round trips: `get_items` is one MGET; `get_user` is one non-transactional pipeline; `append_events` is
+one MULTI/EXEC; `materialize` writes MSET batches over a pipeline (`batch_size` keys per round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.artifacts import ArtifactVersion
+from services.common.server import StartupError
+from services.features.store import (
+    EMPTY,
+    RECENT_MAX,
+    ArtifactTables,
+    BoolArray,
+    Event,
+    EventType,
+    FloatArray,
+    UserProfile,
+    check_events,
+    merge_recent,
+    read_tables,
+)
+
+log = logging.getLogger(__name__)
+
+#: Keys per MSET command (several of them go into one pipelined round trip).
+MSET_KEYS = 1000
+#: Stream entries per XRANGE page when reading the log.
+READ_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str
+    #: Namespace of every key, so several deployments (or tests) can share one Redis.
+    prefix: str = "recsys"
+    #: Recent items per user (live feedback + history).
+    recent_max: int = RECENT_MAX
+    #: Keys written per pipelined round trip while materializing.
+    batch_size: int = 10_000
+    #: Complete versions kept in Redis; older ones are deleted after a switch (never the served one).
+    keep_versions: int = 2
+    connect_timeout_s: float = 2.0
+    socket_timeout_s: float = 30.0
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reason(error: BaseException) -> str:
+    """The most specific cause: 'Connection refused' rather than redis's 'Error 111 connecting to ...'."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return str(error) or type(error).__name__
+
+
+def check_reachable(config: RedisConfig) -> None:
+    """PING Redis synchronously (start-up, before the event loop serves); StartupError when it fails."""
+    try:
+        client = redis.Redis.from_url(
+            config.url,
+            socket_connect_timeout=config.connect_timeout_s,
+            socket_timeout=config.connect_timeout_s,
+        )
+    except ValueError as e:
+        raise StartupError(f"invalid Redis URL {redact(config.url)}: {e}") from None
+    try:
+        client.ping()
+    except (RedisError, OSError) as e:
+        raise StartupError(f"cannot reach Redis at {redact(config.url)}: {_reason(e)}") from None
+    finally:
+        client.close()
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+@dataclass(frozen=True)
+class _Served:
+    version: str
+    item_dim: int
+    embedding_dim: int
+    feature_dim: int
+
+
+class RedisStore:
+    """`OnlineStore` on Redis."""
+
+    def __init__(self, config: RedisConfig, *, check: bool = True) -> None:
+        if check:
+            check_reachable(config)
+        self.config = config
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            config.url,
+            socket_connect_timeout=config.connect_timeout_s,
+            socket_timeout=config.socket_timeout_s,
+        )
+        self._served: _Served | None = None
+        self._materialize_lock = asyncio.Lock()
+        p = config.prefix
+        self._events_key = f"{p}:events"
+        self._current_key = f"{p}:current"
+        self._versions_key = f"{p}:versions"
+
+    # ---- keys -----------------------------------------------------------------------------------
+
+    def _vkey(self, version: str, kind: str, ident: str = "") -> str:
+        base = f"{self.config.prefix}:v:{version}:{kind}"
+        return f"{base}:{ident}" if kind != "meta" else base
+
+    def _recent_key(self, user_id: str) -> str:
+        return f"{self.config.prefix}:live:recent:{user_id}"
+
+    def _seen_key(self, user_id: str) -> str:
+        return f"{self.config.prefix}:live:seen:{user_id}"
+
+    # ---- served version -------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        return None if self._served is None else self._served.version
+
+    @property
+    def item_dim(self) -> int:
+        return 0 if self._served is None else self._served.item_dim
+
+    async def materialize(self, version: ArtifactVersion) -> bool:
+        async with self._materialize_lock:
+            if self._served is not None and self._served.version == version.version:
+                return False
+            name = version.version
+            meta: Any = await self.redis.hgetall(self._vkey(name, "meta"))
+            written = not meta
+            if written:
+                tables = await asyncio.to_thread(read_tables, version)
+                started = time.perf_counter()
+                await self._write(tables)
+                served = _Served(
+                    name,
+                    int(tables.item_features.shape[1]),
+                    int(tables.user_embeddings.shape[1]),
+                    int(tables.user_features.shape[1]),
+                )
+                log.info(
+                    "materialized version into Redis",
+                    extra={
+                        "version": name,
+                        "items": len(tables.item_ids),
+                        "users": len(tables.user_ids),
+                        "seconds": round(time.perf_counter() - started, 3),
+                    },
+                )
+            else:
+                served = _Served(
+                    name,
+                    int(meta[b"item_dim"]),
+                    int(meta[b"embedding_dim"]),
+                    int(meta[b"feature_dim"]),
+                )
+            self._served = served  # one assignment: reads switch to the new version here
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._current_key, name)
+                pipe.zadd(self._versions_key, {name: time.time()}, nx=True)
+                await pipe.execute()
+            await self._prune(keep=name)
+            return written
+
+    def _rows(self, tables: ArtifactTables) -> Iterator[tuple[str, bytes]]:
+        name = tables.version
+        features = tables.item_features.astype("<f4", copy=False)
+        for i, item in enumerate(tables.item_ids):
+            yield self._vkey(name, "item", item), features[i].tobytes()
+        users = np.hstack([tables.user_embeddings, tables.user_features]).astype("<f4", copy=False)
+        for i, user in enumerate(tables.user_ids):
+            yield self._vkey(name, "user", user), users[i].tobytes()
+        for user, items in tables.user_history.items():
+            yield self._vkey(name, "hist", user), json.dumps(items, separators=(",", ":")).encode()
+
+    async def _write(self, tables: ArtifactTables) -> None:
+        """MSET batches, `batch_size` keys per pipelined round trip; the meta marker last."""
+        pipe = self.redis.pipeline(transaction=False)
+        chunk: dict[str, bytes] = {}
+        pending = 0
+        per_mset = max(1, min(MSET_KEYS, self.config.batch_size))
+        for key, value in self._rows(tables):
+            chunk[key] = value
+            if len(chunk) >= per_mset:
+                pipe.mset(chunk)
+                pending += len(chunk)
+                chunk = {}
+                if pending >= self.config.batch_size:
+                    await pipe.execute()
+                    pending = 0
+        if chunk:
+            pipe.mset(chunk)
+        await pipe.execute()
+        meta: dict[Any, Any] = {
+            "item_dim": tables.item_features.shape[1],
+            "embedding_dim": tables.user_embeddings.shape[1],
+            "feature_dim": tables.user_features.shape[1],
+            "items": len(tables.item_ids),
+            "users": len(tables.user_ids),
+            "completed_at": time.time(),
+        }
+        await self.redis.hset(self._vkey(tables.version, "meta"), mapping=meta)
+
+    async def _prune(self, keep: str) -> None:
+        """Delete complete versions beyond the newest `keep_versions` (never `keep`, the served one)."""
+        raw: Any = await self.redis.zrevrange(self._versions_key, 0, -1)
+        names = [n.decode() for n in raw]
+        stale = [n for n in names[max(self.config.keep_versions, 1) :] if n != keep]
+        for name in stale:
+            # The marker goes first: a half-deleted version reads as incomplete and would be rewritten.
+            await self.redis.delete(self._vkey(name, "meta"))
+            await self.redis.zrem(self._versions_key, name)
+            pattern = _glob_escape(f"{self.config.prefix}:v:{name}:") + "*"
+            batch: list[bytes] = []
+            async for key in self.redis.scan_iter(match=pattern, count=self.config.batch_size):
+                batch.append(key)
+                if len(batch) >= self.config.batch_size:
+                    await self.redis.unlink(*batch)
+                    batch = []
+            if batch:
+                await self.redis.unlink(*batch)
+            log.info("deleted an old version from Redis", extra={"version": name})
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def get_user(self, user_id: str) -> UserProfile:
+        served = self._served
+        limit = self.config.recent_max
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if served is not None:
+                pipe.mget(
+                    self._vkey(served.version, "user", user_id), self._vkey(served.version, "hist", user_id)
+                )
+            pipe.lrange(self._recent_key(user_id), 0, limit - 1)
+            pipe.smembers(self._seen_key(user_id))
+            replies: list[Any] = await pipe.execute()
+        vector, history_json = replies[0] if served is not None else (None, None)
+        live: list[bytes] = replies[-2]
+        live_seen: set[bytes] = replies[-1]
+        history: list[str] = json.loads(history_json) if history_json is not None else []
+        embedding = values = EMPTY
+        if served is not None and vector is not None:
+            packed = np.frombuffer(vector, dtype="<f4")
+            if packed.size != served.embedding_dim + served.feature_dim:
+                raise RuntimeError(f"user {user_id!r}: stored vector has {packed.size} values")
+            embedding, values = packed[: served.embedding_dim], packed[served.embedding_dim :]
+        return UserProfile(
+            user_id=user_id,
+            known=vector is not None,
+            embedding=embedding,
+            values=values,
+            recent_item_ids=merge_recent((b.decode() for b in live), history, limit),
+            seen_item_ids=frozenset(history).union(b.decode() for b in live_seen),
+            version=served.version if served is not None else "",
+        )
+
+    async def get_items(self, item_ids: Sequence[str]) -> tuple[FloatArray, BoolArray]:
+        served = self._served
+        n = len(item_ids)
+        if served is None or n == 0:
+            dim = 0 if served is None else served.item_dim
+            return np.empty((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
+        blobs: list[Any] = await self.redis.mget([self._vkey(served.version, "item", i) for i in item_ids])
+        found = np.fromiter((b is not None for b in blobs), dtype=bool, count=n)
+        out = np.full((n, served.item_dim), np.nan, dtype=np.float32)
+        if found.any():
+            packed = b"".join(b for b in blobs if b is not None)
+            rows = np.frombuffer(packed, dtype="<f4")
+            if rows.size != int(found.sum()) * served.item_dim:
+                raise RuntimeError(
+                    f"item rows of version {served.version} do not have {served.item_dim} values"
+                )
+            out[found] = rows.reshape(-1, served.item_dim)
+        return out, found
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    async def append_events(self, events: Sequence[Event]) -> int:
+        check_events(events)
+        if not events:
+            return 0
+        limit = self.config.recent_max
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for e in events:
+                pipe.xadd(
+                    self._events_key,
+                    {
+                        "user_id": e.user_id,
+                        "item_id": e.item_id,
+                        "type": e.type.value,
+                        "rating": "" if e.rating is None else repr(e.rating),
+                        "timestamp_ms": str(e.timestamp_ms),
+                        "context": json.dumps(dict(e.context), separators=(",", ":")),
+                    },
+                )
+                if e.type.interacts:
+                    recent = self._recent_key(e.user_id)
+                    pipe.lrem(recent, 0, e.item_id)
+                    pipe.lpush(recent, e.item_id)
+                    pipe.ltrim(recent, 0, limit - 1)
+                    pipe.sadd(self._seen_key(e.user_id), e.item_id)
+            await pipe.execute()
+        return len(events)
+
+    async def read_events(self) -> list[Event]:
+        out: list[Event] = []
+        start = "-"
+        while True:
+            page: Any = await self.redis.xrange(self._events_key, min=start, max="+", count=READ_PAGE)
+            for _, fields in page:
+                f = {k.decode(): v.decode() for k, v in fields.items()}
+                out.append(
+                    Event(
+                        user_id=f["user_id"],
+                        item_id=f["item_id"],
+                        type=EventType(f["type"]),
+                        timestamp_ms=int(f["timestamp_ms"]),
+                        rating=float(f["rating"]) if f["rating"] else None,
+                        context=json.loads(f["context"]),
+                    )
+                )
+            if len(page) < READ_PAGE:
+                return out
+            start = "(" + page[-1][0].decode()
+
+    async def close(self) -> None:
+        await self.redis.aclose()

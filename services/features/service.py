@@ -1,0 +1,155 @@
+"""FeatureService: user profiles, item feature rows and the event log over gRPC, on an `OnlineStore`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
+from services.common.artifacts import ArtifactVersion
+from services.common.config import option, port_number, positive
+from services.common.rpc import NotReady, handler, require, require_finite, require_id, require_max_len
+from services.common.server import ServerConfig
+from services.features.embedded import EmbeddedConfig, EmbeddedStore
+from services.features.redis_store import RedisConfig, RedisStore
+from services.features.store import RECENT_MAX, Event, EventType, OnlineStore
+
+MAX_ITEM_IDS = 10_000
+MAX_EVENTS = 1000
+
+_EVENT_TYPES = {
+    common_pb2.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
+    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
+    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
+}
+
+
+@dataclass(frozen=True)
+class Config(ServerConfig):
+    port: int = option(50052, "port to listen on", port_number)
+    redis_url: str | None = option(
+        None, "Redis URL of the online store, e.g. redis://host:6379/0 (unset: in-process store)"
+    )
+    redis_prefix: str = option("recsys", "namespace of every Redis key")
+    event_log: Path = option(
+        Path("var/events.jsonl"), "append-only JSON-lines event log of the in-process store"
+    )
+    recent_max: int = option(RECENT_MAX, "recent items kept per user (live feedback + history)", positive)
+
+
+def events_from_request(events: Any, now_ms: int) -> list[Event]:
+    """Validate the whole batch (InvalidArgument naming the field), then convert; nothing is written here."""
+    require(len(events) > 0, "events", "must hold at least one event")
+    require_max_len(events, "events", MAX_EVENTS)
+    out: list[Event] = []
+    for i, e in enumerate(events):
+        require_id(e.user_id, f"events[{i}].user_id")
+        require_id(e.item_id, f"events[{i}].item_id")
+        kind = _EVENT_TYPES.get(e.type)
+        require(kind is not None, f"events[{i}].type", f"must be IMPRESSION, CLICK or RATING, got {e.type}")
+        assert kind is not None
+        if kind is EventType.RATING:
+            require_finite(e.rating, f"events[{i}].rating")
+        require(e.timestamp_ms >= 0, f"events[{i}].timestamp_ms", f"must be >= 0, got {e.timestamp_ms}")
+        out.append(
+            Event(
+                user_id=e.user_id,
+                item_id=e.item_id,
+                type=kind,
+                timestamp_ms=e.timestamp_ms or now_ms,
+                rating=e.rating if kind is EventType.RATING else None,
+                context=dict(e.context),
+            )
+        )
+    return out
+
+
+class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
+    def __init__(self, store: OnlineStore) -> None:
+        self.store = store
+
+    def _served(self) -> str:
+        version = self.store.version
+        if version is None:
+            raise NotReady("features: no artifact version loaded yet")
+        return version
+
+    @handler("features", "get_user_features")
+    async def GetUserFeatures(
+        self, request: features_pb2.GetUserFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> features_pb2.GetUserFeaturesResponse:
+        require_id(request.user_id, "user_id")
+        self._served()
+        profile = await self.store.get_user(request.user_id)
+        return features_pb2.GetUserFeaturesResponse(
+            user=common_pb2.UserFeatures(
+                user_id=profile.user_id,
+                known=profile.known,
+                embedding=profile.embedding.tolist(),
+                values=profile.values.tolist(),
+                recent_item_ids=profile.recent_item_ids,
+                seen_item_ids=sorted(profile.seen_item_ids),
+            ),
+            artifact_version=profile.version,
+        )
+
+    @handler("features", "get_item_features")
+    async def GetItemFeatures(
+        self, request: features_pb2.GetItemFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> features_pb2.GetItemFeaturesResponse:
+        require_max_len(request.item_ids, "item_ids", MAX_ITEM_IDS)
+        version = self._served()
+        values, found = await self.store.get_items(list(request.item_ids))
+        return features_pb2.GetItemFeaturesResponse(
+            values=values.astype("<f4", copy=False).tobytes(),
+            dim=int(values.shape[1]),
+            found=found.tolist(),
+            artifact_version=version,
+        )
+
+    @handler("features", "write_events")
+    async def WriteEvents(
+        self, request: features_pb2.WriteEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> features_pb2.WriteEventsResponse:
+        events = events_from_request(request.events, int(time.time() * 1000))
+        self._served()
+        written = await self.store.append_events(events)
+        return features_pb2.WriteEventsResponse(written=written)
+
+
+class FeaturesComponent:
+    """The features service as `services.common.server.serve` runs it."""
+
+    name = "features"
+    service_name = "recsys.v1.FeatureService"
+    needs_artifacts = True
+
+    def __init__(self, store: OnlineStore) -> None:
+        self.store = store
+        self.servicer = FeatureServicer(store)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
+
+    async def load(self, version: ArtifactVersion) -> None:
+        """Materialize `version` into the store; the store switches reads to it only when complete."""
+        await self.store.materialize(version)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def create(config: Config) -> FeaturesComponent:
+    """The component on Redis when `redis_url` is set (PING now: StartupError if unreachable), else in-process."""
+    store: OnlineStore
+    if config.redis_url:
+        store = RedisStore(
+            RedisConfig(url=config.redis_url, prefix=config.redis_prefix, recent_max=config.recent_max)
+        )
+    else:
+        store = EmbeddedStore(EmbeddedConfig(event_log=config.event_log, recent_max=config.recent_max))
+    return FeaturesComponent(store)

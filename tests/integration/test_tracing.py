@@ -1,0 +1,47 @@
+"""One trace per request across the four processes, with gateway -> backend parent/child edges."""
+
+from __future__ import annotations
+
+import time
+
+from services.client import Client
+from services.common.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
+SERVICES = {"recsys-gateway", "recsys-features", "recsys-retrieval", "recsys-ranking"}
+
+
+def spans_of(otlp: OtlpReceiver, trace_id: str, want: set[str], timeout_s: float = 15) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        spans = [s for s in otlp.spans if s.trace_id == trace_id]
+        if {s.service for s in spans} >= want or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
+
+
+def test_one_trace_spans_all_four_services_with_gateway_as_parent(client: Client, otlp: OtlpReceiver) -> None:
+    response = client.recommend("trace-user-1", k=5)
+    assert len(response.trace_id) == 32
+    spans = spans_of(otlp, response.trace_id, SERVICES)
+    assert {s.service for s in spans} >= SERVICES
+
+    by_id = {s.span_id: s for s in spans}
+    edges = {
+        (by_id[s.parent_span_id].service, s.service)
+        for s in spans
+        if s.kind == SERVER_KIND and s.parent_span_id in by_id
+    }
+    for backend in ("recsys-features", "recsys-retrieval", "recsys-ranking"):
+        assert ("recsys-gateway", backend) in edges, f"no gateway -> {backend} edge in {edges}"
+
+    names = {s.name for s in spans}
+    for ours in (
+        "recsys.gateway.recommend",
+        "recsys.features.get_user_features",
+        "recsys.retrieval.retrieve",
+        "recsys.ranking.rank",
+    ):
+        assert ours in names, f"span {ours} missing from {sorted(names)}"
+    roots = [s for s in spans if not s.parent_span_id]
+    assert [r.service for r in roots] == ["recsys-gateway"], "the gateway's server span must be the root"
