@@ -1,7 +1,7 @@
 """Regenerate the checked-in Python stubs from protos/recsys/v1/*.proto.
 
-    python protos/generate.py            # writes next to the .proto files
-    python protos/generate.py --out DIR  # writes elsewhere (the freshness test compares the two)
+python protos/generate.py            # writes next to the .proto files
+python protos/generate.py --out DIR  # writes elsewhere (the freshness test compares the two)
 """
 
 from __future__ import annotations

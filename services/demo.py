@@ -18,8 +18,6 @@ from services.client import Client, event
 from services.common.artifacts import ArtifactError, current_version_name, open_current
 from services.local import LocalPlatform
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED_DATA = REPO / "data" / "ml-latest-small"
 COLD_USER = "demo-new-user"
 
 
@@ -96,6 +94,7 @@ def demo_users(artifacts_dir: Path, count: int) -> list[str]:
 
 def run(artifacts_dir: Path, work_dir: Path, redis_url: str | None, users: int, requests: int) -> int:
     if not (artifacts_dir / "CURRENT").exists():
+        from services.trainer.data import BUNDLED_DATA
         from services.trainer.pipeline import TrainConfig, train
 
         print(f"No artifacts in {artifacts_dir}: training on the bundled MovieLens latest-small first.")

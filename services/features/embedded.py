@@ -136,10 +136,14 @@ class EmbeddedStore:
         if not events:
             return 0
         data = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in events).encode()
+        # Shielded: a cancelled caller must not leave a batch in the log but not in memory.
+        await asyncio.shield(asyncio.ensure_future(self._commit(events, data)))
+        return len(events)
+
+    async def _commit(self, events: Sequence[Event], data: bytes) -> None:
         async with self._log_lock:
             await asyncio.to_thread(self._append_to_log, data)
             self._apply(events)  # only after the whole batch is durable in the log
-        return len(events)
 
     def _append_to_log(self, data: bytes) -> None:
         with self._events_path.open("ab") as f:

@@ -306,8 +306,9 @@ class RedisStore:
         if served is None or n == 0:
             dim = 0 if served is None else served.item_dim
             return np.empty((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
-        blobs: list[Any] = await self.redis.mget([self._vkey(served.version, "item", i) for i in item_ids])
-        found = np.fromiter((b is not None for b in blobs), dtype=bool, count=n)
+        base = self._vkey(served.version, "item", "")
+        blobs: list[Any] = await self.redis.mget([base + i for i in item_ids])  # ONE round trip
+        found = np.array([b is not None for b in blobs], dtype=bool)
         out = np.full((n, served.item_dim), np.nan, dtype=np.float32)
         if found.any():
             packed = b"".join(b for b in blobs if b is not None)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from redis.exceptions import RedisError
 
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
@@ -68,6 +71,15 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
     return out
 
 
+@asynccontextmanager
+async def store_errors() -> AsyncIterator[None]:
+    """An unreachable store (Redis down, a network error) is UNAVAILABLE, which clients may retry."""
+    try:
+        yield
+    except (RedisError, OSError) as e:
+        raise NotReady(f"features: online store unavailable: {e}") from e
+
+
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     def __init__(self, store: OnlineStore) -> None:
         self.store = store
@@ -84,7 +96,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     ) -> features_pb2.GetUserFeaturesResponse:
         require_id(request.user_id, "user_id")
         self._served()
-        profile = await self.store.get_user(request.user_id)
+        async with store_errors():
+            profile = await self.store.get_user(request.user_id)
         return features_pb2.GetUserFeaturesResponse(
             user=common_pb2.UserFeatures(
                 user_id=profile.user_id,
@@ -103,7 +116,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     ) -> features_pb2.GetItemFeaturesResponse:
         require_max_len(request.item_ids, "item_ids", MAX_ITEM_IDS)
         version = self._served()
-        values, found = await self.store.get_items(list(request.item_ids))
+        async with store_errors():
+            values, found = await self.store.get_items(list(request.item_ids))
         return features_pb2.GetItemFeaturesResponse(
             values=values.astype("<f4", copy=False).tobytes(),
             dim=int(values.shape[1]),
@@ -117,7 +131,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
     ) -> features_pb2.WriteEventsResponse:
         events = events_from_request(request.events, int(time.time() * 1000))
         self._served()
-        written = await self.store.append_events(events)
+        async with store_errors():
+            written = await self.store.append_events(events)
         return features_pb2.WriteEventsResponse(written=written)
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+# MovieLens latest-small, shipped in the repository for the demo and the tests.
+BUNDLED_DATA = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
+
 USER_COLUMNS = ("user", "userid", "user_id")
 ITEM_COLUMNS = ("item", "itemid", "item_id", "movieid", "movie_id")
 RATING_COLUMNS = ("rating", "value", "score")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from services.trainer.data import Log
 
@@ -35,7 +35,9 @@ class Embeddings:
     item_vectors: F32  # (n_items, dim), rows aligned with the item ids given to `fit_als`
 
 
-def confidence_matrix(log: Log, user_ids: Sequence[str], item_ids: Sequence[str], alpha: float) -> sp.csr_matrix:
+def confidence_matrix(
+    log: Log, user_ids: Sequence[str], item_ids: Sequence[str], alpha: float
+) -> sp.csr_matrix:
     """(users x items) CSR of summed confidence 1 + alpha * rating (items not in `item_ids` dropped)."""
     uindex = {u: i for i, u in enumerate(user_ids)}
     iindex = {v: i for i, v in enumerate(item_ids)}

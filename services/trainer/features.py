@@ -44,9 +44,7 @@ def _codes(values: npt.NDArray[np.str_], ids: Sequence[str]) -> npt.NDArray[np.i
     return np.fromiter((index.get(v, -1) for v in values.tolist()), dtype=np.int64, count=len(values))
 
 
-def _group_stats(
-    codes: npt.NDArray[np.int64], values: F64, n: int
-) -> tuple[F64, F64, F64]:
+def _group_stats(codes: npt.NDArray[np.int64], values: F64, n: int) -> tuple[F64, F64, F64]:
     """Per-group count, mean and std (NaN where the group is empty)."""
     count = np.bincount(codes, minlength=n).astype(np.float64)
     total = np.bincount(codes, weights=values, minlength=n)

@@ -1,10 +1,10 @@
 """The training job: split by time, learn embeddings, fit the LambdaRank ranker, evaluate, export.
 
-    log ──time──▶ train | test                     (test: the last `test_fraction` of interactions)
-    train ─time─▶ fit | label                      (label: the last `label_fraction` of train)
+    log ──time──▶ train | test                 (test: the last `test_fraction` of interactions)
+    train ─time─▶ ... | label 3 | label 2 | label 1   (`ranker_windows` windows of `label_fraction`)
 
-Stage A (ranker): ALS, features and candidates from `fit`; labels from `label`; early stopping on a
-held-out share of the label users. Stage B (served version): ALS, features and the FAISS index from
+Stage A (ranker): for each label window, ALS, features and candidates from everything before it, and
+labels (graded by rating) from the window; early stopping on a held-out share of the user groups. Stage B (served version): ALS, features and the FAISS index from
 the whole of `train`; retrieval alone vs retrieval + ranking evaluated on `test`. The test slice is
 never used for fitting or model selection.
 """
@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactVersion, new_version_name, publish, staging_dir
 from services.trainer import features
-from services.trainer.data import Dataset, DataError, Log, load, time_split
+from services.trainer.data import DataError, Dataset, Log, load, time_split
 from services.trainer.embeddings import AlsParams, Embeddings, fit_als
 from services.trainer.metrics import mean_metrics, recall_at_k
 
@@ -302,9 +302,7 @@ def fit_ranker(
     return final, info
 
 
-def evaluate(
-    snap: Snapshot, test_log: Log, booster: Any, config: TrainConfig
-) -> dict[str, dict[str, float]]:
+def evaluate(snap: Snapshot, test_log: Log, booster: Any, config: TrainConfig) -> dict[str, dict[str, float]]:
     """Retrieval order vs ranker order of the same candidates on the test slice."""
     relevant: dict[str, set[str]] = {}
     for user, item in zip(test_log.users.tolist(), test_log.items.tolist(), strict=True):
@@ -369,7 +367,10 @@ def write_files(staging: Path, data: Dataset, snap: Snapshot, booster: Any, trai
     )
     popular = [snap.item_ids[i] for i in np.lexsort((np.arange(len(counts)), -counts)) if counts[i] > 0]
     dump("popular.json", popular)
-    dump("user_history.json", {u: [snap.item_ids[r] for r in snap.history[u]] for u in snap.embeddings.user_ids})
+    dump(
+        "user_history.json",
+        {u: [snap.item_ids[r] for r in snap.history[u]] for u in snap.embeddings.user_ids},
+    )
     booster.save_model(str(staging / "ranker.txt"))
 
 
@@ -400,7 +401,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
     try:
         with stages("export"):
             write_files(staging, data, snap, booster_a, train_log)
-            manifest = {
+            manifest: dict[str, Any] = {
                 "data": {
                     "source": data.source,
                     "fingerprint": data.fingerprint,

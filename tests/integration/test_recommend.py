@@ -95,8 +95,8 @@ def test_bad_recommend_is_invalid_argument(client: Client, fields: dict[str, obj
 
     with pytest.raises(grpc.RpcError) as caught:
         client.stub.Recommend(gateway_pb2.RecommendRequest(**fields), timeout=5)  # type: ignore[arg-type]
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert caught.value.details().startswith(named + ":")  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(named + ":")
     assert len(client.recommend("u", k=3).items) == 3, "the gateway stopped serving"
 
 
@@ -123,8 +123,8 @@ def test_bad_feedback_is_invalid_argument_and_writes_nothing(
     user = f"all-or-nothing-{field}-{bad.type}-{bad.rating}"
     with pytest.raises(grpc.RpcError) as caught:
         client.feedback([event(user, "1", "click"), bad])
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert caught.value.details().startswith(f"events[1].{field}:")  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (caught.value.details() or "").startswith(f"events[1].{field}:")
     # All or nothing: the valid click before the bad event was not applied either.
     with grpc.insecure_channel(platform.address("features")) as channel:
         profile = features_pb2_grpc.FeatureServiceStub(channel).GetUserFeatures(
@@ -137,5 +137,5 @@ def test_bad_feedback_is_invalid_argument_and_writes_nothing(
 def test_empty_feedback_is_invalid_argument(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         client.feedback([])
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert "events" in caught.value.details()  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events" in (caught.value.details() or "")

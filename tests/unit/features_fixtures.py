@@ -37,7 +37,7 @@ def build_version(root: Path, version: str, n_items: int = 60, n_users: int = 12
     item_ids = [f"i{i}" for i in range(n_items - 4)] + ["item with space", "a:b:c", "glob*[x]?", "filmé 🎬"]
     user_ids = [f"u{i}" for i in range(n_users - 1)] + ["user:with:colons"]
     item_features = rng.standard_normal((n_items, len(ITEM_FEATURES))).astype(np.float32)
-    item_features[0, :] = [-0.0, np.inf, np.float32(1e-45), np.finfo(np.float32).max]
+    item_features[0, :] = np.array([-0.0, np.inf, 1e-45, np.finfo(np.float32).max], dtype=np.float32)
     user_embeddings = rng.standard_normal((n_users, EMBEDDING_DIM)).astype(np.float32)
     user_features = rng.standard_normal((n_users, len(USER_FEATURES))).astype(np.float32)
     user_features[0, 0] = -0.0

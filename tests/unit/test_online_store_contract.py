@@ -7,6 +7,7 @@ with a fresh key prefix per test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,11 +58,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "embedded":
         log = tmp_path / "var" / "events.jsonl"
         return Backend("embedded", lambda: EmbeddedStore(EmbeddedConfig(event_log=log, recent_max=RECENT)))
-    url: str = request.getfixturevalue("redis_url")
+    return make_redis_backend(request.getfixturevalue("redis_url"))
+
+
+def make_redis_backend(url: str) -> Backend:
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     # batch_size 7: materializing takes many pipelined MSET round trips even for these small versions.
     config = RedisConfig(url=url, prefix=prefix, recent_max=RECENT, batch_size=7)
     return Backend("redis", lambda: RedisStore(config), url, prefix)
+
+
+@pytest.fixture
+def redis_backend(redis_url: str) -> Backend:
+    return make_redis_backend(redis_url)
 
 
 def run(backend: Backend, scenario: Callable[[OnlineStore], Awaitable[None]]) -> None:
@@ -323,7 +332,11 @@ def test_switching_versions_serves_the_new_one(backend: Backend, versions: Versi
 
 
 def test_a_restarted_store_keeps_the_live_state_and_log(backend: Backend, versions: Versions) -> None:
-    events = [ev("u2", "a", ts=1), ev("u2", "b", EventType.RATING, ts=2), ev("u2", "c", EventType.IMPRESSION, ts=3)]
+    events = [
+        ev("u2", "a", ts=1),
+        ev("u2", "b", EventType.RATING, ts=2),
+        ev("u2", "c", EventType.IMPRESSION, ts=3),
+    ]
 
     async def first(store: OnlineStore) -> None:
         await store.materialize(versions.v1.version)
@@ -368,18 +381,37 @@ def test_embedded_batch_failing_midway_leaves_nothing(
         with monkeypatch.context() as m:
             m.setattr(store, "_write", half_then_fail)
             with pytest.raises(OSError, match="No space left"):
-                await store.append_events([ev("u0", "lost-1"), ev("u0", "lost-2"), ev("u9", "lost-3")])
+                await store.append_events([ev("u0", "lost-1"), ev("u0", "lost-2"), ev("nobody", "lost-3")])
         assert log.stat().st_size == size  # the partial batch was cut off the file again
         assert [e.item_id for e in await store.read_events()] == ["kept"]
         profile = await store.get_user("u0")
         assert profile.recent_item_ids[0] == "kept"
         assert not {"lost-1", "lost-2"} & profile.seen_item_ids
-        assert (await store.get_user("u9")).seen_item_ids == frozenset()
+        assert (await store.get_user("nobody")).seen_item_ids == frozenset()
         # The store still works afterwards.
         await store.append_events([ev("u0", "after")])
         assert [e.item_id for e in await store.read_events()] == ["kept", "after"]
 
     asyncio.run(main())
+
+
+def test_a_cancelled_append_is_all_or_nothing(backend: Backend) -> None:
+    """A caller cancelled mid-append (a gRPC deadline): the log and the live state still agree."""
+
+    async def scenario(store: OnlineStore) -> None:
+        for delay in (0.0, 0.0005, 0.002):
+            user = f"cancel-{delay}"
+            task = asyncio.ensure_future(store.append_events([ev(user, "x"), ev(user, "y")]))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            logged = [e for e in await store.read_events() if e.user_id == user]
+            profile = await store.get_user(user)
+            assert len(logged) in (0, 2)
+            assert profile.seen_item_ids == ({"x", "y"} if logged else frozenset())
+
+    run(backend, scenario)
 
 
 def test_embedded_cuts_a_torn_last_line_on_open(tmp_path: Path) -> None:
@@ -399,9 +431,7 @@ def test_embedded_cuts_a_torn_last_line_on_open(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def redis_only(backend: Backend) -> redis.Redis:
-    if backend.name != "redis":
-        pytest.skip("Redis-specific")
+def redis_client(backend: Backend) -> redis.Redis:
     return redis.Redis.from_url(backend.redis_url)
 
 
@@ -410,15 +440,15 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def test_redis_layout_is_packed_float32_per_version(backend: Backend, versions: Versions) -> None:
-    client = redis_only(backend)
+def test_redis_layout_is_packed_float32_per_version(redis_backend: Backend, versions: Versions) -> None:
+    client = redis_client(redis_backend)
     t = versions.v1
 
     async def scenario(store: OnlineStore) -> None:
         await store.materialize(t.version)
 
-    run(backend, scenario)
-    p = backend.prefix
+    run(redis_backend, scenario)
+    p = redis_backend.prefix
     for i in (0, 5, len(t.item_ids) - 1):
         blob = client.get(f"{p}:v:v1:item:{t.item_ids[i]}")
         assert blob == t.item_features[i].astype("<f4").tobytes()
@@ -428,9 +458,9 @@ def test_redis_layout_is_packed_float32_per_version(backend: Backend, versions: 
     assert client.hget(f"{p}:v:v1:meta", "items") == str(len(t.item_ids)).encode()
 
 
-def test_redis_round_trips(backend: Backend, versions: Versions) -> None:
+def test_redis_round_trips(redis_backend: Backend, versions: Versions) -> None:
     """Real command statistics: get_items is ONE MGET, get_user one pipeline, a batch one MULTI/EXEC."""
-    client = redis_only(backend)
+    client = redis_client(redis_backend)
     t = versions.v1
 
     async def scenario(store: OnlineStore) -> None:
@@ -451,11 +481,11 @@ def test_redis_round_trips(backend: Backend, versions: Versions) -> None:
         writes = await counted(store.append_events([ev("u0", "a"), ev("u0", "b", EventType.IMPRESSION)]))
         assert writes == {"multi": 1, "exec": 1, "xadd": 2, "lrem": 1, "lpush": 1, "ltrim": 1, "sadd": 1}
 
-    run(backend, scenario)
+    run(redis_backend, scenario)
 
 
-def test_redis_skips_a_version_another_instance_completed(backend: Backend, versions: Versions) -> None:
-    client = redis_only(backend)
+def test_redis_skips_a_version_another_instance_completed(redis_backend: Backend, versions: Versions) -> None:
+    client = redis_client(redis_backend)
     t = versions.v1
 
     async def first(store: OnlineStore) -> None:
@@ -467,22 +497,22 @@ def test_redis_skips_a_version_another_instance_completed(backend: Backend, vers
         values, found = await store.get_items(t.item_ids)
         assert found.all() and values.tobytes() == t.item_features.tobytes()
 
-    run(backend, first)
-    run(backend, second)
+    run(redis_backend, first)
+    run(redis_backend, second)
     # Without the marker (a materialization that died midway) the version is written again.
-    client.delete(f"{backend.prefix}:v:v1:meta")
-    run(backend, first)
+    client.delete(f"{redis_backend.prefix}:v:v1:meta")
+    run(redis_backend, first)
 
 
-def test_redis_deletes_versions_beyond_the_newest_two(backend: Backend, versions: Versions) -> None:
-    client = redis_only(backend)
+def test_redis_deletes_versions_beyond_the_newest_two(redis_backend: Backend, versions: Versions) -> None:
+    client = redis_client(redis_backend)
 
     async def scenario(store: OnlineStore) -> None:
         for v in (versions.v1, versions.v2, versions.v3):
             await store.materialize(v.version)
 
-    run(backend, scenario)
-    p = backend.prefix
+    run(redis_backend, scenario)
+    p = redis_backend.prefix
     assert list(client.scan_iter(match=f"{p}:v:v1:*")) == []
     assert len(list(client.scan_iter(match=f"{p}:v:v2:*", count=1000))) > 0
     assert len(list(client.scan_iter(match=f"{p}:v:v3:*", count=1000))) > 0

@@ -117,7 +117,7 @@ def test_approximate_indexes_respect_exclusions(
     for user in range(0, 600, 60):
         query = model.user_embeddings[user]
         exclude = rng.choice(approx.size, 4000, replace=False).astype(np.int64)
-        rows, scores = approx.search(query, 100, exclude)
+        rows, _ = approx.search(query, 100, exclude)
         assert len(rows) > 0
         assert not np.isin(rows, exclude).any()
         assert (rows >= 0).all() and len(set(rows.tolist())) == len(rows)
@@ -177,7 +177,9 @@ def test_shape_mismatches_are_refused(model: SmallModel) -> None:
         ItemIndex(flat(vectors), ids[:-1], vectors, [])
     with pytest.raises(ArtifactError, match=r"item_embeddings.npy has 9723 rows"):
         ItemIndex(flat(vectors), ids, vectors[:-1], [])
-    with pytest.raises(ArtifactError, match=r"dimensions disagree: item_index.faiss is 32-d, item_embeddings.npy is 16-d"):
+    with pytest.raises(
+        ArtifactError, match=r"dimensions disagree: item_index.faiss is 32-d, item_embeddings.npy is 16-d"
+    ):
         ItemIndex(flat(vectors), ids, np.ascontiguousarray(vectors[:, :16]), [])
     with pytest.raises(ArtifactError, match="lists no items"):
         ItemIndex(faiss.IndexFlatIP(vectors.shape[1]), [], vectors[:0], [])
@@ -187,7 +189,9 @@ def test_shape_mismatches_are_refused(model: SmallModel) -> None:
         ItemIndex(l2, ids, vectors, [])
     with pytest.raises(ArtifactError, match="duplicate"):
         ItemIndex(flat(vectors[:3]), ["a", "b", "a"], vectors[:3], [])
-    with pytest.raises(ArtifactError, match=r"popular.json names 1 items missing from item_ids.json, e.g. 'zzz'"):
+    with pytest.raises(
+        ArtifactError, match=r"popular.json names 1 items missing from item_ids.json, e.g. 'zzz'"
+    ):
         ItemIndex(flat(vectors), ids, vectors, [*model.popular[:3], "zzz"])
 
 
@@ -201,9 +205,9 @@ def test_inconsistent_version_is_refused_at_load(tmp_path: Path, model: SmallMod
 def test_unreadable_files_are_refused_at_load(tmp_path: Path, model: SmallModel) -> None:
     version = write_version(tmp_path, "bad-ids", model)
     (version.path / "item_ids.json").write_text(json.dumps({"not": "a list"}))
-    with pytest.raises(ArtifactError, match="item_ids.json must be a JSON list"):
+    with pytest.raises(ArtifactError, match=r"item_ids\.json must be a JSON list"):
         ItemIndex.load(version)
     (version.path / "item_ids.json").write_text(json.dumps(model.item_ids))
     (version.path / "item_index.faiss").write_bytes(b"garbage")
-    with pytest.raises(ArtifactError, match="cannot read item_index.faiss"):
+    with pytest.raises(ArtifactError, match=r"cannot read item_index\.faiss"):
         ItemIndex.load(version)

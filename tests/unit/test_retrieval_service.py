@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common import config as config_module
-from services.common.artifacts import ArtifactError, ArtifactWatcher, open_version
+from services.common.artifacts import ArtifactError, ArtifactVersion, ArtifactWatcher, open_version
 from services.common.server import Component, serve
+from services.local import free_port
 from services.retrieval.service import MAX_EXCLUDE, MAX_RECENT, Config, RetrievalService, create
-from tests.support import free_port
 from tests.unit.retrieval_fixtures import SmallModel, small_model, write_version
 
 if TYPE_CHECKING:  # the async stub class exists only for type checkers
@@ -56,7 +58,9 @@ async def serving(component: RetrievalService) -> AsyncIterator[Stub]:
         await component.close()
 
 
-def run_with(root: Path, scenario: Callable[[Stub, RetrievalService], Awaitable[None]], version: str = "v1") -> None:
+def run_with(
+    root: Path, scenario: Callable[[Stub, RetrievalService], Awaitable[None]], version: str = "v1"
+) -> None:
     async def main() -> None:
         component = create(Config())
         await component.load(open_version(root, version))
@@ -77,7 +81,7 @@ def assert_well_formed(response: retrieval_pb2.RetrieveResponse, n: int, exclude
     assert not set(got) & set(exclude), "an excluded item came back"
     scores = [c.score for c in response.candidates]
     assert all(math.isfinite(s) for s in scores)
-    assert all(a >= b for a, b in zip(scores, scores[1:], strict=False)), "not best first"
+    assert all(a >= b for a, b in itertools.pairwise(scores)), "not best first"
 
 
 def test_warm_user_gets_ann_candidates(root: Path, model: SmallModel) -> None:
@@ -85,7 +89,9 @@ def test_warm_user_gets_ann_candidates(root: Path, model: SmallModel) -> None:
 
     async def scenario(stub: Stub, _: RetrievalService) -> None:
         embedding = model.user_embeddings[0].tolist()
-        response = await stub.Retrieve(Request(user_id="1", user_embedding=embedding, exclude_item_ids=seen, n=500))
+        response = await stub.Retrieve(
+            Request(user_id="1", user_embedding=embedding, exclude_item_ids=seen, n=500)
+        )
         assert response.artifact_version == "v1"
         assert_well_formed(response, 500, seen)
         assert {c.source for c in response.candidates} == {"ann"}
@@ -101,7 +107,9 @@ def test_recent_only_user_gets_folded_in_candidates(root: Path, model: SmallMode
 
     async def scenario(stub: Stub, _: RetrievalService) -> None:
         recent = [*seen[:10], "unknown-item"]
-        response = await stub.Retrieve(Request(user_id="new", recent_item_ids=recent, exclude_item_ids=seen, n=300))
+        response = await stub.Retrieve(
+            Request(user_id="new", recent_item_ids=recent, exclude_item_ids=seen, n=300)
+        )
         assert_well_formed(response, 300, seen)
         assert {c.source for c in response.candidates} == {"recent"}
 
@@ -142,7 +150,9 @@ def test_heavy_exclusion_and_popular_top_up(tmp_path: Path, model: SmallModel) -
         # everything but 20 items excluded, n bigger than what is left: all of the rest, once each
         keep = set(model.item_ids[-20:])
         everything_else = [i for i in model.item_ids if i not in keep]
-        response = await stub.Retrieve(Request(user_embedding=embedding, exclude_item_ids=everything_else, n=100))
+        response = await stub.Retrieve(
+            Request(user_embedding=embedding, exclude_item_ids=everything_else, n=100)
+        )
         assert set(ids(response)) == keep and len(response.candidates) == 20
 
     run_with(tmp_path, scenario, version="ivf")
@@ -181,11 +191,17 @@ def test_bad_requests_are_invalid_argument(root: Path, model: SmallModel) -> Non
             await expect_invalid(stub, Request(n=n), "n")
         await expect_invalid(stub, Request(user_embedding=[0.1] * (dim - 1), n=10), "user_embedding")
         await expect_invalid(stub, Request(user_embedding=[0.1] * (dim + 1), n=10), "user_embedding")
-        await expect_invalid(stub, Request(user_embedding=[0.1] * (dim - 1) + [math.nan], n=10), "user_embedding")
-        await expect_invalid(stub, Request(user_embedding=[math.inf] + [0.1] * (dim - 1), n=10), "user_embedding")
+        await expect_invalid(
+            stub, Request(user_embedding=[0.1] * (dim - 1) + [math.nan], n=10), "user_embedding"
+        )
+        await expect_invalid(
+            stub, Request(user_embedding=[math.inf] + [0.1] * (dim - 1), n=10), "user_embedding"
+        )
         too_many = [str(i) for i in range(MAX_EXCLUDE + 1)]
         await expect_invalid(stub, Request(exclude_item_ids=too_many, n=10), "exclude_item_ids")
-        await expect_invalid(stub, Request(recent_item_ids=too_many[: MAX_RECENT + 1], n=10), "recent_item_ids")
+        await expect_invalid(
+            stub, Request(recent_item_ids=too_many[: MAX_RECENT + 1], n=10), "recent_item_ids"
+        )
         await expect_invalid(stub, Request(user_id="u" * 257, n=10), "user_id")
 
     run_with(root, scenario)
@@ -201,7 +217,9 @@ def test_unavailable_before_load() -> None:
     asyncio.run(main())
 
 
-def test_inconsistent_version_is_refused_and_the_old_one_keeps_serving(tmp_path: Path, model: SmallModel) -> None:
+def test_inconsistent_version_is_refused_and_the_old_one_keeps_serving(
+    tmp_path: Path, model: SmallModel
+) -> None:
     async def main() -> None:
         component = create(Config())
         watcher = ArtifactWatcher(tmp_path, component.load, interval_s=1)
@@ -230,7 +248,9 @@ def test_serves_through_the_common_bootstrap(root: Path, model: SmallModel) -> N
 
     async def main() -> None:
         config = config_module.parse(
-            Config, ["--port", str(free_port()), "--artifacts-dir", str(root), "--reload-interval-s", "0.1"], env={}
+            Config,
+            ["--port", str(free_port()), "--artifacts-dir", str(root), "--reload-interval-s", "0.1"],
+            env={},
         )
         stop = asyncio.Event()
         task = asyncio.create_task(serve(create(config), config, stop))
@@ -249,7 +269,9 @@ def test_serves_through_the_common_bootstrap(root: Path, model: SmallModel) -> N
                 else:
                     raise AssertionError("retrieval never reported SERVING")
                 stub: Stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)
-                response = await stub.Retrieve(Request(user_embedding=model.user_embeddings[0].tolist(), n=10))
+                response = await stub.Retrieve(
+                    Request(user_embedding=model.user_embeddings[0].tolist(), n=10)
+                )
                 assert len(response.candidates) == 10 and response.artifact_version == "v1"
         finally:
             stop.set()
@@ -269,3 +291,30 @@ def test_config_and_component() -> None:
     assert component.needs_artifacts
     described: Any = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"]
     assert described.full_name == component.service_name
+
+
+def test_serves_the_trained_artifact(trained: ArtifactVersion) -> None:
+    """The trainer's own output (services/trainer) loads and answers warm, recent-only and cold users."""
+    user_ids = json.loads(trained.file("user_ids.json").read_text())
+    embeddings = np.load(trained.file("user_embeddings.npy"))
+    history: dict[str, list[str]] = json.loads(trained.file("user_history.json").read_text())
+
+    async def main() -> None:
+        component = create(Config())
+        await component.load(trained)
+        async with serving(component) as stub:
+            for row in (0, len(user_ids) // 2, len(user_ids) - 1):
+                seen = history.get(user_ids[row], [])
+                warm = await stub.Retrieve(
+                    Request(user_embedding=embeddings[row].tolist(), exclude_item_ids=seen, n=500)
+                )
+                assert_well_formed(warm, 500, seen)
+                assert warm.candidates[0].source == "ann" and warm.artifact_version == trained.version
+                recent = await stub.Retrieve(Request(recent_item_ids=seen[:20], exclude_item_ids=seen, n=500))
+                assert_well_formed(recent, 500, seen)
+                assert recent.candidates[0].source == ("recent" if seen else "popular")
+            cold = await stub.Retrieve(Request(n=100))
+            assert_well_formed(cold, 100, [])
+            assert ids(cold)[:10] == json.loads(trained.file("popular.json").read_text())[:10]
+
+    asyncio.run(main())

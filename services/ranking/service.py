@@ -1,0 +1,210 @@
+"""RankingService: LightGBM LambdaRank over the retrieval candidates -> top k.
+
+The ranker's input is built by services.common.ranking_features.assemble, the same function the trainer
+used, from the request alone plus the artifact's item embeddings (for the candidates' similarity to the
+user's recent items). Items the user has seen are never returned; duplicate candidates count once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from services.common import ranking_features as rf
+from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.config import option, port_number
+from services.common.rpc import NotReady, handler, require, require_id, require_max_len
+from services.common.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+MAX_CANDIDATES = 10_000
+MAX_K = 1_000
+
+
+@dataclass(frozen=True)
+class Config(ServerConfig):
+    port: int = option(50054, "port to listen on", port_number)
+
+
+@dataclass(frozen=True)
+class Model:
+    """Everything one artifact version contributes; replaced as a whole on reload."""
+
+    version: str
+    booster: Any  # lightgbm.Booster
+    item_row: dict[str, int]
+    item_vectors: npt.NDArray[np.float32]
+    item_dim: int
+
+    @classmethod
+    def load(cls, version: ArtifactVersion) -> Model:
+        import lightgbm as lgb
+
+        features = version.manifest.get("features") or {}
+        for key, expected in (
+            ("user", rf.USER_FEATURES),
+            ("item", rf.ITEM_FEATURES),
+            ("ranker", rf.RANKER_FEATURES),
+        ):
+            if list(features.get(key) or []) != list(expected):
+                raise ArtifactError(
+                    f"artifact {version.version}: manifest features.{key} differ from what this ranking "
+                    "service assembles (train and serve versions disagree)"
+                )
+        try:
+            booster = lgb.Booster(model_file=str(version.file("ranker.txt")))
+        except lgb.basic.LightGBMError as e:
+            raise ArtifactError(
+                f"artifact {version.version}: ranker.txt is not a LightGBM model ({e})"
+            ) from e
+        if booster.num_feature() != len(rf.RANKER_FEATURES):
+            raise ArtifactError(
+                f"artifact {version.version}: ranker.txt takes {booster.num_feature()} features, "
+                f"the manifest lists {len(rf.RANKER_FEATURES)}"
+            )
+        item_ids = json.loads(version.file("item_ids.json").read_text())
+        vectors = np.load(version.file("item_embeddings.npy"), allow_pickle=False).astype(np.float32)
+        if not isinstance(item_ids, list) or vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
+            raise ArtifactError(
+                f"artifact {version.version}: item_embeddings.npy has shape {vectors.shape}, "
+                f"item_ids.json {len(item_ids)} ids"
+            )
+        # One scoring call proves the model and the assembly agree before the version is served.
+        probe = rf.assemble(
+            np.empty(0, np.float32), np.zeros((2, len(rf.ITEM_FEATURES)), np.float32), np.zeros(2, np.float32)
+        )
+        booster.predict(probe, num_threads=1)
+        return cls(
+            version.version,
+            booster,
+            {str(item): i for i, item in enumerate(item_ids)},
+            vectors,
+            len(rf.ITEM_FEATURES),
+        )
+
+    def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
+        return np.fromiter((self.item_row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def embeddings(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Vectors of `rows`; NaN for unknown items (-1)."""
+        out = self.item_vectors[np.maximum(rows, 0)]
+        out[rows < 0] = np.nan
+        return out
+
+    def score(self, request: ranking_pb2.RankRequest) -> npt.NDArray[np.float64]:
+        candidates = request.candidates
+        n = len(candidates)
+        items = np.frombuffer(request.item_features, dtype="<f4").reshape(n, self.item_dim)
+        ids = [c.item_id for c in candidates]
+        rows = self.rows(ids)
+        recent_rows = self.rows(list(request.user.recent_item_ids[: rf.RECENT_ITEMS * 2]))
+        recent_rows = recent_rows[recent_rows >= 0][: rf.RECENT_ITEMS]
+        recent = rf.recent_profile(self.item_vectors[recent_rows], self.item_vectors.shape[1])
+        matrix = rf.assemble(
+            np.asarray(request.user.values, dtype=np.float32),
+            items,
+            np.asarray([c.score for c in candidates], dtype=np.float32),
+            candidate_embeddings=self.embeddings(rows),
+            recent=recent,
+        )
+        scores: npt.NDArray[np.float64] = np.asarray(
+            self.booster.predict(matrix, num_threads=1), dtype=np.float64
+        )
+        return scores
+
+
+class RankingService(ranking_pb2_grpc.RankingServiceServicer):
+    """The gRPC servicer and the server Component (services.common.server.Component) in one."""
+
+    name = "ranking"
+    service_name = "recsys.v1.RankingService"
+    needs_artifacts = True
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._model: Model | None = None
+
+    @property
+    def version(self) -> str | None:
+        return self._model.version if self._model is not None else None
+
+    # --- Component ----------------------------------------------------------------------------------
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        ranking_pb2_grpc.add_RankingServiceServicer_to_server(self, server)
+
+    async def load(self, version: ArtifactVersion) -> None:
+        """Build the new model completely off the event loop, then swap it in; raise to refuse it."""
+        model = await asyncio.to_thread(Model.load, version)
+        previous = self.version
+        self._model = model
+        log.info("ranker loaded", extra={"version": version.version, "previous": previous})
+
+    async def close(self) -> None:
+        self._model = None
+
+    # --- RPC ----------------------------------------------------------------------------------------
+
+    @handler("ranking", "rank")
+    async def Rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ranking_pb2.RankResponse:
+        model = self._model
+        if model is None:
+            raise NotReady("ranking: no artifact version loaded yet")
+        require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
+        require_max_len(request.candidates, "candidates", MAX_CANDIDATES)
+        for i, candidate in enumerate(request.candidates):
+            require_id(candidate.item_id, f"candidates[{i}].item_id")
+        n = len(request.candidates)
+        require(
+            request.item_feature_dim == model.item_dim,
+            "item_feature_dim",
+            f"must be {model.item_dim} (the artifact's item features), got {request.item_feature_dim}",
+        )
+        require(
+            len(request.item_features) == 4 * model.item_dim * n,
+            "item_features",
+            f"must hold {n} rows of {model.item_dim} float32 ({4 * model.item_dim * n} bytes), "
+            f"got {len(request.item_features)} bytes",
+        )
+        values = len(request.user.values)
+        require(
+            values in (0, len(rf.USER_FEATURES)),
+            "user.values",
+            f"must be empty or hold {len(rf.USER_FEATURES)} values, got {values}",
+        )
+        if n == 0:
+            return ranking_pb2.RankResponse(artifact_version=model.version)
+        scores = await asyncio.to_thread(model.score, request) if n > 2000 else model.score(request)
+        ids = np.asarray([c.item_id for c in request.candidates], dtype=object)
+        keep = np.zeros(n, dtype=bool)
+        keep[np.unique(ids.astype(str), return_index=True)[1]] = True  # first occurrence of each id
+        if request.user.seen_item_ids:
+            keep &= ~np.isin(ids.astype(str), np.asarray(list(request.user.seen_item_ids), dtype=str))
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(-scores[order], kind="stable")][: request.k]
+        return ranking_pb2.RankResponse(
+            items=[
+                common_pb2.ScoredItem(
+                    item_id=request.candidates[i].item_id,
+                    score=float(scores[i]),
+                    source=request.candidates[i].source,
+                )
+                for i in order.tolist()
+            ],
+            artifact_version=model.version,
+        )
+
+
+def create(config: Config) -> RankingService:
+    return RankingService(config)

@@ -1,0 +1,120 @@
+"""The trainer on the bundled MovieLens latest-small (the session's `trained` fixture), and its CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common import ranking_features as rf
+from services.common.artifacts import ArtifactVersion, open_current, open_version
+from services.trainer.cli import add_arguments, config_from_args, main
+
+ARTIFACT_FILES = {
+    "item_ids.json",
+    "items.csv",
+    "item_embeddings.npy",
+    "item_index.faiss",
+    "item_features.npy",
+    "popular.json",
+    "user_ids.json",
+    "user_embeddings.npy",
+    "user_features.npy",
+    "user_history.json",
+    "ranker.txt",
+}
+
+
+def documented_files() -> set[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "artifacts.md").read_text()
+    return set(re.findall(r"<version>/(\S+)\s", text)) - {"manifest.json"}
+
+
+def test_every_documented_file_is_written_and_verified(trained: ArtifactVersion) -> None:
+    assert documented_files() <= ARTIFACT_FILES | {"manifest.json"}
+    version = open_version(trained.path.parent, trained.version)
+    assert set(version.manifest["files"]) == ARTIFACT_FILES
+    assert open_current(trained.path.parent).version == trained.version
+    assert not [p for p in trained.path.parent.iterdir() if p.name.startswith(".staging")]
+
+
+def test_matrices_line_up(trained: ArtifactVersion) -> None:
+    manifest = trained.manifest
+    item_ids = json.loads(trained.file("item_ids.json").read_text())
+    user_ids = json.loads(trained.file("user_ids.json").read_text())
+    items = np.load(trained.file("item_embeddings.npy"))
+    users = np.load(trained.file("user_embeddings.npy"))
+    assert items.dtype == users.dtype == np.float32
+    assert items.shape == (len(item_ids), manifest["embedding_dim"])
+    assert users.shape == (len(user_ids), manifest["embedding_dim"])
+    assert np.load(trained.file("item_features.npy")).shape == (
+        len(item_ids),
+        len(manifest["features"]["item"]),
+    )
+    assert np.load(trained.file("user_features.npy")).shape == (
+        len(user_ids),
+        len(manifest["features"]["user"]),
+    )
+    assert manifest["features"]["ranker"] == list(rf.RANKER_FEATURES)
+    assert len(rf.RANKER_FEATURES) >= 16
+    history = json.loads(trained.file("user_history.json").read_text())
+    assert set(history) == set(user_ids)
+    popular = json.loads(trained.file("popular.json").read_text())
+    assert len(popular) == len(set(popular)) > 100 and set(popular) <= set(item_ids)
+
+
+def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> None:
+    manifest = trained.manifest
+    data = manifest["data"]
+    assert data["source"] == "ml-latest-small"
+    assert "/" not in json.dumps(data["source"])
+    assert re.fullmatch(r"[0-9a-f]{64}", data["fingerprint"])
+    assert data["counts"]["interactions"] == 100836
+    assert data["counts"]["train"] + data["counts"]["test"] == 100836
+    assert data["split"]["strategy"] == "time"
+    assert all(w["end"] <= data["split"]["test_start"] for w in data["split"]["label_windows"])
+    for stage in ("retrieval", "ranking"):
+        assert set(manifest["metrics"][stage]) == {"recall@10", "precision@10", "ndcg@10"}
+    assert manifest["params"]["embedding_dim"] == manifest["embedding_dim"]
+
+
+def test_ranking_beats_retrieval_on_ndcg(trained: ArtifactVersion) -> None:
+    metrics = trained.manifest["metrics"]
+    assert metrics["ranking"]["ndcg@10"] > metrics["retrieval"]["ndcg@10"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_config_from_flags(tmp_path: Path) -> None:
+    config = config_from_args(
+        parse(["--data", "x.csv", "--out", str(tmp_path), "--candidates", "200", "--seed", "7"])
+    )
+    assert (config.data, config.out, config.candidates, config.seed) == (Path("x.csv"), tmp_path, 200, 7)
+
+
+def test_main_stops_on_a_malformed_row_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "log.csv"
+    rows = [f"u{i % 7},i{i % 13},{1 + i % 5},{1000 + i}" for i in range(15)]
+    rows.insert(15, "u1,i2,abc,999999")  # line 17 (header is line 1)
+    data.write_text("user,item,rating,timestamp\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "artifacts"
+    assert main(parse(["--data", str(data), "--out", str(out), "--no-progress"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "recsys train: log.csv line 17: rating 'abc' is not a number"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_main_rejects_bad_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(["--data", str(tmp_path), "--out", str(tmp_path / "a"), "--test-fraction", "1.5"])
+    assert main(args) == 2
+    assert "test_fraction" in capsys.readouterr().err
