@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -116,9 +117,12 @@ class TrainConfig:
 
 
 class Stages:
-    """Wall-clock time per named stage, logged as each ends."""
+    """Wall-clock time per named stage; with `progress`, one line on stderr as each ends."""
 
-    def __init__(self) -> None:
+    NAMES = ("load", "ranker", "serving_snapshot", "evaluate", "export")
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -127,6 +131,9 @@ class Stages:
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
         log.info("stage done", extra={"stage": name, "seconds": self.seconds[name]})
+        if self.progress:
+            step = self.NAMES.index(name) + 1
+            print(f"train [{step}/{len(self.NAMES)}] {name:<17} {self.seconds[name]:6.1f} s", file=sys.stderr)
 
 
 @dataclass
@@ -149,7 +156,7 @@ def build_snapshot(
     import faiss
 
     item_row = {item: i for i, item in enumerate(item_ids)}
-    emb = fit_als(log_slice, item_ids, config.als(), show_progress=config.progress)
+    emb = fit_als(log_slice, item_ids, config.als(), show_progress=False)
     items = features.item_features(
         log_slice, item_ids, data.catalog, reference, data.tag_items, data.tag_timestamps
     )
@@ -380,7 +387,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
 
     config.validate()
     faiss.omp_set_num_threads(config.threads)
-    stages = Stages()
+    stages = Stages(config.progress)
     started = time.perf_counter()
     with stages("load"):
         data = load(config.data)
