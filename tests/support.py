@@ -1,4 +1,4 @@
-"""Helpers the tests share: a real redis-server on a free port, paths."""
+"""Helpers the tests share: a real redis-server on a free port, one component on a real server, paths."""
 
 from __future__ import annotations
 
@@ -6,11 +6,19 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
+import grpc
+
+from services.common.server import Component
 from services.local import free_port
+
+__all__ = ["BUNDLED_DATA", "REPO", "free_port", "redis_server", "serving"]
+
+S = TypeVar("S")
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = REPO / "data" / "ml-latest-small"
@@ -55,3 +63,18 @@ def redis_server(workdir: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@asynccontextmanager
+async def serving(component: Component, stub_class: Callable[[grpc.aio.Channel], S]) -> AsyncIterator[S]:
+    """`component` alone on a real grpc.aio server on a free loopback port; yields a stub to it."""
+    server = grpc.aio.server()
+    component.add_to_server(server)
+    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield stub_class(channel)
+    finally:
+        await server.stop(None)
+        await component.close()

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from services.common.artifacts import sha256_file
+
 # MovieLens latest-small, shipped in the repository for the demo and the tests.
 BUNDLED_DATA = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
 
@@ -218,7 +220,7 @@ def load(path: Path) -> Dataset:
         inputs = [path]
     else:
         raise DataError(f"{path}: no such file or directory")
-    files = {p.name: _sha256(p) for p in inputs}
+    files = {p.name: sha256_file(p) for p in inputs}
     fingerprint = hashlib.sha256(
         "".join(f"{name}:{digest}\n" for name, digest in sorted(files.items())).encode()
     ).hexdigest()
@@ -232,14 +234,6 @@ def load(path: Path) -> Dataset:
         else (np.empty(0, dtype=str), np.empty(0, dtype=np.float64))
     )
     return Dataset(path.name, fingerprint, files, log, catalog, tag_items, tag_ts)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def time_split(log: Log, fraction: float) -> tuple[Log, Log, float]:

@@ -6,8 +6,8 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ from services.common.server import StartupError, serve
 from services.features import Config, FeaturesComponent, create
 from services.features.store import EventType
 from services.local import free_port, health_status
-from tests.support import redis_server
+from tests.support import redis_server, serving
 from tests.unit.features_fixtures import Tables, build_version
 
 if TYPE_CHECKING:
@@ -44,24 +44,10 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
     return replace(base, redis_url=url, redis_prefix=f"svc-{uuid.uuid4().hex[:12]}")
 
 
-@asynccontextmanager
-async def serving(component: FeaturesComponent) -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
-    component.add_to_server(server)
-    port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield features_pb2_grpc.FeatureServiceStub(channel)
-    finally:
-        await server.stop(None)
-        await component.close()
-
-
 def run(config: Config, scenario: Callable[[FeaturesComponent, Stub], Awaitable[None]]) -> None:
     async def main() -> None:
         component = create(config)
-        async with serving(component) as stub:
+        async with serving(component, features_pb2_grpc.FeatureServiceStub) as stub:
             await scenario(component, stub)
 
     asyncio.run(main())
@@ -278,7 +264,7 @@ def test_redis_going_away_is_unavailable(tmp_path: Path, v1: Tables) -> None:
 
     async def main(url: str, stop_redis: Callable[[], None]) -> None:
         component = create(Config(redis_url=url, redis_prefix="gone"))
-        async with serving(component) as stub:
+        async with serving(component, features_pb2_grpc.FeatureServiceStub) as stub:
             await component.load(v1.version)
             await stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id="u0"))
             stop_redis()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,8 +18,8 @@ import pytest
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactError, ArtifactVersion
-from services.local import free_port
-from services.ranking.service import Config, RankingService, create
+from services.ranking.service import Config, create
+from tests.support import serving
 
 if TYPE_CHECKING:
     from recsys.v1.ranking_pb2_grpc import RankingServiceAsyncStub as Stub
@@ -74,27 +73,12 @@ def request_for(s: Served, user_index: int, n: int, k: int) -> ranking_pb2.RankR
     )
 
 
-@contextlib.asynccontextmanager
-async def serving(component: RankingService) -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
-    component.add_to_server(server)
-    port = free_port()
-    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield ranking_pb2_grpc.RankingServiceStub(channel)
-    finally:
-        await server.stop(None)
-        await component.close()
-
-
 def run_with(version: ArtifactVersion | None, scenario: Callable[[Stub], Awaitable[None]]) -> None:
     async def main() -> None:
         component = create(Config())
         if version is not None:
             await component.load(version)
-        async with serving(component) as stub:
+        async with serving(component, ranking_pb2_grpc.RankingServiceStub) as stub:
             await scenario(stub)
 
     asyncio.run(main())

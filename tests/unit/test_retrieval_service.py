@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from services.common.artifacts import ArtifactError, ArtifactVersion, ArtifactWa
 from services.common.server import Component, serve
 from services.local import free_port
 from services.retrieval.service import MAX_EXCLUDE, MAX_RECENT, Config, RetrievalService, create
+from tests.support import serving
 from tests.unit.retrieval_fixtures import SmallModel, small_model, write_version
 
 if TYPE_CHECKING:  # the async stub class exists only for type checkers
@@ -43,28 +44,13 @@ def root(tmp_path_factory: pytest.TempPathFactory, model: SmallModel) -> Path:
     return path
 
 
-@contextlib.asynccontextmanager
-async def serving(component: RetrievalService) -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
-    component.add_to_server(server)
-    port = free_port()
-    assert server.add_insecure_port(f"127.0.0.1:{port}") == port
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield retrieval_pb2_grpc.RetrievalServiceStub(channel)
-    finally:
-        await server.stop(None)
-        await component.close()
-
-
 def run_with(
     root: Path, scenario: Callable[[Stub, RetrievalService], Awaitable[None]], version: str = "v1"
 ) -> None:
     async def main() -> None:
         component = create(Config())
         await component.load(open_version(root, version))
-        async with serving(component) as stub:
+        async with serving(component, retrieval_pb2_grpc.RetrievalServiceStub) as stub:
             await scenario(stub, component)
 
     asyncio.run(main())
@@ -209,7 +195,7 @@ def test_bad_requests_are_invalid_argument(root: Path, model: SmallModel) -> Non
 
 def test_unavailable_before_load() -> None:
     async def main() -> None:
-        async with serving(create(Config())) as stub:
+        async with serving(create(Config()), retrieval_pb2_grpc.RetrievalServiceStub) as stub:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Retrieve(Request(n=10))
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -225,7 +211,7 @@ def test_inconsistent_version_is_refused_and_the_old_one_keeps_serving(
         watcher = ArtifactWatcher(tmp_path, component.load, interval_s=1)
         write_version(tmp_path, "good", model)
         assert await watcher.check() and watcher.loaded == "good"
-        async with serving(component) as stub:
+        async with serving(component, retrieval_pb2_grpc.RetrievalServiceStub) as stub:
             # checksums all match, but the index holds fewer vectors than item_ids.json lists
             bad = write_version(tmp_path, "bad", model, index_rows=5000)
             with pytest.raises(ArtifactError, match="row counts disagree"):
@@ -302,7 +288,7 @@ def test_serves_the_trained_artifact(trained: ArtifactVersion) -> None:
     async def main() -> None:
         component = create(Config())
         await component.load(trained)
-        async with serving(component) as stub:
+        async with serving(component, retrieval_pb2_grpc.RetrievalServiceStub) as stub:
             for row in (0, len(user_ids) // 2, len(user_ids) - 1):
                 seen = history.get(user_ids[row], [])
                 warm = await stub.Retrieve(
