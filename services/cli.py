@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("--rating", type=float, default=0.0)
     feedback.add_argument("--gateway", default="127.0.0.1:50051")
 
+    bench = commands.add_parser("bench", help="benchmarks against a running platform").add_subparsers(
+        dest="bench", required=True
+    )
+    load = bench.add_parser("load", help="bounded closed- or open-loop load on the gateway (loopback only)")
+    load.add_argument("--gateway", default="127.0.0.1:50051")
+    load.add_argument("--mode", choices=["closed", "open"], default="closed")
+    load.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
+    load.add_argument("--rps", type=float, default=100.0, help="open loop: requests started per second")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds (at most 600)")
+    load.add_argument("--max-requests", type=int, default=10_000)
+    load.add_argument("--users", type=int, default=1000, help="distinct user ids to cycle through")
+    load.add_argument("--users-from", type=Path, default=None, help="artifact root: use its trained user ids")
+    load.add_argument("-k", type=int, default=10)
+    load.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+
     demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
     demo.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))
@@ -140,6 +155,37 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from services.loadgen import LoadConfig, LoadError, format_result, run
+
+    users = [f"load-user-{i}" for i in range(args.users)]
+    if args.users_from is not None:
+        from services.demo import demo_users
+
+        users = demo_users(args.users_from, args.users)
+    config = LoadConfig(
+        gateway=args.gateway,
+        users=users,
+        mode=args.mode,
+        concurrency=args.concurrency,
+        rps=args.rps,
+        duration_s=args.duration,
+        max_requests=args.max_requests,
+        k=args.k,
+    )
+    try:
+        result = run(config)
+    except LoadError as e:
+        raise CommandError(str(e)) from e
+    print(format_result(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run
 
@@ -159,6 +205,7 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "feedback": cmd_feedback,
     "demo": cmd_demo,
+    "bench": cmd_bench,
 }
 
 
