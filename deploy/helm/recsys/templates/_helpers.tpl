@@ -1,0 +1,190 @@
+{{/* The four services, in start order (backends first). */}}
+{{- define "recsys.componentNames" -}}
+features retrieval ranking gateway
+{{- end }}
+
+{{/* Fully qualified gRPC service names: what the health service reports and the probes ask for. */}}
+{{- define "recsys.grpcServiceName" -}}
+{{- $names := dict "gateway" "recsys.v1.Gateway" "features" "recsys.v1.FeatureService" "retrieval" "recsys.v1.RetrievalService" "ranking" "recsys.v1.RankingService" -}}
+{{- index $names . -}}
+{{- end }}
+
+{{- define "recsys.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "recsys.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of a component's objects: dict "root" $ "component" "gateway". */}}
+{{- define "recsys.componentFullname" -}}
+{{- printf "%s-%s" (include "recsys.fullname" .root | trunc 50 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "recsys.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of a component: dict "root" $ "component" "gateway". */}}
+{{- define "recsys.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "recsys.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of a component's objects: dict "root" $ "component" "gateway". */}}
+{{- define "recsys.labels" -}}
+helm.sh/chart: {{ include "recsys.chart" .root }}
+{{ include "recsys.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "recsys.imageTag" .root | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: {{ include "recsys.name" .root }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "recsys.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* The recsys image reference, pinned by tag (never latest) and optionally by digest. */}}
+{{- define "recsys.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository (include "recsys.imageTag" .) .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "recsys.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "recsys.artifactsClaim" -}}
+{{- default (printf "%s-artifacts" (include "recsys.fullname" .)) .Values.artifacts.existingClaim }}
+{{- end }}
+
+{{- define "recsys.redisFullname" -}}
+{{- include "recsys.componentFullname" (dict "root" . "component" "redis") }}
+{{- end }}
+
+{{- define "recsys.redisSecretName" -}}
+{{- default (include "recsys.redisFullname" .) .Values.redis.auth.existingSecret }}
+{{- end }}
+
+{{- define "recsys.collectorFullname" -}}
+{{- include "recsys.componentFullname" (dict "root" . "component" "otel-collector") }}
+{{- end }}
+
+{{/* The OTLP endpoint every service exports to ("" = tracing off). */}}
+{{- define "recsys.otlpEndpoint" -}}
+{{- if .Values.otelCollector.enabled }}
+{{- printf "http://%s.%s.svc.%s:4317" (include "recsys.collectorFullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- .Values.telemetry.otlpEndpoint }}
+{{- end }}
+{{- end }}
+
+{{/* True when the features service has an online store shared between replicas (Redis). */}}
+{{- define "recsys.hasRedis" -}}
+{{- if or .Values.redis.enabled .Values.redis.external.url .Values.redis.external.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The gateway's address of a backend: dns:/// + the headless Service, so round_robin sees every pod IP. */}}
+{{- define "recsys.backendAddress" -}}
+{{- $c := index .root.Values.components .component }}
+{{- printf "dns:///%s.%s.svc.%s:%d" (include "recsys.componentFullname" .) .root.Release.Namespace .root.Values.clusterDomain (int $c.port) }}
+{{- end }}
+
+{{/* Environment shared by every recsys container (service and trainer): dict "root" $ "component" NAME. */}}
+{{- define "recsys.otelEnv" -}}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "recsys-%s" .component | quote }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ include "recsys.resourceAttributes" . | quote }}
+{{- with include "recsys.otlpEndpoint" .root }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_INSECURE
+  value: "true"
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+{{- else }}
+- name: OTEL_TRACES_EXPORTER
+  value: none
+{{- end }}
+{{- end }}
+
+{{- define "recsys.resourceAttributes" -}}
+{{- $attrs := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE)" (printf "service.version=%s" (include "recsys.imageTag" .root)) (printf "service.namespace=%s" .root.Release.Name) }}
+{{- range $k, $v := .root.Values.telemetry.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%v" $k $v) }}
+{{- end }}
+{{- join "," $attrs }}
+{{- end }}
+
+{{/* The three native gRPC probes of a component: dict "root" $ "component" NAME. */}}
+{{- define "recsys.grpcProbes" -}}
+{{- $c := index .root.Values.components .component }}
+{{- $service := include "recsys.grpcServiceName" .component }}
+{{- range $kind, $field := dict "startup" "startupProbe" "readiness" "readinessProbe" "liveness" "livenessProbe" }}
+{{ $field }}:
+  grpc:
+    port: {{ $c.port }}
+    service: {{ $service }}
+  {{- toYaml (index $c.probes $kind) | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "recsys.tmpVolumeMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{- define "recsys.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+
+{{/* A NetworkPolicy peer: the pods of one component of this release: dict "root" $ "component" NAME. */}}
+{{- define "recsys.peer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "recsys.selectorLabels" . | nindent 6 }}
+{{- end }}
+
+{{/* Egress every release pod needs: DNS and the OTLP endpoint. */}}
+{{- define "recsys.commonEgress" -}}
+# DNS, wherever the cluster runs it.
+- ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- if .Values.otelCollector.enabled }}
+- to:
+    {{- include "recsys.peer" (dict "root" . "component" "otel-collector") | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: 4317}
+    - {protocol: TCP, port: 4318}
+{{- else if .Values.telemetry.otlpEndpoint }}
+{{- $hostport := splitList ":" (urlParse .Values.telemetry.otlpEndpoint).host }}
+# The external OTLP endpoint.
+- ports:
+    - {protocol: TCP, port: {{ if gt (len $hostport) 1 }}{{ last $hostport }}{{ else }}4317{{ end }}}
+{{- end }}
+{{- end }}

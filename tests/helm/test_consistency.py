@@ -1,0 +1,237 @@
+"""What the chart runs is what the code accepts: each container's args and env go through the CLI's own
+parser and config loader, ports agree between config, container, Service and probes, and the probes
+ask for the service's real health name."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.cli import SERVICE_MODULES, build_parser
+from services.common import config
+from tests.helm.chart import CHART, NAMESPACE, ROOT, SERVICES, Release, containers, pod_spec
+
+VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+SECRET = "s3cret"
+
+
+def kube_env(container: dict[str, Any], files: dict[str, Path]) -> dict[str, str]:
+    """The environment the kubelet gives the container: $(VAR) expanded from earlier entries, Secrets and
+    the downward API replaced by placeholders, mounted paths redirected to `files`."""
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = VAR_REF.sub(lambda m: env.get(m[1], m[0]), str(entry["value"]))
+        elif "secretKeyRef" in entry["valueFrom"]:
+            value = SECRET
+        else:
+            value = "from-" + entry["valueFrom"]["fieldRef"]["fieldPath"]
+        env[entry["name"]] = str(files.get(value, value))
+    return env
+
+
+def mounted_files(release: Release, workload: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
+    """container path -> a local copy, for every file of every ConfigMap the container mounts."""
+    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    maps = release.config_map_files()
+    out: dict[str, Path] = {}
+    for c in containers(workload):
+        for m in c.get("volumeMounts", []):
+            cm = volumes[m["name"]].get("configMap")
+            if cm is None:
+                continue
+            for filename, text in maps[cm["name"]].items():
+                local = tmp_path / m["name"] / filename
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_text(text)
+                out[f"{m['mountPath']}/{filename}"] = local
+    return out
+
+
+def component_class(service: str) -> Any:
+    module = importlib.import_module(SERVICE_MODULES[service])
+    (cls,) = {
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and isinstance(getattr(v, "service_name", None), str)
+        and getattr(v, "name", None) == service
+    }
+    return cls
+
+
+def load_service_config(release: Release, service: str, tmp_path: Path) -> tuple[Any, dict[str, str]]:
+    deployment = release.component_deployment(service)
+    (c,) = containers(deployment)
+    assert "command" not in c, "the image's entrypoint (recsys) runs"
+    args = build_parser().parse_args(c["args"])
+    assert (args.command, args.service) == ("serve", service)
+    env = kube_env(c, mounted_files(release, deployment, tmp_path))
+    cls = importlib.import_module(SERVICE_MODULES[service]).Config
+    known = {config.env_name(f.name) for f in dataclasses.fields(cls)}
+    unknown = {n for n in env if n.startswith(config.ENV_PREFIX)} - known
+    assert not unknown, f"{service}: the config loader ignores {sorted(unknown)}"
+    return config.parse(cls, args.flags, env=env), env
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_args_and_env_are_accepted_by_the_cli_and_config_loader(
+    release: Release, service: str, tmp_path: Path
+) -> None:
+    cfg, env = load_service_config(release, service, tmp_path)
+    assert cfg.host == "0.0.0.0"
+    assert env["OTEL_SERVICE_NAME"] == f"recsys-{service}"
+    collector = release.values.get("otelCollector", {}).get("enabled", False)
+    external = release.values.get("telemetry", {}).get("otlpEndpoint")
+    if collector or external:
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+    else:
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_ports_agree_between_config_container_service_and_probes(
+    release: Release, service: str, tmp_path: Path
+) -> None:
+    cfg, _ = load_service_config(release, service, tmp_path)
+    deployment = release.component_deployment(service)
+    (c,) = containers(deployment)
+    (port,) = c["ports"]
+    assert port["containerPort"] == cfg.port and port["name"] == "grpc"
+    svc = release.get("Service", deployment["metadata"]["name"])
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["port"] == cfg.port and svc_port["targetPort"] in ("grpc", cfg.port)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"]["port"] == cfg.port
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_probes_name_the_services_health_entry(release: Release, service: str) -> None:
+    from recsys.v1 import features_pb2, gateway_pb2, ranking_pb2, retrieval_pb2
+
+    declared = {
+        s.full_name
+        for m in (gateway_pb2, features_pb2, retrieval_pb2, ranking_pb2)
+        for s in m.DESCRIPTOR.services_by_name.values()
+    }
+    (c,) = containers(release.component_deployment(service))
+    expected = component_class(service).service_name
+    assert expected in declared
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # services.common.server sets the status of "" and of the full service name.
+        assert c[probe]["grpc"].get("service", "") in ("", expected)
+        assert c[probe]["grpc"]["service"] == expected
+
+
+def test_gateway_reaches_each_backend_through_its_headless_service(release: Release, tmp_path: Path) -> None:
+    cfg, _ = load_service_config(release, "gateway", tmp_path)
+    for backend in ("features", "retrieval", "ranking"):
+        deployment = release.component_deployment(backend)
+        svc = release.get("Service", deployment["metadata"]["name"])
+        port = svc["spec"]["ports"][0]["port"]
+        assert (
+            getattr(cfg, f"{backend}_addr")
+            == f"dns:///{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{port}"
+        )
+        assert svc["spec"]["clusterIP"] == "None"
+
+
+def test_gateway_reads_the_experiments_configmap_and_budgets_from_values(
+    release: Release, tmp_path: Path
+) -> None:
+    from services.gateway import experiments
+
+    cfg, _ = load_service_config(release, "gateway", tmp_path)
+    # The config loader already parsed the ConfigMap's file with the gateway's own experiments loader.
+    experiments.load(cfg.experiments)  # raises on a file the gateway would refuse
+    document = yaml.safe_load(cfg.experiments.read_text())
+    ids = [e["id"] for e in release.values.get("experiments", [{"id": "candidates"}])]
+    assert [e["id"] for e in document["experiments"]] == ids
+    gw_config = {
+        "totalBudgetMs": 100.0,
+        "featuresBudgetMs": 25.0,
+        "retrievalBudgetMs": 30.0,
+        "rankingBudgetMs": 40.0,
+    }
+    gw_config.update(release.values.get("components", {}).get("gateway", {}).get("config", {}))
+    assert cfg.total_budget_ms == gw_config["totalBudgetMs"]
+    assert cfg.features_budget_ms == gw_config["featuresBudgetMs"]
+    assert cfg.retrieval_budget_ms == gw_config["retrievalBudgetMs"]
+    assert cfg.ranking_budget_ms == gw_config["rankingBudgetMs"]
+
+
+def test_backends_serve_the_mounted_artifacts_and_poll_for_new_versions(
+    release: Release, tmp_path: Path
+) -> None:
+    (job,) = release.of_kind("Job")
+    train = build_parser().parse_args(containers(job)[0]["args"])
+    assert train.command == "train"
+    for backend in ("features", "retrieval", "ranking"):
+        cfg, _ = load_service_config(release, backend, tmp_path / backend)
+        assert cfg.artifacts_dir == train.out
+        assert cfg.reload_interval_s <= 30
+
+
+def test_features_store_url(release: Release, tmp_path: Path) -> None:
+    cfg, _ = load_service_config(release, "features", tmp_path)
+    redis = release.values.get("redis", {})
+    if redis.get("enabled", True):
+        (svc,) = [
+            s
+            for s in release.of_kind("Service")
+            if s["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"
+        ]
+        assert (
+            cfg.redis_url
+            == f"redis://:{SECRET}@{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:6379/0"
+        )
+    elif redis.get("external", {}).get("existingSecret"):
+        assert cfg.redis_url == SECRET
+    else:
+        assert cfg.redis_url == redis["external"]["url"]
+    # The embedded store's event log (unused with Redis) is on a writable volume, not the read-only root.
+    assert str(cfg.event_log).startswith("/var/lib/recsys/")
+
+
+def test_trainer_job_is_accepted_by_the_train_parser(release: Release) -> None:
+    (job,) = release.of_kind("Job")
+    (c,) = containers(job)
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "train" and args.no_progress
+    # The data it trains on is in the image.
+    assert f"COPY data/ml-latest-small {args.data}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_image_matches_what_the_chart_assumes(releases: dict[str, Release]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["recsys"]' in dockerfile
+    uid = int(re.findall(r"^ARG UID=(\d+)$", dockerfile, re.M)[-1])
+    assert re.search(r"^USER \$\{UID\}:\$\{UID\}$", dockerfile, re.M)
+    assert "PYTHONDONTWRITEBYTECODE=1" in dockerfile and "HOME=/tmp" in dockerfile
+    release = releases["default"]
+    for service in SERVICES:
+        assert pod_spec(release.component_deployment(service))["securityContext"]["runAsUser"] == uid
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert "**" in dockerignore and "!data/ml-latest-small/" in dockerignore
+
+
+def test_schema_config_keys_are_service_flags() -> None:
+    """values: components.<name>.config.<camelCase> becomes RECSYS_<SNAKE>; each must be a real flag."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for service in SERVICES:
+        cls = importlib.import_module(SERVICE_MODULES[service]).Config
+        fields = {f.name for f in dataclasses.fields(cls)}
+        props = schema["properties"]["components"]["properties"][service]["allOf"][1]["properties"]["config"][
+            "properties"
+        ]
+        for key in props:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+            assert snake in fields, f"components.{service}.config.{key}: no --{snake.replace('_', '-')} flag"

@@ -1,0 +1,90 @@
+"""The chart renders for every values file, lints clean, and every object is valid Kubernetes 1.28-1.33."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import CHART, KUBE_VERSIONS, NAMESPACE, VALUES_FILES, Release, load_values
+
+
+@pytest.mark.parametrize("kube_version", [KUBE_VERSIONS[0], KUBE_VERSIONS[-1]])
+@pytest.mark.parametrize("values_name", list(VALUES_FILES))
+def test_lint_strict_has_no_errors_or_warnings(values_name: str, kube_version: str) -> None:
+    import helm_python
+
+    report = helm_python.lint(
+        str(CHART),
+        load_values(values_name),
+        strict=True,
+        namespace=NAMESPACE,
+        kube_version=f"v{kube_version}",
+    )
+    assert report["errors"] == []
+    # Severity 2 = warning, 3 = error; strict lint treats warnings as errors, and so do we.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+#: (version, object JSON) -> error or None: identical objects of different renders are validated once.
+_VALIDATED: dict[tuple[str, str], str | None] = {}
+
+
+def _validate(obj: dict[str, Any], version: str) -> str | None:
+    import kubernetes_validate
+
+    key = (version, json.dumps(obj, sort_keys=True))
+    if key not in _VALIDATED:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+            _VALIDATED[key] = None
+        except kubernetes_validate.ValidationError as e:
+            _VALIDATED[key] = str(e.message)
+    return _VALIDATED[key]
+
+
+def test_every_object_validates_strictly_against_each_kubernetes_version(release: Release) -> None:
+    assert release.objects
+    failures = [
+        f"{version} {obj['kind']}/{obj['metadata']['name']}: {error}"
+        for obj in release.objects
+        for version in KUBE_VERSIONS
+        if (error := _validate(obj, version)) is not None
+    ]
+    assert failures == []
+
+
+def test_the_validator_rejects_what_it_should() -> None:
+    """kubernetes-validate strict really checks: an unknown field and a wrong type are refused."""
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"portz": []}}
+    assert _validate(bad, KUBE_VERSIONS[0]) is not None
+    wrong = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": "2"},
+    }
+    assert _validate(wrong, KUBE_VERSIONS[-1]) is not None
+
+
+def test_renders_the_whole_platform(release: Release) -> None:
+    kinds = {(o["kind"], o["metadata"]["labels"]["app.kubernetes.io/component"]) for o in release.objects}
+    for service in ("gateway", "features", "retrieval", "ranking"):
+        for kind in (
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+        ):
+            assert (kind, service) in kinds, f"{kind} of {service}"
+    assert ("Job", "trainer") in kinds
+    assert ("PersistentVolumeClaim", "artifacts") in kinds
+    assert ("ConfigMap", "experiments") in kinds
+    redis = bool(release.values.get("redis", {}).get("enabled", True))
+    assert (("StatefulSet", "redis") in kinds) is redis
+    assert (("Secret", "redis") in kinds) is redis
+    collector = bool(release.values.get("otelCollector", {}).get("enabled", False))
+    assert (("Deployment", "otel-collector") in kinds) is collector
+    assert all(o["metadata"].get("namespace") in (None, NAMESPACE) for o in release.objects)
