@@ -80,7 +80,11 @@ def main(ns: argparse.Namespace) -> int:
     print(f"trained {version.version} in {version.manifest['training']['seconds']:.1f}s")
     print(f"  evaluated on {metrics['evaluation']['users']} users of the latest time slice")
     print(f"  {'':22}{'recall@10':>10}{'precision@10':>14}{'ndcg@10':>10}")
-    for name, label in (("retrieval", "retrieval"), ("ranking", "retrieval + ranking")):
+    for name, label in (
+        ("popularity", "popularity"),
+        ("retrieval", "retrieval"),
+        ("ranking", "retrieval + ranking"),
+    ):
         m = metrics[name]
         print(f"  {label:22}{m['recall@10']:>10.4f}{m['precision@10']:>14.4f}{m['ndcg@10']:>10.4f}")
     for key, value in metrics["candidates"].items():

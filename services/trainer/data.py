@@ -1,8 +1,12 @@
 """Reading the interaction log and splitting it by time.
 
-Inputs: a MovieLens directory (ratings.csv, and optionally movies.csv and tags.csv), or one CSV file
-with a header naming the columns user,item[,rating],timestamp. A bad row stops loading with an error
-that names the file and the line.
+Inputs (`load`):
+- a MovieLens latest directory (ratings.csv, and optionally movies.csv and tags.csv);
+- a MovieLens 100k directory (u.data, and optionally u.item/u.user or RecBole's ml-100k.item/ml-100k.user);
+- a RecBole atomic file `NAME.inter` (or a directory holding one, with NAME.item / NAME.user beside it);
+- one CSV file with a header naming the columns user,item[,rating],timestamp;
+- one Parquet file with those columns (needs pyarrow: `pip install recsys[eval]`).
+A bad row stops loading with an error that names the file and the line.
 """
 
 from __future__ import annotations
@@ -42,21 +46,34 @@ class Log:
     items: npt.NDArray[np.str_]
     ratings: npt.NDArray[np.float32]
     timestamps: npt.NDArray[np.float64]  # seconds since the epoch
+    # Each row's position in the input file (0-based), when known: seeded splits that must reproduce
+    # a reference implementation (random numbers drawn in file order) need it.
+    positions: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
 
-    def take(self, mask: npt.NDArray[np.bool_]) -> Log:
-        return Log(self.users[mask], self.items[mask], self.ratings[mask], self.timestamps[mask])
+    def take(self, mask: npt.NDArray[np.bool_] | npt.NDArray[np.int64]) -> Log:
+        positions = None if self.positions is None else self.positions[mask]
+        return Log(self.users[mask], self.items[mask], self.ratings[mask], self.timestamps[mask], positions)
+
+    def file_order(self) -> npt.NDArray[np.int64]:
+        """Row indices of this log in input-file order (time order when positions are unknown)."""
+        if self.positions is None:
+            return np.arange(len(self), dtype=np.int64)
+        return np.argsort(self.positions, kind="stable").astype(np.int64)
 
 
 @dataclass(frozen=True)
 class Item:
     title: str = ""
     genres: tuple[str, ...] = ()
+    release_year: float = float("nan")  # when the metadata gives it apart from the title
 
     @property
     def year(self) -> float:
+        if np.isfinite(self.release_year):
+            return self.release_year
         match = YEAR.search(self.title)
         return float(match.group(1)) if match else float("nan")
 
@@ -68,6 +85,8 @@ class Dataset:
     files: dict[str, str]  # input file name -> sha256
     log: Log
     catalog: dict[str, Item]  # every known item (metadata file first, then items only in the log)
+    # Optional user attributes (MovieLens 100k: age, gender, occupation), as text.
+    user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     tag_items: npt.NDArray[np.str_] = field(default_factory=lambda: np.empty(0, dtype=str))
     tag_timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, dtype=np.float64))
 
@@ -154,6 +173,11 @@ def read_interactions(path: Path) -> Log:
         stamps.append(_timestamp(row[time_col], where))
     if not users:
         raise DataError(f"{path.name}: no interactions after the header")
+    return _log(users, items, ratings, stamps)
+
+
+def _log(users: list[str], items: list[str], ratings: list[float], stamps: list[float]) -> Log:
+    """Rows in file order -> a Log sorted by time (ties keep file order) that remembers file positions."""
     ts = np.asarray(stamps, dtype=np.float64)
     order = np.argsort(ts, kind="stable")
     return Log(
@@ -161,6 +185,7 @@ def read_interactions(path: Path) -> Log:
         np.asarray(items, dtype=str)[order],
         np.asarray(ratings, dtype=np.float32)[order],
         ts[order],
+        order.astype(np.int64),
     )
 
 
@@ -208,32 +233,289 @@ def read_tags(path: Path) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.float64]
     return np.asarray(items, dtype=str), np.asarray(stamps, dtype=np.float64)
 
 
-def load(path: Path) -> Dataset:
-    """Load a MovieLens directory or a single interactions CSV."""
-    if path.is_dir():
-        ratings = path / "ratings.csv"
-        if not ratings.is_file():
-            raise DataError(f"{path.name}: directory has no ratings.csv")
-        inputs = [p for p in (ratings, path / "movies.csv", path / "tags.csv") if p.is_file()]
-    elif path.is_file():
-        ratings = path
-        inputs = [path]
-    else:
-        raise DataError(f"{path}: no such file or directory")
+def _text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) for every non-blank line."""
+    try:
+        with path.open(encoding=encoding, newline="") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield number, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path.name}: not {encoding} text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise DataError(f"{path.name}: cannot read ({e.strerror})") from e
+
+
+def read_udata(path: Path) -> Log:
+    """MovieLens 100k `u.data`: user, item, rating, timestamp separated by tabs, no header."""
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[float] = []
+    for line, text in _text_lines(path):
+        where = f"{path.name} line {line}"
+        row = text.split("\t")
+        if len(row) != 4:
+            raise DataError(
+                f"{where}: expected 4 tab-separated fields user,item,rating,timestamp, got {len(row)}"
+            )
+        user, item = row[0].strip(), row[1].strip()
+        if not user or not item:
+            raise DataError(f"{where}: empty {'user' if not user else 'item'} id")
+        users.append(user)
+        items.append(item)
+        ratings.append(_number(row[2], "rating", where))
+        stamps.append(_number(row[3], "timestamp", where))
+    if not users:
+        raise DataError(f"{path.name}: no interactions")
+    return _log(users, items, ratings, stamps)
+
+
+def _atomic_header(path: Path) -> tuple[int, list[str], Iterator[tuple[int, str]]]:
+    """RecBole atomic file: tab-separated, header fields `name:type`; returns names without types."""
+    lines = _text_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{path.name}: the file is empty")
+    line, header = first
+    names = [field.split(":", 1)[0].strip().lower() for field in header.split("\t")]
+    return line, names, lines
+
+
+def read_inter(path: Path) -> Log:
+    """RecBole `.inter`: header `user_id:token  item_id:token  rating:float  timestamp:float`."""
+    line, names, lines = _atomic_header(path)
+    user_col, item_col = _column(names, USER_COLUMNS), _column(names, ITEM_COLUMNS)
+    rating_col, time_col = _column(names, RATING_COLUMNS), _column(names, TIME_COLUMNS)
+    if user_col is None or item_col is None:
+        raise DataError(
+            f"{path.name} line {line}: expected a RecBole header with user_id:token and item_id:token, "
+            f"got {' '.join(names)!r}"
+        )
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[float] = []
+    for line, text in lines:
+        where = f"{path.name} line {line}"
+        row = text.split("\t")
+        if len(row) != len(names):
+            raise DataError(f"{where}: expected {len(names)} tab-separated fields, got {len(row)}")
+        user, item = row[user_col].strip(), row[item_col].strip()
+        if not user or not item:
+            raise DataError(f"{where}: empty {'user' if not user else 'item'} id")
+        users.append(user)
+        items.append(item)
+        ratings.append(1.0 if rating_col is None else _number(row[rating_col], "rating", where))
+        stamps.append(float(len(stamps)) if time_col is None else _number(row[time_col], "timestamp", where))
+    if not users:
+        raise DataError(f"{path.name}: no interactions after the header")
+    return _log(users, items, ratings, stamps)
+
+
+def read_recbole_items(path: Path) -> dict[str, Item]:
+    """RecBole `.item`: item_id, movie_title, release_year, class (space-separated genres)."""
+    line, names, lines = _atomic_header(path)
+    item_col = _column(names, ITEM_COLUMNS)
+    if item_col is None:
+        raise DataError(f"{path.name} line {line}: expected a header with item_id:token")
+    title_col = _column(names, ("movie_title", "title"))
+    year_col = _column(names, ("release_year", "year"))
+    genre_col = _column(names, ("class", "genre", "genres"))
+    catalog: dict[str, Item] = {}
+    for line, text in lines:
+        row = text.split("\t")
+        if len(row) != len(names):
+            raise DataError(
+                f"{path.name} line {line}: expected {len(names)} tab-separated fields, got {len(row)}"
+            )
+        year = float("nan")
+        raw_year = row[year_col].strip() if year_col is not None else ""
+        if raw_year.isdigit():  # metadata: an unknown year ("unkonwn" in ml-100k.item) stays NaN
+            year = float(raw_year)
+        genres = row[genre_col].split() if genre_col is not None else []
+        catalog[row[item_col].strip()] = Item(
+            title=row[title_col].strip() if title_col is not None else "",
+            genres=tuple(g.replace("'s", "") for g in genres),  # "Children's" -> "Children"
+            release_year=year,
+        )
+    return catalog
+
+
+def read_recbole_users(path: Path) -> dict[str, dict[str, str]]:
+    """RecBole `.user`: user_id plus any attributes (ml-100k: age, gender, occupation, zip_code)."""
+    line, names, lines = _atomic_header(path)
+    user_col = _column(names, USER_COLUMNS)
+    if user_col is None:
+        raise DataError(f"{path.name} line {line}: expected a header with user_id:token")
+    users: dict[str, dict[str, str]] = {}
+    for line, text in lines:
+        row = text.split("\t")
+        if len(row) != len(names):
+            raise DataError(
+                f"{path.name} line {line}: expected {len(names)} tab-separated fields, got {len(row)}"
+            )
+        users[row[user_col].strip()] = {
+            n: v.strip() for n, v in zip(names, row, strict=True) if n != names[user_col]
+        }
+    return users
+
+
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+
+def read_uitem(path: Path) -> dict[str, Item]:
+    """GroupLens `u.item`: id|title|release date|video date|url|19 genre flags (latin-1)."""
+    catalog: dict[str, Item] = {}
+    for line, text in _text_lines(path, encoding="latin-1"):
+        row = text.split("|")
+        if len(row) != 5 + len(ML100K_GENRES):
+            raise DataError(
+                f"{path.name} line {line}: expected {5 + len(ML100K_GENRES)} |-separated fields, got {len(row)}"
+            )
+        flags = row[5:]
+        genres = tuple(g for g, flag in zip(ML100K_GENRES, flags, strict=True) if flag.strip() == "1")
+        date = row[2].strip()
+        year = float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else float("nan")
+        catalog[row[0].strip()] = Item(title=row[1].strip(), genres=genres, release_year=year)
+    return catalog
+
+
+def read_uuser(path: Path) -> dict[str, dict[str, str]]:
+    """GroupLens `u.user`: id|age|gender|occupation|zip."""
+    users: dict[str, dict[str, str]] = {}
+    for line, text in _text_lines(path, encoding="latin-1"):
+        row = text.split("|")
+        if len(row) != 5:
+            raise DataError(f"{path.name} line {line}: expected 5 |-separated fields, got {len(row)}")
+        users[row[0].strip()] = {"age": row[1], "gender": row[2], "occupation": row[3], "zip_code": row[4]}
+    return users
+
+
+def read_parquet(path: Path) -> Log:
+    """A Parquet table with user, item, [rating,] timestamp columns (same names as the CSV header)."""
+    try:
+        import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+    except ImportError:
+        raise DataError(f"{path.name}: reading Parquet needs pyarrow (pip install 'recsys[eval]')") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise DataError(f"{path.name}: not a readable Parquet file ({e})") from e
+    names = [n.lower() for n in table.column_names]
+    user_col, item_col = _column(names, USER_COLUMNS), _column(names, ITEM_COLUMNS)
+    rating_col, time_col = _column(names, RATING_COLUMNS), _column(names, TIME_COLUMNS)
+    if user_col is None or item_col is None or time_col is None:
+        raise DataError(
+            f"{path.name}: expected columns user,item[,rating],timestamp, got {','.join(names)!r}"
+        )
+    columns = [table.column(i).to_pylist() for i in range(len(names))]
+    n = table.num_rows
+    users = [str(v) for v in columns[user_col]]
+    items = [str(v) for v in columns[item_col]]
+    for i in range(n):
+        if columns[user_col][i] is None or columns[item_col][i] is None:
+            raise DataError(f"{path.name} row {i + 1}: empty user or item id")
+    ratings: list[float] = []
+    stamps: list[float] = []
+    for i in range(n):
+        where = f"{path.name} row {i + 1}"
+        raw_t = columns[time_col][i]
+        stamps.append(raw_t.timestamp() if isinstance(raw_t, datetime) else _timestamp(str(raw_t), where))
+        ratings.append(1.0 if rating_col is None else _number(str(columns[rating_col][i]), "rating", where))
+    if not users:
+        raise DataError(f"{path.name}: no rows")
+    return _log(users, items, ratings, stamps)
+
+
+def _fingerprint(inputs: list[Path]) -> tuple[dict[str, str], str]:
     files = {p.name: sha256_file(p) for p in inputs}
     fingerprint = hashlib.sha256(
         "".join(f"{name}:{digest}\n" for name, digest in sorted(files.items())).encode()
     ).hexdigest()
-    log = read_interactions(ratings)
-    catalog = read_movies(path / "movies.csv") if path.is_dir() and (path / "movies.csv").is_file() else {}
+    return files, fingerprint
+
+
+def _with_log_items(catalog: dict[str, Item], log: Log) -> dict[str, Item]:
     for item in sorted(set(np.unique(log.items).tolist()) - catalog.keys()):
         catalog[item] = Item()
+    return catalog
+
+
+def _load_ml100k(path: Path) -> Dataset:
+    """A MovieLens 100k directory: u.data, with u.item/u.user or RecBole's ml-100k.item/ml-100k.user."""
+    ratings = path / "u.data"
+    meta = [
+        p
+        for p in (path / "u.item", path / "u.user", path / "ml-100k.item", path / "ml-100k.user")
+        if p.is_file()
+    ]
+    files, fingerprint = _fingerprint([ratings, *meta])
+    log = read_udata(ratings)
+    catalog: dict[str, Item] = {}
+    users: dict[str, dict[str, str]] = {}
+    if (path / "u.item").is_file():
+        catalog = read_uitem(path / "u.item")
+    elif (path / "ml-100k.item").is_file():
+        catalog = read_recbole_items(path / "ml-100k.item")
+    if (path / "u.user").is_file():
+        users = read_uuser(path / "u.user")
+    elif (path / "ml-100k.user").is_file():
+        users = read_recbole_users(path / "ml-100k.user")
+    return Dataset(path.name, fingerprint, files, log, _with_log_items(catalog, log), users)
+
+
+def _load_inter(inter: Path) -> Dataset:
+    stem = inter.with_suffix("")
+    meta = [p for p in (stem.with_suffix(".item"), stem.with_suffix(".user")) if p.is_file()]
+    files, fingerprint = _fingerprint([inter, *meta])
+    log = read_inter(inter)
+    catalog = read_recbole_items(meta[0]) if meta and meta[0].suffix == ".item" else {}
+    user_file = stem.with_suffix(".user")
+    users = read_recbole_users(user_file) if user_file.is_file() else {}
+    return Dataset(inter.name, fingerprint, files, log, _with_log_items(catalog, log), users)
+
+
+def load(path: Path) -> Dataset:
+    """Load any supported input (see the module docstring): a directory or a single file."""
+    if path.is_dir():
+        if (path / "u.data").is_file():
+            return _load_ml100k(path)
+        inters = sorted(path.glob("*.inter"))
+        if not (path / "ratings.csv").is_file() and inters:
+            return _load_inter(inters[0])
+        ratings = path / "ratings.csv"
+        if not ratings.is_file():
+            raise DataError(f"{path.name}: directory has no ratings.csv, u.data or *.inter")
+        inputs = [p for p in (ratings, path / "movies.csv", path / "tags.csv") if p.is_file()]
+    elif path.is_file():
+        if path.suffix == ".inter":
+            return _load_inter(path)
+        if path.name == "u.data" or path.suffix == ".data":
+            files, fingerprint = _fingerprint([path])
+            log = read_udata(path)
+            return Dataset(path.name, fingerprint, files, log, _with_log_items({}, log))
+        if path.suffix in (".parquet", ".pq"):
+            files, fingerprint = _fingerprint([path])
+            log = read_parquet(path)
+            return Dataset(path.name, fingerprint, files, log, _with_log_items({}, log))
+        ratings = path
+        inputs = [path]
+    else:
+        raise DataError(f"{path}: no such file or directory")
+    files, fingerprint = _fingerprint(inputs)
+    log = read_interactions(ratings)
+    catalog = read_movies(path / "movies.csv") if path.is_dir() and (path / "movies.csv").is_file() else {}
     tag_items, tag_ts = (
         read_tags(path / "tags.csv")
         if path.is_dir() and (path / "tags.csv").is_file()
         else (np.empty(0, dtype=str), np.empty(0, dtype=np.float64))
     )
-    return Dataset(path.name, fingerprint, files, log, catalog, tag_items, tag_ts)
+    return Dataset(path.name, fingerprint, files, log, _with_log_items(catalog, log), {}, tag_items, tag_ts)
 
 
 def time_split(log: Log, fraction: float) -> tuple[Log, Log, float]:

@@ -4,7 +4,15 @@ recall@k    = |relevant in top k| / |relevant|
 precision@k = |relevant in top k| / k
 ndcg@k      = DCG@k / IDCG@k, DCG@k = sum over hits at 1-based rank r <= k of 1 / log2(r + 1),
               IDCG@k = DCG of a perfect list: min(|relevant|, k) hits at the top.
+map@k       = (sum over hits at rank r <= k of precision@r) / |relevant|   (the Microsoft recommenders /
+              Spark definition: divided by all the user's relevant items, not by min(|relevant|, k))
 Users without relevant items are skipped by `mean_metrics` (their metrics are undefined).
+
+Beyond accuracy (over the top-k lists of all users):
+coverage          = |items recommended to anyone| / |catalogue|
+intra-list div.   = mean over users of the mean pairwise (1 - cosine similarity) within the list
+popularity bias   = mean train count of the recommended items (ARP), and the share of recommendations
+                    that fall in the most popular 10% of the catalogue
 """
 
 from __future__ import annotations
@@ -42,13 +50,67 @@ def ndcg_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float
     return dcg_at_k(ranked, relevant, k) / ideal
 
 
+def average_precision_at_k(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:
+    if not relevant:
+        return 0.0
+    total, hits = 0.0, 0
+    for rank, hit in enumerate(_hits(ranked, relevant, k), start=1):
+        if hit:
+            hits += 1
+            total += hits / rank
+    return total / len(relevant)
+
+
+def coverage(rankings: Mapping[str, Sequence[str]], catalogue_size: int, k: int) -> float:
+    """Share of the catalogue that appears in at least one user's top k."""
+    if catalogue_size <= 0:
+        raise ValueError("catalogue_size must be positive")
+    shown = {item for ranked in rankings.values() for item in list(ranked)[:k]}
+    return len(shown) / catalogue_size
+
+
+def intra_list_diversity(
+    rankings: Mapping[str, Sequence[str]], vectors: Mapping[str, np.ndarray], k: int
+) -> float:
+    """Mean over users of the mean pairwise cosine distance of their top k (items without a vector or
+    lists shorter than two are skipped)."""
+    values: list[float] = []
+    for ranked in rankings.values():
+        rows = [vectors[i] for i in list(ranked)[:k] if i in vectors]
+        if len(rows) < 2:
+            continue
+        m = np.asarray(rows, dtype=np.float64)
+        norms = np.linalg.norm(m, axis=1, keepdims=True)
+        m = m / np.where(norms > 0, norms, 1.0)
+        sim = m @ m.T
+        n = m.shape[0]
+        values.append(float((n * n - sim.sum() - (n - np.trace(sim))) / (n * (n - 1))))
+    return float(np.mean(values)) if values else 0.0
+
+
+def popularity_bias(
+    rankings: Mapping[str, Sequence[str]], counts: Mapping[str, float], k: int
+) -> dict[str, float]:
+    """ARP (mean train count of recommended items) and the share of recommendations in the head
+    (the most popular 10% of the items in `counts`)."""
+    ordered = sorted(counts.values(), reverse=True)
+    if not ordered:
+        return {f"arp@{k}": 0.0, f"head_share@{k}": 0.0}
+    threshold = ordered[max(0, int(np.ceil(len(ordered) * 0.1)) - 1)]
+    shown = [item for ranked in rankings.values() for item in list(ranked)[:k]]
+    if not shown:
+        return {f"arp@{k}": 0.0, f"head_share@{k}": 0.0}
+    pops = np.array([counts.get(i, 0.0) for i in shown], dtype=np.float64)
+    return {f"arp@{k}": float(pops.mean()), f"head_share@{k}": float((pops >= threshold).mean())}
+
+
 def mean_metrics(
     rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, Collection[str]], k: int
 ) -> dict[str, float]:
-    """Mean recall/precision/ndcg@k over the users of `rankings` that have relevant items."""
+    """Mean recall/precision/ndcg/map@k over the users of `rankings` that have relevant items."""
     users = [u for u in rankings if relevant.get(u)]
     if not users:
-        return {f"recall@{k}": 0.0, f"precision@{k}": 0.0, f"ndcg@{k}": 0.0}
+        return {f"recall@{k}": 0.0, f"precision@{k}": 0.0, f"ndcg@{k}": 0.0, f"map@{k}": 0.0}
 
     def mean(values: Iterable[float]) -> float:
         return float(np.mean(list(values)))
@@ -57,4 +119,5 @@ def mean_metrics(
         f"recall@{k}": mean(recall_at_k(rankings[u], relevant[u], k) for u in users),
         f"precision@{k}": mean(precision_at_k(rankings[u], relevant[u], k) for u in users),
         f"ndcg@{k}": mean(ndcg_at_k(rankings[u], relevant[u], k) for u in users),
+        f"map@{k}": mean(average_precision_at_k(rankings[u], relevant[u], k) for u in users),
     }

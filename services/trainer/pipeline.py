@@ -331,7 +331,19 @@ def evaluate(snap: Snapshot, test_log: Log, booster: Any, config: TrainConfig) -
         order = np.argsort(-predicted, kind="stable")
         ranking[user] = [ids[i] for i in order]
         candidate_recall.append(recall_at_k(ids, relevant[user], max(len(ids), 1)))
+    # Baseline: the most popular items of the training slice the user has not seen.
+    counts = np.zeros(len(snap.item_ids))
+    for rows_seen in snap.history.values():
+        np.add.at(counts, np.asarray(rows_seen, dtype=np.int64), 1.0)
+    by_popularity = np.argsort(-counts, kind="stable")
+    popular: dict[str, list[str]] = {}
+    for user in users:
+        seen_rows = set(snap.history.get(user, []))
+        popular[user] = [snap.item_ids[r] for r in by_popularity[: K + len(seen_rows)] if r not in seen_rows][
+            :K
+        ]
     return {
+        "popularity": _rounded(mean_metrics(popular, relevant, K)),
         "retrieval": _rounded(mean_metrics(retrieval, relevant, K)),
         "ranking": _rounded(mean_metrics(ranking, relevant, K)),
         "candidates": {

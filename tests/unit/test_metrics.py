@@ -43,3 +43,44 @@ def test_mean_metrics_skips_users_without_relevant_items() -> None:
     assert result["recall@2"] == pytest.approx(0.5)  # (1 + 0) / 2; u3 skipped
     assert result["precision@2"] == pytest.approx(0.25)
     assert result["ndcg@2"] == pytest.approx(0.5)
+
+
+def test_map_is_the_recommenders_definition_by_hand() -> None:
+    from services.trainer.metrics import average_precision_at_k
+
+    # hits at ranks 1 and 3 of the top 3; 4 relevant items: (1/1 + 2/3) / 4
+    assert average_precision_at_k(["a", "x", "b", "c"], {"a", "b", "c", "d"}, 3) == pytest.approx(
+        (1 + 2 / 3) / 4
+    )
+    assert average_precision_at_k(["x", "y"], {"a"}, 2) == 0.0
+    assert average_precision_at_k(["a"], set(), 1) == 0.0
+    result = mean_metrics({"u": ["x", "a"], "v": ["b", "y"]}, {"u": {"a"}, "v": {"b", "c"}}, 2)
+    assert result["map@2"] == pytest.approx(((1 / 2) / 1 + (1 / 1) / 2) / 2)
+
+
+def test_coverage_diversity_and_popularity_bias_by_hand() -> None:
+    import numpy as np
+
+    from services.trainer.metrics import coverage, intra_list_diversity, popularity_bias
+
+    rankings = {"u": ["a", "b"], "v": ["a", "c"]}
+    assert coverage(rankings, 4, 2) == pytest.approx(3 / 4)
+    vectors = {"a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.0]), "c": np.array([0.0, 1.0])}
+    # u: identical vectors, distance 0; v: orthogonal, distance 1
+    assert intra_list_diversity(rankings, vectors, 2) == pytest.approx(0.5)
+    counts = {"a": 10.0, "b": 2.0, "c": 4.0, "d": 0.0, "e": 0, "f": 0, "g": 0, "h": 0, "i": 0, "j": 0}
+    bias = popularity_bias(rankings, counts, 2)
+    assert bias["arp@2"] == pytest.approx((10 + 2 + 10 + 4) / 4)
+    assert bias["head_share@2"] == pytest.approx(2 / 4)  # the head is the top 10% = {a}
+
+
+def test_mmr_trades_relevance_for_diversity() -> None:
+    import numpy as np
+
+    from services.trainer.offline import mmr
+
+    candidates = np.array([0, 1, 2], dtype=np.int64)
+    relevance = np.array([1.0, 0.9, 0.1])
+    vectors = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    assert mmr(candidates, relevance, vectors, 2, 1.0).tolist() == [0, 1]
+    assert mmr(candidates, relevance, vectors, 2, 0.5).tolist() == [0, 2]

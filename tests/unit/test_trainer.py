@@ -77,14 +77,20 @@ def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> 
     assert data["counts"]["train"] + data["counts"]["test"] == 100836
     assert data["split"]["strategy"] == "time"
     assert all(w["end"] <= data["split"]["test_start"] for w in data["split"]["label_windows"])
-    for stage in ("retrieval", "ranking"):
-        assert set(manifest["metrics"][stage]) == {"recall@10", "precision@10", "ndcg@10"}
+    for stage in ("popularity", "retrieval", "ranking"):
+        assert set(manifest["metrics"][stage]) == {"recall@10", "precision@10", "ndcg@10", "map@10"}
     assert manifest["params"]["embedding_dim"] == manifest["embedding_dim"]
 
 
 def test_ranking_beats_retrieval_on_ndcg(trained: ArtifactVersion) -> None:
     metrics = trained.manifest["metrics"]
     assert metrics["ranking"]["ndcg@10"] > metrics["retrieval"]["ndcg@10"]
+
+
+def test_trained_pipeline_beats_popularity_on_latest_small(trained: ArtifactVersion) -> None:
+    metrics = trained.manifest["metrics"]
+    for metric in ("ndcg@10", "map@10", "recall@10", "precision@10"):
+        assert metrics["ranking"][metric] > metrics["popularity"][metric], metric
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,98 @@ def test_time_split_refuses_a_log_without_time_spread(tmp_path: Path) -> None:
     log = read_interactions(write(tmp_path / "log.csv", "user,item,timestamp\na,x,5\nb,y,5\nc,z,5\n"))
     with pytest.raises(DataError, match="cannot split"):
         time_split(log, 0.2)
+
+
+def test_loads_u_data_with_recbole_metadata(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t4\t300\n2\t10\t3\t100\n1\t20\t5\t200\n")
+    (tmp_path / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tOdd\tunkonwn\tDrama\n"
+    )
+    (tmp_path / "ml-100k.user").write_text(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n"
+    )
+    data = load(tmp_path)
+    assert data.log.users.tolist() == ["2", "1", "1"]  # sorted by time
+    assert data.log.positions is not None and data.log.positions.tolist() == [1, 2, 0]  # file rows
+    assert data.catalog["10"].genres == ("Animation", "Children", "Comedy")
+    assert data.catalog["10"].year == 1995.0 and np.isnan(data.catalog["20"].year)
+    assert data.user_attributes["1"]["occupation"] == "technician"
+
+
+def test_loads_grouplens_u_item_and_u_user(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t10\t4\t300\n")
+    flags = ["0"] * 19
+    flags[1] = "1"  # Action
+    (tmp_path / "u.item").write_text("10|Heat (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n")
+    (tmp_path / "u.user").write_text("1|24|F|writer|12345\n")
+    data = load(tmp_path)
+    assert data.catalog["10"].genres == ("Action",)
+    assert data.user_attributes["1"]["gender"] == "F"
+
+
+def test_loads_a_recbole_inter_file(tmp_path: Path) -> None:
+    inter = tmp_path / "toy.inter"
+    inter.write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t5\t3\t20\n2\t6\t4\t10\n"
+    )
+    data = load(inter)
+    assert data.log.items.tolist() == ["6", "5"]
+    assert load(tmp_path).log.items.tolist() == ["6", "5"]  # a directory holding one .inter
+
+
+def test_loads_parquet(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "log.parquet"
+    pq.write_table(
+        pa.table({"user": [1, 2], "item": ["a", "b"], "rating": [4.0, 2.0], "timestamp": [5, 1]}), path
+    )
+    data = load(path)
+    assert data.log.users.tolist() == ["2", "1"]
+    assert data.log.ratings.tolist() == [2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("u.data", "1\t10\t4\t300\n1\t10\t4\n", "u.data line 2: expected 4 tab-separated fields"),
+        ("u.data", "1\t10\t4\t300\n\n1\t10\tfive\t3\n", "u.data line 3: rating 'five' is not a number"),
+        ("u.data", "1\t\t4\t300\n", "u.data line 1: empty item id"),
+        (
+            "x.inter",
+            "user_id:token\titem_id:token\n1\t2\n3\n",
+            "x.inter line 3: expected 2 tab-separated fields",
+        ),
+        ("x.inter", "foo:token\tbar:token\n1\t2\n", "x.inter line 1: expected a RecBole header"),
+    ],
+)
+def test_malformed_new_formats_name_the_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load(path)
+
+
+def test_fetch_movielens_100k_checks_sha256_on_a_file_url(tmp_path: Path) -> None:
+    import hashlib
+    import zipfile
+
+    from services.trainer.evaluate_cli import fetch_movielens_100k
+
+    content = b"1\t10\t4\t300\n2\t10\t3\t100\n"
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ml-100k/u.data", content)
+        z.writestr("ml-100k/u.user", "1|24|F|writer|12345\n")
+        z.writestr("ml-100k/README", "fixture")
+    dest = tmp_path / "cache"
+    with pytest.raises(DataError, match="does not match"):
+        fetch_movielens_100k(archive.as_uri(), dest, "0" * 64)
+    assert not dest.exists()  # nothing written on a bad checksum
+    path = fetch_movielens_100k(archive.as_uri(), dest, hashlib.sha256(content).hexdigest())
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in dest.iterdir()) == ["u.data", "u.user"]
+    assert len(load(dest).log) == 2
+    with pytest.raises(DataError, match="cannot download"):
+        fetch_movielens_100k((tmp_path / "missing.zip").as_uri(), dest)
