@@ -3,6 +3,8 @@
     <root>/<version>/manifest.json   schema version, data fingerprint, params, metrics, sha256 of every file
     <root>/<version>/...             the files the manifest lists
     <root>/CURRENT                   the version to serve (one line)
+    <root>/PINNED                    optional: more versions to serve side by side (one a line, `#` comments),
+                                     for experiment arms that ask for a version by name
 
 A version is written into a hidden temporary directory and renamed into place only when complete, and
 CURRENT is replaced atomically, so a reader never sees half a version. Readers verify every checksum
@@ -26,6 +28,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+PINNED = "PINNED"
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,25 @@ def current_version_name(root: Path) -> str:
     return name
 
 
+def _check_name(name: str, where: Path) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise ArtifactError(f"{where} does not name a version: {name!r}")
+    return name
+
+
+def pinned_version_names(root: Path) -> list[str]:
+    """The versions <root>/PINNED lists (one a line; blank lines and `#` comments skipped); [] without it."""
+    path = root / PINNED
+    if not path.is_file():
+        return []
+    names: list[str] = []
+    for line in path.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name and name not in names:
+            names.append(_check_name(name, path))
+    return names
+
+
 def open_version(root: Path, version: str) -> ArtifactVersion:
     """Read and verify one version: manifest present and parseable, schema known, every file's sha256."""
     path = root / version
@@ -137,6 +159,7 @@ def open_current(root: Path) -> ArtifactVersion:
 
 
 Loader = Callable[[ArtifactVersion], Awaitable[None]]
+Unloader = Callable[[str], None]
 
 
 class ArtifactWatcher:
@@ -146,15 +169,65 @@ class ArtifactWatcher:
     the previous version serving.
     """
 
-    def __init__(self, root: Path, loader: Loader, interval_s: float) -> None:
+    def __init__(
+        self,
+        root: Path,
+        loader: Loader,
+        interval_s: float,
+        pin: Loader | None = None,
+        unpin: Unloader | None = None,
+    ) -> None:
         self.root = root
         self.loader = loader
         self.interval_s = interval_s
         self.loaded: str | None = None
         self._refused: str | None = None
+        #: Versions of PINNED served beside CURRENT (`pin` loads one, `unpin` drops one).
+        self.pin = pin
+        self.unpin = unpin
+        self.pinned: set[str] = set()
+        self._pinned_listing: tuple[str, ...] | None = None
 
     async def check(self) -> bool:
         """Load CURRENT if it names a new version; True when a version is loaded (new or old)."""
+        await self.check_pinned()
+        return await self._check_current()
+
+    async def check_pinned(self) -> None:
+        """Load the versions PINNED newly lists, drop the ones it no longer lists. A version that fails
+        its checks is refused (logged) and not retried until PINNED changes; the others serve."""
+        if self.pin is None:
+            return
+        try:
+            listing = tuple(pinned_version_names(self.root))
+        except (ArtifactError, OSError) as e:
+            if self._pinned_listing != ():
+                log.error(
+                    "pinned versions unreadable", extra={"reason": str(e), "serving": sorted(self.pinned)}
+                )
+            self._pinned_listing = ()
+            return
+        if listing == self._pinned_listing:
+            return
+        self._pinned_listing = listing
+        for name in sorted(self.pinned - set(listing)):
+            if self.unpin is not None:
+                self.unpin(name)
+            self.pinned.discard(name)
+            log.info("pinned artifact version dropped", extra={"version": name})
+        for name in listing:
+            if name in self.pinned:
+                continue
+            try:
+                version = await asyncio.to_thread(open_version, self.root, name)
+                await self.pin(version)
+            except Exception as e:  # this pinned version is refused; the others keep serving
+                log.error("pinned artifact version refused", extra={"version": name, "reason": str(e)})
+                continue
+            self.pinned.add(name)
+            log.info("pinned artifact version loaded", extra={"version": name})
+
+    async def _check_current(self) -> bool:
         try:
             name = current_version_name(self.root)
         except ArtifactError as e:

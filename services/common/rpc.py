@@ -31,6 +31,17 @@ class NotReady(RuntimeError):
     """The service has no artifacts loaded yet."""
 
 
+class UnknownVersion(LookupError):
+    """A request asked for an artifact version this service does not serve (FAILED_PRECONDITION)."""
+
+    def __init__(self, service: str, version: str, served: list[str]) -> None:
+        super().__init__(
+            f"{service}: artifact_version {version!r} is not served (serving {', '.join(served) or 'none'}; "
+            "list it in <artifacts>/PINNED)"
+        )
+        self.version = version
+
+
 def require(condition: bool, field: str, problem: str) -> None:
     if not condition:
         raise InvalidArgument(field, problem)
@@ -68,6 +79,9 @@ def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], H
                 except NotReady as e:
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
                     await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+                except UnknownVersion as e:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             raise AssertionError("unreachable: context.abort raises")
 
         return wrapped

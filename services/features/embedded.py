@@ -27,6 +27,7 @@ from services.features.store import (
     Event,
     FloatArray,
     UserProfile,
+    VersionNotServed,
     check_events,
     merge_recent,
     read_tables,
@@ -75,6 +76,7 @@ class EmbeddedStore:
     def __init__(self, config: EmbeddedConfig) -> None:
         self.config = config
         self._snapshot: _Snapshot | None = None
+        self._pinned: dict[str, _Snapshot] = {}
         self._recent: dict[str, list[str]] = {}
         self._seen: dict[str, set[str]] = {}
         self._log_lock = asyncio.Lock()
@@ -101,10 +103,38 @@ class EmbeddedStore:
             self._snapshot = snapshot  # one assignment: readers see the old or the new version
             return True
 
+    async def pin(self, version: ArtifactVersion) -> None:
+        async with self._materialize_lock:
+            if version.version in self._pinned:
+                return
+            current = self._snapshot
+            if current is not None and current.version == version.version:
+                snapshot = current
+            else:
+                snapshot = await asyncio.to_thread(_build, version)
+            self._pinned = {**self._pinned, version.version: snapshot}
+
+    def unpin(self, name: str) -> None:
+        self._pinned = {k: v for k, v in self._pinned.items() if k != name}
+
+    def _snap(self, version: str) -> _Snapshot | None:
+        snap = self._snapshot
+        if not version or (snap is not None and snap.version == version):
+            return snap
+        pinned = self._pinned.get(version)
+        if pinned is None:
+            served = ([snap.version] if snap is not None else []) + sorted(self._pinned)
+            raise VersionNotServed(version, served)
+        return pinned
+
     # ---- reads ----------------------------------------------------------------------------------
 
-    async def get_user(self, user_id: str) -> UserProfile:
-        snap = self._snapshot
+    async def repair(self) -> list[str]:
+        """Nothing to repair: the tables live in this process."""
+        return []
+
+    async def get_user(self, user_id: str, version: str = "") -> UserProfile:
+        snap = self._snap(version)
         history = snap.history.get(user_id, []) if snap is not None else []
         row = snap.user_row.get(user_id) if snap is not None else None
         live = self._recent.get(user_id, [])
@@ -119,8 +149,8 @@ class EmbeddedStore:
             version=snap.version if snap is not None else "",
         )
 
-    async def get_items(self, item_ids: Sequence[str]) -> tuple[FloatArray, BoolArray]:
-        snap = self._snapshot
+    async def get_items(self, item_ids: Sequence[str], version: str = "") -> tuple[FloatArray, BoolArray]:
+        snap = self._snap(version)
         if snap is None:
             return np.empty((len(item_ids), 0), dtype=np.float32), np.zeros(len(item_ids), dtype=bool)
         rows = np.fromiter((snap.item_row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))

@@ -44,6 +44,7 @@ from services.features.store import (
     EventType,
     FloatArray,
     UserProfile,
+    VersionNotServed,
     check_events,
     merge_recent,
     read_tables,
@@ -139,6 +140,9 @@ class RedisStore:
             socket_timeout=config.socket_timeout_s,
         )
         self._served: _Served | None = None
+        self._pinned: dict[str, _Served] = {}
+        #: Where each served or pinned version came from, to rewrite it if Redis loses it.
+        self._sources: dict[str, ArtifactVersion] = {}
         self._materialize_lock = asyncio.Lock()
         p = config.prefix
         self._events_key = f"{p}:events"
@@ -172,41 +176,83 @@ class RedisStore:
             if self._served is not None and self._served.version == version.version:
                 return False
             name = version.version
-            meta: Any = await self.redis.hgetall(self._vkey(name, "meta"))
-            written = not meta
-            if written:
-                tables = await asyncio.to_thread(read_tables, version)
-                started = time.perf_counter()
-                await self._write(tables)
-                served = _Served(
-                    name,
-                    int(tables.item_features.shape[1]),
-                    int(tables.user_embeddings.shape[1]),
-                    int(tables.user_features.shape[1]),
-                )
-                log.info(
-                    "materialized version into Redis",
-                    extra={
-                        "version": name,
-                        "items": len(tables.item_ids),
-                        "users": len(tables.user_ids),
-                        "seconds": round(time.perf_counter() - started, 3),
-                    },
-                )
-            else:
-                served = _Served(
-                    name,
-                    int(meta[b"item_dim"]),
-                    int(meta[b"embedding_dim"]),
-                    int(meta[b"feature_dim"]),
-                )
+            served, written = await self._ensure(version)
             self._served = served  # one assignment: reads switch to the new version here
+            self._sources = {n: v for n, v in self._sources.items() if n in self._pinned} | {name: version}
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(self._current_key, name)
                 pipe.zadd(self._versions_key, {name: time.time()}, nx=True)
                 await pipe.execute()
             await self._prune(keep=name)
             return written
+
+    async def pin(self, version: ArtifactVersion) -> None:
+        async with self._materialize_lock:
+            if version.version in self._pinned:
+                return
+            served, _ = await self._ensure(version)
+            self._pinned = {**self._pinned, version.version: served}
+            self._sources = {**self._sources, version.version: version}
+            await self.redis.zadd(self._versions_key, {version.version: time.time()}, nx=True)
+
+    def unpin(self, name: str) -> None:
+        self._pinned = {k: v for k, v in self._pinned.items() if k != name}
+        if self._served is None or self._served.version != name:
+            self._sources = {k: v for k, v in self._sources.items() if k != name}
+
+    async def repair(self) -> list[str]:
+        """Rewrite every served or pinned version whose completion marker is gone (Redis restarted
+        without persistence, or flushed); returns the versions rewritten."""
+        repaired = []
+        async with self._materialize_lock:
+            for name, source in list(self._sources.items()):
+                if not await self.redis.exists(self._vkey(name, "meta")):
+                    await self._ensure(source)
+                    repaired.append(name)
+        return repaired
+
+    def _version(self, version: str) -> _Served | None:
+        served = self._served
+        if not version or (served is not None and served.version == version):
+            return served
+        pinned = self._pinned.get(version)
+        if pinned is None:
+            names = ([served.version] if served is not None else []) + sorted(self._pinned)
+            raise VersionNotServed(version, names)
+        return pinned
+
+    async def _ensure(self, version: ArtifactVersion) -> tuple[_Served, bool]:
+        """The version's keys complete in Redis (written unless another instance did); True if written."""
+        name = version.version
+        meta: Any = await self.redis.hgetall(self._vkey(name, "meta"))
+        written = not meta
+        if written:
+            tables = await asyncio.to_thread(read_tables, version)
+            started = time.perf_counter()
+            await self._write(tables)
+            served = _Served(
+                name,
+                int(tables.item_features.shape[1]),
+                int(tables.user_embeddings.shape[1]),
+                int(tables.user_features.shape[1]),
+            )
+            log.info(
+                "materialized version into Redis",
+                extra={
+                    "version": name,
+                    "items": len(tables.item_ids),
+                    "users": len(tables.user_ids),
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
+        else:
+            served = _Served(
+                name,
+                int(meta[b"item_dim"]),
+                int(meta[b"embedding_dim"]),
+                int(meta[b"feature_dim"]),
+            )
+        return served, written
 
     def _rows(self, tables: ArtifactTables) -> Iterator[tuple[str, bytes]]:
         name = tables.version
@@ -251,7 +297,8 @@ class RedisStore:
         """Delete complete versions beyond the newest `keep_versions` (never `keep`, the served one)."""
         raw: Any = await self.redis.zrevrange(self._versions_key, 0, -1)
         names = [n.decode() for n in raw]
-        stale = [n for n in names[max(self.config.keep_versions, 1) :] if n != keep]
+        # Never the served one, nor one this instance keeps pinned for an experiment arm.
+        stale = [n for n in names[max(self.config.keep_versions, 1) :] if n != keep and n not in self._pinned]
         for name in stale:
             # The marker goes first: a half-deleted version reads as incomplete and would be rewritten.
             await self.redis.delete(self._vkey(name, "meta"))
@@ -269,8 +316,8 @@ class RedisStore:
 
     # ---- reads ----------------------------------------------------------------------------------
 
-    async def get_user(self, user_id: str) -> UserProfile:
-        served = self._served
+    async def get_user(self, user_id: str, version: str = "") -> UserProfile:
+        served = self._version(version)
         limit = self.config.recent_max
         async with self.redis.pipeline(transaction=False) as pipe:
             if served is not None:
@@ -300,8 +347,8 @@ class RedisStore:
             version=served.version if served is not None else "",
         )
 
-    async def get_items(self, item_ids: Sequence[str]) -> tuple[FloatArray, BoolArray]:
-        served = self._served
+    async def get_items(self, item_ids: Sequence[str], version: str = "") -> tuple[FloatArray, BoolArray]:
+        served = self._version(version)
         n = len(item_ids)
         if served is None or n == 0:
             dim = 0 if served is None else served.item_dim
@@ -338,6 +385,8 @@ class RedisStore:
                         "rating": "" if e.rating is None else repr(e.rating),
                         "timestamp_ms": str(e.timestamp_ms),
                         "context": json.dumps(dict(e.context), separators=(",", ":")),
+                        "experiment": e.experiment,
+                        "arm": e.arm,
                     },
                 )
                 if e.type.interacts:
@@ -364,6 +413,8 @@ class RedisStore:
                         timestamp_ms=int(f["timestamp_ms"]),
                         rating=float(f["rating"]) if f["rating"] else None,
                         context=json.loads(f["context"]),
+                        experiment=f.get("experiment", ""),
+                        arm=f.get("arm", ""),
                     )
                 )
             if len(page) < READ_PAGE:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,11 +18,21 @@ from redis.exceptions import RedisError
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, port_number, positive
-from services.common.rpc import NotReady, handler, require, require_finite, require_id, require_max_len
+from services.common.rpc import (
+    NotReady,
+    UnknownVersion,
+    handler,
+    require,
+    require_finite,
+    require_id,
+    require_max_len,
+)
 from services.common.server import ServerConfig
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
-from services.features.store import RECENT_MAX, Event, EventType, OnlineStore
+from services.features.store import RECENT_MAX, Event, EventType, OnlineStore, VersionNotServed
+
+log = logging.getLogger(__name__)
 
 MAX_ITEM_IDS = 10_000
 MAX_EVENTS = 1000
@@ -28,6 +41,7 @@ _EVENT_TYPES = {
     common_pb2.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
     common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
     common_pb2.EVENT_TYPE_RATING: EventType.RATING,
+    common_pb2.EVENT_TYPE_EXPOSURE: EventType.EXPOSURE,
 }
 
 
@@ -51,10 +65,19 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
     out: list[Event] = []
     for i, e in enumerate(events):
         require_id(e.user_id, f"events[{i}].user_id")
-        require_id(e.item_id, f"events[{i}].item_id")
         kind = _EVENT_TYPES.get(e.type)
-        require(kind is not None, f"events[{i}].type", f"must be IMPRESSION, CLICK or RATING, got {e.type}")
+        require(
+            kind is not None,
+            f"events[{i}].type",
+            f"must be IMPRESSION, CLICK, RATING or EXPOSURE, got {e.type}",
+        )
         assert kind is not None
+        if kind is EventType.EXPOSURE:
+            require_id(e.experiment, f"events[{i}].experiment")
+            require_id(e.arm, f"events[{i}].arm")
+            require(len(e.item_id) <= 256, f"events[{i}].item_id", "must be at most 256 characters")
+        else:
+            require_id(e.item_id, f"events[{i}].item_id")
         if kind is EventType.RATING:
             require_finite(e.rating, f"events[{i}].rating")
         require(e.timestamp_ms >= 0, f"events[{i}].timestamp_ms", f"must be >= 0, got {e.timestamp_ms}")
@@ -66,6 +89,8 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
                 timestamp_ms=e.timestamp_ms or now_ms,
                 rating=e.rating if kind is EventType.RATING else None,
                 context=dict(e.context),
+                experiment=e.experiment if kind is EventType.EXPOSURE else "",
+                arm=e.arm if kind is EventType.EXPOSURE else "",
             )
         )
     return out
@@ -73,11 +98,14 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
 
 @asynccontextmanager
 async def store_errors() -> AsyncIterator[None]:
-    """An unreachable store (Redis down, a network error) is UNAVAILABLE, which clients may retry."""
+    """An unreachable store (Redis down, a network error) is UNAVAILABLE, which clients may retry; an
+    artifact version neither served nor pinned is FAILED_PRECONDITION naming it."""
     try:
         yield
     except (RedisError, OSError) as e:
         raise NotReady(f"features: online store unavailable: {e}") from e
+    except VersionNotServed as e:
+        raise UnknownVersion("features", e.version, e.served) from e
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
@@ -97,7 +125,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         require_id(request.user_id, "user_id")
         self._served()
         async with store_errors():
-            profile = await self.store.get_user(request.user_id)
+            profile = await self.store.get_user(request.user_id, request.artifact_version)
         return features_pb2.GetUserFeaturesResponse(
             user=common_pb2.UserFeatures(
                 user_id=profile.user_id,
@@ -115,9 +143,10 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         self, request: features_pb2.GetItemFeaturesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> features_pb2.GetItemFeaturesResponse:
         require_max_len(request.item_ids, "item_ids", MAX_ITEM_IDS)
-        version = self._served()
+        version = request.artifact_version or self._served()
+        self._served()
         async with store_errors():
-            values, found = await self.store.get_items(list(request.item_ids))
+            values, found = await self.store.get_items(list(request.item_ids), request.artifact_version)
         return features_pb2.GetItemFeaturesResponse(
             values=values.astype("<f4", copy=False).tobytes(),
             dim=int(values.shape[1]),
@@ -143,9 +172,11 @@ class FeaturesComponent:
     service_name = "recsys.v1.FeatureService"
     needs_artifacts = True
 
-    def __init__(self, store: OnlineStore) -> None:
+    def __init__(self, store: OnlineStore, repair_interval_s: float = 2.0) -> None:
         self.store = store
         self.servicer = FeatureServicer(store)
+        self.repair_interval_s = repair_interval_s
+        self._repair: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
@@ -153,8 +184,33 @@ class FeaturesComponent:
     async def load(self, version: ArtifactVersion) -> None:
         """Materialize `version` into the store; the store switches reads to it only when complete."""
         await self.store.materialize(version)
+        if self._repair is None:
+            self._repair = asyncio.get_running_loop().create_task(self._repair_loop())
+
+    async def _repair_loop(self) -> None:
+        """Put back what the backend lost (a Redis restarted without persistence comes back empty)."""
+        while True:
+            await asyncio.sleep(self.repair_interval_s)
+            try:
+                repaired = await self.store.repair()
+            except Exception as e:  # the backend is still down: try again next round
+                log.warning("online store repair failed", extra={"reason": str(e)})
+                continue
+            if repaired:
+                log.warning("online store had lost versions: rewritten", extra={"versions": repaired})
+
+    async def load_pinned(self, version: ArtifactVersion) -> None:
+        """Keep `version` readable beside CURRENT (listed in <artifacts>/PINNED, for experiment arms)."""
+        await self.store.pin(version)
+
+    def unpin(self, name: str) -> None:
+        self.store.unpin(name)
 
     async def close(self) -> None:
+        if self._repair is not None:
+            self._repair.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._repair
         await self.store.close()
 
 
@@ -167,4 +223,4 @@ def create(config: Config) -> FeaturesComponent:
         )
     else:
         store = EmbeddedStore(EmbeddedConfig(event_log=config.event_log, recent_max=config.recent_max))
-    return FeaturesComponent(store)
+    return FeaturesComponent(store, repair_interval_s=config.reload_interval_s)

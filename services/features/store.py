@@ -4,7 +4,8 @@
 
 * `materialize(version)` makes an artifact version's item feature rows and user profiles readable and
   switches reads to it (a version that is already complete is not written again);
-* `get_user` / `get_items` read the served version plus the live feedback;
+* `pin(version)` / `unpin(name)` keep more versions readable beside it (experiment arms, <artifacts>/PINNED);
+* `get_user` / `get_items` read the served version (or a pinned one by name) plus the live feedback;
 * `append_events` appends a batch of events to the append-only log and updates the users' live recent
   and seen items, all or nothing;
 * `read_events` returns the whole log, oldest first.
@@ -42,11 +43,13 @@ class EventType(enum.StrEnum):
     IMPRESSION = "impression"
     CLICK = "click"
     RATING = "rating"
+    #: Written by the gateway: a response was served to the user under (experiment, arm).
+    EXPOSURE = "exposure"
 
     @property
     def interacts(self) -> bool:
-        """Clicks and ratings make an item recent and seen; impressions are only logged."""
-        return self is not EventType.IMPRESSION
+        """Clicks and ratings make an item recent and seen; impressions and exposures are only logged."""
+        return self in (EventType.CLICK, EventType.RATING)
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,12 @@ class Event:
     #: Set for ratings (finite); None otherwise.
     rating: float | None = None
     context: Mapping[str, str] = field(default_factory=dict)
+    #: Exposures only: the experiment and arm the response was served under ("" otherwise).
+    experiment: str = ""
+    arm: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "user_id": self.user_id,
             "item_id": self.item_id,
             "type": self.type.value,
@@ -70,6 +76,9 @@ class Event:
             "timestamp_ms": self.timestamp_ms,
             "context": dict(self.context),
         }
+        if self.experiment or self.arm:
+            out["experiment"], out["arm"] = self.experiment, self.arm
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Event:
@@ -81,16 +90,20 @@ class Event:
             timestamp_ms=int(data["timestamp_ms"]),
             rating=None if rating is None else float(rating),
             context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
+            experiment=str(data.get("experiment") or ""),
+            arm=str(data.get("arm") or ""),
         )
 
 
 def check_events(events: Sequence[Event]) -> None:
     """Refuse a batch with any malformed event (ValueError) before anything of it is written."""
     for i, event in enumerate(events):
-        if not event.user_id or not event.item_id:
-            raise ValueError(f"events[{i}]: user_id and item_id must not be empty")
         if not isinstance(event.type, EventType):
             raise ValueError(f"events[{i}]: type must be an EventType, got {event.type!r}")
+        if not event.user_id or (not event.item_id and event.type is not EventType.EXPOSURE):
+            raise ValueError(f"events[{i}]: user_id and item_id must not be empty")
+        if event.type is EventType.EXPOSURE and not (event.experiment and event.arm):
+            raise ValueError(f"events[{i}]: an exposure needs its experiment and arm")
         if event.type is EventType.RATING and (event.rating is None or not math.isfinite(event.rating)):
             raise ValueError(f"events[{i}]: a rating needs a finite rating, got {event.rating!r}")
         # Must survive the log's JSON encoding.
@@ -128,6 +141,15 @@ def merge_recent(live: Iterable[str], history: Iterable[str], limit: int) -> tup
     return tuple(out)
 
 
+class VersionNotServed(LookupError):
+    """A read asked for an artifact version that is neither served nor pinned."""
+
+    def __init__(self, version: str, served: Sequence[str]) -> None:
+        super().__init__(f"artifact version {version!r} is not materialized (serving {', '.join(served)})")
+        self.version = version
+        self.served = list(served)
+
+
 @runtime_checkable
 class OnlineStore(Protocol):
     """What the features service needs from an online store."""
@@ -143,9 +165,19 @@ class OnlineStore(Protocol):
     async def materialize(self, version: ArtifactVersion) -> bool:
         """Make `version` readable and serve it; False when it was already complete (nothing written)."""
 
-    async def get_user(self, user_id: str) -> UserProfile: ...
+    async def pin(self, version: ArtifactVersion) -> None:
+        """Keep `version` readable by name beside the served one (materialized if needed)."""
 
-    async def get_items(self, item_ids: Sequence[str]) -> tuple[FloatArray, BoolArray]:
+    def unpin(self, name: str) -> None: ...
+
+    async def repair(self) -> list[str]:
+        """Rewrite served versions the backend has lost (e.g. a restarted Redis); the names rewritten."""
+        ...
+
+    async def get_user(self, user_id: str, version: str = "") -> UserProfile:
+        """The profile in `version` (empty: the served one; VersionNotServed when neither served nor pinned)."""
+
+    async def get_items(self, item_ids: Sequence[str], version: str = "") -> tuple[FloatArray, BoolArray]:
         """Rows of the item feature matrix, float32 [len(item_ids), item_dim]; missing rows NaN/False."""
 
     async def append_events(self, events: Sequence[Event]) -> int:

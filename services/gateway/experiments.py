@@ -1,22 +1,45 @@
-"""A/B assignment: a stable hash of (salt, user id) into 10,000 buckets, split among arms by weight.
+"""Layered A/B assignment (Google's overlapping-experiments design) from a YAML file, hot-reloaded.
 
-The experiments file (YAML) lists experiments; each assigns every user to exactly one of its arms, and
-an arm's `overrides` change the pipeline for that user:
-
+    holdout: {salt: holdout-2026, fraction: 0.02}   # optional: these users get no experiment at all
+    qa:                                              # optional: forced arms for QA
+      users: {qa-alice: {ranker: v2}}                # always, for these user ids
+      allow: [qa-bob]                                # may force arms per request (context/metadata)
     experiments:
-      - id: candidates
-        salt: candidates-2026-11
-        arms:
-          - {name: control, weight: 50}
-          - {name: fewer_candidates, weight: 50, overrides: {candidates: 200}}
+      - id: ranker                                   # unique; the report's --experiment
+        layer: ranking                               # default: the id (a layer of its own)
+        salt: ranker-2026-11                         # the arm hash; change it to reshuffle
+        traffic: 1.0                                 # share of the layer's users, 0..1 (default 1)
+        offset: 0.0                                  # where its range starts in the layer (default: packed)
+        arms:                                        # the FIRST arm is the control
+          - {name: control, weight: 50}              # weights are percent of the experiment, sum 100
+          - {name: v2, weight: 50, overrides: {version: 20261127T..., candidates: 200}}
 
-Overrides: `candidates` (how many items retrieval returns for ranking, 1..2000) and `ranking` (false
-serves retrieval order). The same user id always lands in the same arm, in every gateway replica.
+Hashing: `h(salt, user) = blake2b(salt:user, 8 bytes)` as a big-endian 64-bit integer, `% 10_000` buckets.
+* Layers: the user's layer bucket is h("layer:" + layer, user). Each experiment of a layer owns a disjoint
+  bucket range [offset, offset + traffic), so a user is in at most one experiment per layer (mutual
+  exclusion) while layers hash independently of each other (independence).
+* Arms: the arm bucket is h(experiment salt, user), independent of the layer bucket. With T treatments,
+  treatment j owns the arm buckets b with b % T == j and b // T < weight_j * 100 (a "stripe" of its own);
+  the control owns every other bucket. Raising a treatment's weight therefore only adds buckets of its
+  own stripe, all of which were control: users move from control into it, never between treatments.
+  The price: a treatment may take at most 100/T percent. Adding or removing a treatment re-stripes the
+  arms (change the salt, it is a new experiment).
+* Holdout: h(holdout salt, user) < fraction: the user is in no experiment; every user gets the
+  pseudo-experiment `holdout` (arms `holdout` / `exposed`), so its effect can be reported too.
+
+Overrides (each parameter belongs to ONE layer, so arms of different layers never fight over it):
+`version` (the artifact version the whole pipeline uses, features + retrieval + ranking, listed in
+<artifacts>/PINNED), `candidates` (1..2000), `ranking` (false: retrieval order), `interleave` (a second
+artifact version: the response is a team-draft interleaving of the arm's pipeline and that version's).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +48,35 @@ import yaml
 
 from services.common.config import ConfigError
 
+log = logging.getLogger(__name__)
+
 BUCKETS = 10_000
 DEFAULT_FILE = Path(__file__).with_name("experiments.yaml")
+HOLDOUT = "holdout"
+HOLDOUT_ARMS = ("holdout", "exposed")
+#: Request context key / gRPC metadata header a QA user forces arms with: "exp=arm[,exp=arm]".
+FORCE_KEY = "x-recsys-force-arms"
+OVERRIDE_KEYS = ("version", "candidates", "ranking", "interleave")
+
+
+def hash64(salt: str, user_id: str) -> int:
+    """The stable 64-bit hash of (salt, user id): the same in every process, replica and release."""
+    return int.from_bytes(hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest(), "big")
+
+
+def bucket(salt: str, user_id: str) -> int:
+    return hash64(salt, user_id) % BUCKETS
 
 
 @dataclass(frozen=True)
 class Overrides:
+    version: str | None = None
     candidates: int | None = None
     ranking: bool | None = None
+    interleave: str | None = None
+
+    def items(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in OVERRIDE_KEYS if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
@@ -47,18 +91,105 @@ class Experiment:
     id: str
     salt: str
     arms: tuple[Arm, ...]
+    layer: str = ""
+    #: The experiment's layer buckets: [start, stop).
+    start: int = 0
+    stop: int = BUCKETS
 
-    def bucket(self, user_id: str) -> int:
-        digest = hashlib.sha256(f"{self.salt}:{user_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % BUCKETS
+    @property
+    def layer_salt(self) -> str:
+        return f"layer:{self.layer or self.id}"
+
+    @property
+    def traffic(self) -> float:
+        return (self.stop - self.start) / BUCKETS
+
+    def in_traffic(self, layer_bucket: int) -> bool:
+        return self.start <= layer_bucket < self.stop
+
+    def arm_of_bucket(self, arm_bucket: int) -> Arm:
+        treatments = self.arms[1:]
+        if treatments:
+            t = len(treatments)
+            j = arm_bucket % t
+            if arm_bucket // t < round(treatments[j].weight * BUCKETS / 100):
+                return treatments[j]
+        return self.arms[0]
 
     def assign(self, user_id: str) -> Arm:
-        point = self.bucket(user_id) / BUCKETS * sum(a.weight for a in self.arms)
-        for arm in self.arms:
-            if point < arm.weight:
-                return arm
-            point -= arm.weight
-        return self.arms[-1]
+        """The user's arm, were they in this experiment's traffic."""
+        return self.arm_of_bucket(bucket(self.salt, user_id))
+
+    def arm(self, name: str) -> Arm | None:
+        return next((a for a in self.arms if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    salt: str
+    fraction: float
+    id: str = HOLDOUT
+
+    def holds(self, user_id: str) -> bool:
+        return bucket(self.salt, user_id) < round(self.fraction * BUCKETS)
+
+
+@dataclass(frozen=True)
+class Config:
+    experiments: tuple[Experiment, ...] = ()
+    holdout: Holdout | None = None
+    qa_users: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    qa_allow: frozenset[str] = frozenset()
+
+    def by_id(self, experiment_id: str) -> Experiment | None:
+        return next((e for e in self.experiments if e.id == experiment_id), None)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    experiment: str
+    arm: Arm
+    #: Forced by QA (allowlist or header): served, but never logged as an exposure.
+    forced: bool = False
+
+
+_HOLDOUT_ARMS = {name: Arm(name, 0.0) for name in HOLDOUT_ARMS}
+
+
+def parse_forced(text: str) -> dict[str, str]:
+    """'exp=arm,exp2=arm2' -> {exp: arm}; malformed pairs are ignored."""
+    out: dict[str, str] = {}
+    for pair in text.split(","):
+        exp, sep, arm = pair.partition("=")
+        if sep and exp.strip() and arm.strip():
+            out[exp.strip()] = arm.strip()
+    return out
+
+
+def assign(config: Config, user_id: str, forced: Mapping[str, str] | None = None) -> list[Assignment]:
+    """Every (experiment, arm) the user is in, holdout first. `forced` (from the request) is honoured only
+    for users on the QA allowlist; the file's `qa.users` always are."""
+    force = dict(config.qa_users.get(user_id, {}))
+    if forced and user_id in config.qa_allow:
+        force.update(forced)
+    out: list[Assignment] = []
+    held = False
+    if config.holdout is not None:
+        held = config.holdout.holds(user_id)
+        out.append(Assignment(config.holdout.id, _HOLDOUT_ARMS[HOLDOUT_ARMS[0 if held else 1]]))
+    layer_buckets: dict[str, int] = {}
+    for exp in config.experiments:
+        if exp.id in force and (arm := exp.arm(force[exp.id])) is not None:
+            out.append(Assignment(exp.id, arm, forced=True))
+            continue
+        if held:
+            continue
+        salt = exp.layer_salt
+        if salt not in layer_buckets:
+            layer_buckets[salt] = bucket(salt, user_id)
+        if exp.in_traffic(layer_buckets[salt]):
+            out.append(Assignment(exp.id, exp.assign(user_id)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -67,21 +198,20 @@ class Settings:
 
     candidates: int
     ranking: bool = True
+    #: Artifact version of every stage ("" = CURRENT).
+    version: str = ""
+    #: Second version to team-draft interleave with ("" = none).
+    interleave: str = ""
 
 
-def assign(experiments: tuple[Experiment, ...], user_id: str) -> list[tuple[Experiment, Arm]]:
-    return [(e, e.assign(user_id)) for e in experiments]
+def settings_for(assignments: list[Assignment], default_candidates: int) -> Settings:
+    values: dict[str, Any] = {"candidates": default_candidates}
+    for a in assignments:
+        values.update(a.arm.overrides.items())
+    return Settings(**values)
 
 
-def settings_for(assignments: list[tuple[Experiment, Arm]], default_candidates: int) -> Settings:
-    settings = Settings(candidates=default_candidates)
-    for _, arm in assignments:
-        o = arm.overrides
-        settings = Settings(
-            candidates=o.candidates if o.candidates is not None else settings.candidates,
-            ranking=o.ranking if o.ranking is not None else settings.ranking,
-        )
-    return settings
+# ---- parsing ------------------------------------------------------------------------------------
 
 
 def _require(condition: bool, where: str, problem: str) -> None:
@@ -89,11 +219,23 @@ def _require(condition: bool, where: str, problem: str) -> None:
         raise ConfigError(f"{where}: {problem}")
 
 
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _version_name(value: Any) -> bool:
+    return _nonempty_str(value) and "/" not in value and not value.startswith(".")
+
+
 def _overrides(raw: Any, where: str) -> Overrides:
     raw = {} if raw is None else raw
     _require(isinstance(raw, dict), where, "must be a mapping")
-    unknown = set(raw) - {"candidates", "ranking"}
-    _require(not unknown, where, f"unknown override(s) {sorted(unknown)}; known: candidates, ranking")
+    unknown = set(raw) - set(OVERRIDE_KEYS)
+    _require(not unknown, where, f"unknown override(s) {sorted(unknown)}; known: {', '.join(OVERRIDE_KEYS)}")
     candidates = raw.get("candidates")
     if candidates is not None:
         _require(
@@ -107,47 +249,156 @@ def _overrides(raw: Any, where: str) -> Overrides:
         f"{where}.ranking",
         f"must be true/false, got {ranking!r}",
     )
-    return Overrides(candidates=candidates, ranking=ranking)
+    for key in ("version", "interleave"):
+        value = raw.get(key)
+        _require(
+            value is None or _version_name(value),
+            f"{where}.{key}",
+            f"must name an artifact version (a directory under the artifact root), got {value!r}",
+        )
+    return Overrides(
+        version=raw.get("version"), candidates=candidates, ranking=ranking, interleave=raw.get("interleave")
+    )
 
 
-def parse(document: Any, source: str) -> tuple[Experiment, ...]:
+def _fraction(raw: Any, where: str, default: float) -> float:
+    value = default if raw is None else raw
+    _require(_number(value) and 0 <= value <= 1, where, f"must be a number in 0..1, got {value!r}")
+    return float(value)
+
+
+def _experiment(raw: Any, where: str, layer_end: dict[str, int]) -> Experiment:
+    _require(isinstance(raw, dict), where, "must be a mapping")
+    known = {"id", "layer", "salt", "traffic", "offset", "arms", "description"}
+    unknown = set(raw) - known
+    _require(not unknown, where, f"unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    exp_id, salt, arms_raw = raw.get("id"), raw.get("salt"), raw.get("arms")
+    _require(_nonempty_str(exp_id), f"{where}.id", "must be a non-empty string")
+    _require(exp_id != HOLDOUT, f"{where}.id", f"{HOLDOUT!r} is reserved for the global holdout")
+    _require(_nonempty_str(salt), f"{where}.salt", "must be a non-empty string")
+    layer = raw.get("layer", exp_id)
+    _require(_nonempty_str(layer), f"{where}.layer", "must be a non-empty string")
+    traffic = _fraction(raw.get("traffic"), f"{where}.traffic", 1.0)
+    offset_raw = raw.get("offset")
+    start = (
+        layer_end.get(layer, 0)
+        if offset_raw is None
+        else round(_fraction(offset_raw, f"{where}.offset", 0.0) * BUCKETS)
+    )
+    stop = start + round(traffic * BUCKETS)
+    _require(
+        stop <= BUCKETS,
+        f"{where}.traffic",
+        f"the experiment's range [{start / BUCKETS:g}, {stop / BUCKETS:g}) runs past the end of layer "
+        f"{layer!r} (the experiments of one layer share its users)",
+    )
+    _require(isinstance(arms_raw, list) and len(arms_raw) >= 1, f"{where}.arms", "must list at least one arm")
+    arms: list[Arm] = []
+    for j, arm in enumerate(arms_raw):
+        at = f"{where}.arms[{j}]"
+        _require(isinstance(arm, dict), at, "must be a mapping")
+        unknown = set(arm) - {"name", "weight", "overrides"}
+        _require(not unknown, at, f"unknown key(s) {sorted(unknown)}; known: name, weight, overrides")
+        name, weight = arm.get("name"), arm.get("weight")
+        _require(_nonempty_str(name), f"{at}.name", "must be a non-empty string")
+        _require(_number(weight) and weight > 0, f"{at}.weight", f"must be a number > 0, got {weight!r}")
+        arms.append(Arm(name, float(weight), _overrides(arm.get("overrides"), f"{at}.overrides")))
+    names = [a.name for a in arms]
+    _require(len(set(names)) == len(names), f"{where}.arms", f"arm names repeat: {names}")
+    total = sum(a.weight for a in arms)
+    _require(
+        abs(total - 100) < 1e-6,
+        f"{where}.arms",
+        f"weights are percent of the experiment and must sum to 100, got {total:g}",
+    )
+    treatments = len(arms) - 1
+    for j, arm in enumerate(arms[1:], start=1):
+        _require(
+            arm.weight <= 100 / treatments + 1e-9,
+            f"{where}.arms[{j}].weight",
+            f"a treatment may take at most 100/{treatments} = {100 / treatments:g} percent (each treatment "
+            "has a stripe of its own, so ramps move users from control only), got "
+            f"{arm.weight:g}",
+        )
+    return Experiment(exp_id, salt, tuple(arms), layer=layer, start=start, stop=stop)
+
+
+def parse(document: Any, source: str) -> Config:
     """Validate an experiments document; ConfigError names the file and the field."""
     _require(
         isinstance(document, dict) and isinstance(document.get("experiments"), list),
         source,
         "must be a mapping with a list `experiments`",
     )
+    unknown = set(document) - {"experiments", "holdout", "qa"}
+    _require(not unknown, source, f"unknown key(s) {sorted(unknown)}; known: experiments, holdout, qa")
+    layer_end: dict[str, int] = {}
+    ranges: dict[str, list[tuple[int, int, str]]] = {}
+    owner: dict[str, str] = {}
     experiments: list[Experiment] = []
     for i, raw in enumerate(document["experiments"]):
         where = f"{source}: experiments[{i}]"
-        _require(isinstance(raw, dict), where, "must be a mapping")
-        exp_id, salt, arms_raw = raw.get("id"), raw.get("salt"), raw.get("arms")
-        _require(isinstance(exp_id, str) and bool(exp_id), f"{where}.id", "must be a non-empty string")
-        _require(isinstance(salt, str) and bool(salt), f"{where}.salt", "must be a non-empty string")
-        _require(
-            isinstance(arms_raw, list) and len(arms_raw) >= 1, f"{where}.arms", "must list at least one arm"
-        )
-        arms: list[Arm] = []
-        for j, arm in enumerate(arms_raw):
-            at = f"{where}.arms[{j}]"
-            _require(isinstance(arm, dict), at, "must be a mapping")
-            name, weight = arm.get("name"), arm.get("weight")
-            _require(isinstance(name, str) and bool(name), f"{at}.name", "must be a non-empty string")
+        exp = _experiment(raw, where, layer_end)
+        for start, stop, other in ranges.get(exp.layer, []):
             _require(
-                isinstance(weight, int | float) and not isinstance(weight, bool) and weight > 0,
-                f"{at}.weight",
-                f"must be a number > 0, got {weight!r}",
+                exp.stop <= start or exp.start >= stop or exp.start == exp.stop,
+                f"{where}.offset",
+                f"range [{exp.start / BUCKETS:g}, {exp.stop / BUCKETS:g}) overlaps experiment {other!r} of "
+                f"layer {exp.layer!r}",
             )
-            arms.append(Arm(name, float(weight), _overrides(arm.get("overrides"), f"{at}.overrides")))
-        names = [a.name for a in arms]
-        _require(len(set(names)) == len(names), f"{where}.arms", f"arm names repeat: {names}")
-        experiments.append(Experiment(exp_id, salt, tuple(arms)))
+        ranges.setdefault(exp.layer, []).append((exp.start, exp.stop, exp.id))
+        layer_end[exp.layer] = max(layer_end.get(exp.layer, 0), exp.stop)
+        for j, arm in enumerate(exp.arms):
+            for key in arm.overrides.items():
+                layer = owner.setdefault(key, exp.layer)
+                _require(
+                    layer == exp.layer,
+                    f"{where}.arms[{j}].overrides.{key}",
+                    f"already varied in layer {layer!r}; a parameter belongs to one layer",
+                )
+        experiments.append(exp)
     ids = [e.id for e in experiments]
     _require(len(set(ids)) == len(ids), source, f"experiment ids repeat: {ids}")
-    return tuple(experiments)
+
+    holdout: Holdout | None = None
+    raw_holdout = document.get("holdout")
+    if raw_holdout is not None:
+        where = f"{source}: holdout"
+        _require(isinstance(raw_holdout, dict), where, "must be a mapping with salt and fraction")
+        _require(_nonempty_str(raw_holdout.get("salt")), f"{where}.salt", "must be a non-empty string")
+        fraction = _fraction(raw_holdout.get("fraction"), f"{where}.fraction", -1.0)
+        _require(fraction < 0.5, f"{where}.fraction", f"must be below 0.5, got {fraction:g}")
+        holdout = Holdout(raw_holdout["salt"], fraction)
+
+    qa_users: dict[str, dict[str, str]] = {}
+    qa_allow: frozenset[str] = frozenset()
+    raw_qa = document.get("qa")
+    if raw_qa is not None:
+        where = f"{source}: qa"
+        _require(isinstance(raw_qa, dict), where, "must be a mapping with users and/or allow")
+        users = raw_qa.get("users") or {}
+        _require(isinstance(users, dict), f"{where}.users", "must map user ids to {experiment: arm}")
+        by_id = {e.id: e for e in experiments}
+        for user, forced in users.items():
+            at = f"{where}.users.{user}"
+            _require(isinstance(forced, dict), at, "must map experiment ids to arm names")
+            for exp_id, arm in forced.items():
+                target = by_id.get(str(exp_id))
+                _require(target is not None, f"{at}.{exp_id}", "names no experiment of this file")
+                assert target is not None
+                _require(target.arm(str(arm)) is not None, f"{at}.{exp_id}", f"experiment has no arm {arm!r}")
+            qa_users[str(user)] = {str(k): str(v) for k, v in forced.items()}
+        allow = raw_qa.get("allow") or []
+        _require(
+            isinstance(allow, list) and all(_nonempty_str(u) for u in allow),
+            f"{where}.allow",
+            "must be a list of user ids",
+        )
+        qa_allow = frozenset(str(u) for u in allow)
+    return Config(tuple(experiments), holdout, qa_users, qa_allow)
 
 
-def load(path: Path) -> tuple[Experiment, ...]:
+def load(path: Path) -> Config:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -155,3 +406,47 @@ def load(path: Path) -> tuple[Experiment, ...]:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     return parse(document, path.name)
+
+
+class Reloader:
+    """The experiments config, reloaded when the file changes (mtime, size or inode: a ConfigMap swaps a
+    symlink). A file that fails validation is refused with the field named in the log, and the previous
+    config keeps serving. Requests read `config` once: a reload never changes a request midway."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._signature = self._stat()
+        self.config = load(path)
+        self.reloads = 0
+        self.refused: str | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def poll(self) -> bool:
+        """Reload if the file changed; True when a new config was swapped in."""
+        signature = self._stat()
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            config = load(self.path)
+        except ConfigError as e:
+            self.refused = str(e)
+            log.error(
+                "experiments file refused; the previous config keeps serving",
+                extra={"path": str(self.path), "reason": str(e)},
+            )
+            return False
+        self.config = config  # one assignment: requests see the old or the new config
+        self.refused = None
+        self.reloads += 1
+        log.info(
+            "experiments reloaded",
+            extra={"path": str(self.path), "experiments": [e.id for e in config.experiments]},
+        )
+        return True

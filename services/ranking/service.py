@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,8 +22,10 @@ from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.common.config import option, port_number
-from services.common.rpc import NotReady, handler, require, require_id, require_max_len
+from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig
+from services.common.versions import ServedVersions
+from services.ranking.trees import TreeScorer, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,12 @@ MAX_K = 1_000
 @dataclass(frozen=True)
 class Config(ServerConfig):
     port: int = option(50054, "port to listen on", port_number)
+    compiled_trees: bool = option(
+        True, "score with lleaves-compiled trees once compiled (LightGBM until then)"
+    )
+    compile_cache: Path | None = option(
+        None, "where compiled rankers are cached (default ~/.cache/recsys/lleaves)"
+    )
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class Model:
     """Everything one artifact version contributes; replaced as a whole on reload."""
 
     version: str
-    booster: Any  # lightgbm.Booster
+    scorer: TreeScorer
     item_row: dict[str, int]
     item_vectors: npt.NDArray[np.float32]
     item_dim: int
@@ -82,10 +91,11 @@ class Model:
         probe = rf.assemble(
             np.empty(0, np.float32), np.zeros((2, len(rf.ITEM_FEATURES)), np.float32), np.zeros(2, np.float32)
         )
-        booster.predict(probe, num_threads=1)
+        scorer = TreeScorer(booster, version.file("ranker.txt"))
+        scorer.predict(probe)
         return cls(
             version.version,
-            booster,
+            scorer,
             {str(item): i for i, item in enumerate(item_ids)},
             vectors,
             len(rf.ITEM_FEATURES),
@@ -116,10 +126,7 @@ class Model:
             candidate_embeddings=self.embeddings(rows),
             recent=recent,
         )
-        scores: npt.NDArray[np.float64] = np.asarray(
-            self.booster.predict(matrix, num_threads=1), dtype=np.float64
-        )
-        return scores
+        return self.scorer.predict(matrix)
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
@@ -131,7 +138,13 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._model: Model | None = None
+        #: CURRENT plus the PINNED versions (experiment arms pick one with `artifact_version`).
+        self.versions: ServedVersions[Model] = ServedVersions("ranking")
+        self._compiling: set[asyncio.Task[None]] = set()
+
+    @property
+    def _model(self) -> Model | None:
+        return self.versions.current
 
     @property
     def version(self) -> str | None:
@@ -146,11 +159,43 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         """Build the new model completely off the event loop, then swap it in; raise to refuse it."""
         model = await asyncio.to_thread(Model.load, version)
         previous = self.version
-        self._model = model
+        self.versions.current = model
         log.info("ranker loaded", extra={"version": version.version, "previous": previous})
+        self._compile_later(model)
+
+    def _compile_later(self, model: Model) -> None:
+        """Compile the trees in the background; until then (or if it fails) LightGBM scores."""
+        if not self.config.compiled_trees:
+            return
+
+        async def compile_trees() -> None:
+            cache = self.config.compile_cache or default_cache_dir()
+            try:
+                if await asyncio.to_thread(model.scorer.compile, cache):
+                    log.info("ranker compiled", extra={"version": model.version, "scorer": model.scorer.kind})
+            except Exception as e:  # LightGBM keeps scoring; the service stays up
+                log.error("ranker compilation failed", extra={"version": model.version, "reason": str(e)})
+
+        task = asyncio.get_running_loop().create_task(compile_trees())
+        self._compiling.add(task)
+        task.add_done_callback(self._compiling.discard)
+
+    async def load_pinned(self, version: ArtifactVersion) -> None:
+        """Serve `version` beside CURRENT (listed in PINNED); raise to refuse it."""
+        model = self.versions.reuse(version.version)
+        if model is None:
+            model = await asyncio.to_thread(Model.load, version)
+            self._compile_later(model)
+        self.versions.pinned = {**self.versions.pinned, version.version: model}
+
+    def unpin(self, name: str) -> None:
+        self.versions.pinned = {k: v for k, v in self.versions.pinned.items() if k != name}
 
     async def close(self) -> None:
-        self._model = None
+        for task in list(self._compiling):
+            task.cancel()
+        self.versions.current = None
+        self.versions.pinned = {}
 
     # --- RPC ----------------------------------------------------------------------------------------
 
@@ -158,9 +203,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     async def Rank(
         self, request: ranking_pb2.RankRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ranking_pb2.RankResponse:
-        model = self._model
-        if model is None:
-            raise NotReady("ranking: no artifact version loaded yet")
+        model = self.versions.get(request.artifact_version)  # one reference for the whole request
         require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
         require_max_len(request.candidates, "candidates", MAX_CANDIDATES)
         for i, candidate in enumerate(request.candidates):

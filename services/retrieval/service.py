@@ -27,8 +27,9 @@ from opentelemetry import trace
 from recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, port_number, positive
-from services.common.rpc import NotReady, handler, require, require_max_len
+from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
+from services.common.versions import ServedVersions
 from services.retrieval.index import EMPTY_ROWS, EMPTY_SCORES, ItemIndex
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,17 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._index: ItemIndex | None = None
+        #: CURRENT plus the PINNED versions (experiment arms pick one with `artifact_version`).
+        self.versions: ServedVersions[ItemIndex] = ServedVersions("retrieval")
+
+    @property
+    def _index(self) -> ItemIndex | None:
+        return self.versions.current
 
     @property
     def index(self) -> ItemIndex | None:
-        """The index being served (None before the first successful load)."""
-        return self._index
+        """The CURRENT index being served (None before the first successful load)."""
+        return self.versions.current
 
     # --- Component ----------------------------------------------------------------------------------
 
@@ -72,7 +78,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         """Build the new index completely off the event loop, then swap it in; raise to refuse it."""
         index = await asyncio.to_thread(ItemIndex.load, version)
         previous = self._index.version if self._index is not None else None
-        self._index = index
+        self.versions.current = index
         log.info(
             "retrieval index loaded",
             extra={
@@ -84,8 +90,19 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
             },
         )
 
+    async def load_pinned(self, version: ArtifactVersion) -> None:
+        """Serve `version` beside CURRENT (listed in PINNED); raise to refuse it."""
+        index = self.versions.reuse(version.version)
+        if index is None:
+            index = await asyncio.to_thread(ItemIndex.load, version)
+        self.versions.pinned = {**self.versions.pinned, version.version: index}
+
+    def unpin(self, name: str) -> None:
+        self.versions.pinned = {k: v for k, v in self.versions.pinned.items() if k != name}
+
     async def close(self) -> None:
-        self._index = None
+        self.versions.current = None
+        self.versions.pinned = {}
 
     # --- RPC ----------------------------------------------------------------------------------------
 
@@ -104,9 +121,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         )
         require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
         require_max_len(request.recent_item_ids, "recent_item_ids", MAX_RECENT)
-        index = self._index  # one reference for the whole request: a reload cannot change it midway
-        if index is None:
-            raise NotReady("retrieval: no artifact version loaded yet")
+        # One reference for the whole request: a reload cannot change it midway.
+        index = self.versions.get(request.artifact_version)
 
         vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
         strategy = SOURCE_POPULAR

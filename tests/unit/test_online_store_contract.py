@@ -517,3 +517,22 @@ def test_redis_deletes_versions_beyond_the_newest_two(redis_backend: Backend, ve
     assert len(list(client.scan_iter(match=f"{p}:v:v2:*", count=1000))) > 0
     assert len(list(client.scan_iter(match=f"{p}:v:v3:*", count=1000))) > 0
     assert client.zrange(f"{p}:versions", 0, -1) == [b"v2", b"v3"]
+
+
+def test_repair_rewrites_what_the_backend_lost(backend: Backend, versions: Versions) -> None:
+    t = versions.v1
+
+    async def scenario(store: OnlineStore) -> None:
+        await store.materialize(t.version)
+        assert await store.repair() == []  # nothing lost yet
+        if backend.name == "redis":
+            # What a Redis restarted without persistence looks like: every key of the prefix gone.
+            client = redis_client(backend)
+            client.delete(*client.keys(f"{backend.prefix}:*"))
+            assert not (await store.get_items(t.item_ids[:3]))[1].any()
+            assert await store.repair() == ["v1"]
+        values, found = await store.get_items(t.item_ids)
+        assert found.all() and values.tobytes() == t.item_features.tobytes()
+        assert (await store.get_user(t.user_ids[0])).known
+
+    run(backend, scenario)

@@ -29,6 +29,8 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_IMPRESSION: _EventType.ValueType  # 1
     EVENT_TYPE_CLICK: _EventType.ValueType  # 2
     EVENT_TYPE_RATING: _EventType.ValueType  # 3
+    EVENT_TYPE_EXPOSURE: _EventType.ValueType  # 4
+    """Written by the gateway: the user was served a response under (experiment, arm). Never sent by clients."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper): ...
 
@@ -36,6 +38,8 @@ EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
 EVENT_TYPE_IMPRESSION: EventType.ValueType  # 1
 EVENT_TYPE_CLICK: EventType.ValueType  # 2
 EVENT_TYPE_RATING: EventType.ValueType  # 3
+EVENT_TYPE_EXPOSURE: EventType.ValueType  # 4
+"""Written by the gateway: the user was served a response under (experiment, arm). Never sent by clients."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -145,6 +149,8 @@ class Event(_message.Message):
     RATING_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    ARM_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     item_id: _builtins.str
     type: Global___EventType.ValueType
@@ -152,6 +158,11 @@ class Event(_message.Message):
     """Required and finite for EVENT_TYPE_RATING; ignored otherwise."""
     timestamp_ms: _builtins.int
     """Milliseconds since the epoch; 0 means "when received"."""
+    experiment: _builtins.str
+    """EXPOSURE only (required there): the experiment and the arm the response was served under.
+    item_id may be empty for an exposure.
+    """
+    arm: _builtins.str
     @_builtins.property
     def context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -163,10 +174,12 @@ class Event(_message.Message):
         rating: _builtins.float = ...,
         timestamp_ms: _builtins.int = ...,
         context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        experiment: _builtins.str = ...,
+        arm: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "item_id", b"item_id", "rating", b"rating", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "context", b"context", "experiment", b"experiment", "item_id", b"item_id", "rating", b"rating", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

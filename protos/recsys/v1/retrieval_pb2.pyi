@@ -28,8 +28,13 @@ class RetrieveRequest(_message.Message):
     RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     N_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     n: _builtins.int
+    artifact_version: _builtins.str
+    """Search this artifact version's index (CURRENT or one listed in <artifacts>/PINNED); empty = CURRENT.
+    An unknown version is FAILED_PRECONDITION naming it.
+    """
     @_builtins.property
     def user_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """The user's vector; when empty, the mean of the recent items' vectors is used,
@@ -50,10 +55,11 @@ class RetrieveRequest(_message.Message):
         recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         n: _builtins.int = ...,
+        artifact_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "n", b"n", "recent_item_ids", b"recent_item_ids", "user_embedding", b"user_embedding", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "n", b"n", "recent_item_ids", b"recent_item_ids", "user_embedding", b"user_embedding", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
