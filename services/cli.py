@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(train)
 
+    from services.trainer import evaluate_cli
+
+    evaluate = commands.add_parser(
+        "evaluate", help="offline benchmark: baselines, two-stage pipeline, report"
+    )
+    evaluate_cli.add_evaluate_arguments(evaluate)
+    data = commands.add_parser("data", help="datasets: `recsys data fetch movielens-100k`")
+    evaluate_cli.add_data_arguments(data)
+
     serve = commands.add_parser(
         "serve",
         help="run one service in the foreground",
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
     up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
+    up.add_argument("--replicas", type=int, default=1, help="processes per backend service (round_robin)")
 
     recommend = commands.add_parser("recommend", help="ask the gateway for a user's top k")
     recommend.add_argument("--user", required=True)
@@ -83,12 +93,43 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("-k", type=int, default=10)
     load.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
 
+    budget = commands.add_parser("budget", help="latency budgets").add_subparsers(
+        dest="budget", required=True
+    )
+    report = budget.add_parser(
+        "report", help="per-stage p50/p95/p99 from exported spans against budget; exit 1 on a violation"
+    )
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--spans", nargs="+", type=Path, help="OTLP JSON lines files (OTEL_TRACES_EXPORTER=file)"
+    )
+    source.add_argument("--listen", help="HOST:PORT to receive OTLP/gRPC on for --duration seconds instead")
+    report.add_argument("--duration", type=float, default=60.0)
+
+    synth = commands.add_parser(
+        "synth", help="a synthetic catalogue at scale (e.g. 1M items) for performance work"
+    )
+    synth.add_argument("--out", type=Path, required=True, help="artifact root to publish the version into")
+    synth.add_argument("--items", type=int, default=1_000_000)
+    synth.add_argument("--users", type=int, default=20_000)
+    synth.add_argument("--trees", type=int, default=300, help="ranker trees")
+    synth.add_argument("--candidates", type=int, default=500, help="k of the index's recall target")
+    synth.add_argument("--recall", type=float, default=0.95, help="recall@candidates target vs exact search")
+
     demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
     demo.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))
     demo.add_argument("--redis-url", default=None)
     demo.add_argument("--users", type=int, default=3, help="warm users to show (a cold one is added)")
     demo.add_argument("--requests", type=int, default=200, help="sequential requests for the latency table")
+
+    from services.k8s import add_arguments as add_k8s_arguments
+
+    add_k8s_arguments(commands.add_parser("k8s", help="check a Helm release on Kubernetes (smoke)"))
+
+    from services.experiment.cli import add_arguments as add_experiment_arguments
+
+    add_experiment_arguments(commands.add_parser("experiment", help="A/B report and simulator"))
     return parser
 
 
@@ -105,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.local import SERVICES, LocalPlatform
+    from services.local import BACKENDS, SERVICES, LocalPlatform
 
     ports = {name: args.port + i for i, name in enumerate(("gateway", "features", "retrieval", "ranking"))}
     platform = LocalPlatform(
@@ -115,12 +156,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         ports=ports,
         redis_url=args.redis_url,
         event_log=args.work_dir / "events.jsonl",
+        replicas={b: args.replicas for b in BACKENDS},
     )
+    # Installed first: a SIGTERM while the services start must still stop them all.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with platform:
         for name in SERVICES:
-            print(f"{name:<10} {platform.address(name)}  pid {platform.processes[name].pid}")
-        print(f"logs in {platform.log_dir}; Ctrl-C stops all four")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            for replica in platform.replica_names(name):
+                print(f"{replica:<12} {platform.address(replica)}  pid {platform.processes[replica].pid}")
+        print(f"logs in {platform.log_dir}; Ctrl-C stops all four", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0
@@ -186,6 +230,60 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budget(args: argparse.Namespace) -> int:
+    import time
+
+    from services import budget
+    from services.common.otlp_receiver import OtlpReceiver, read_json_lines
+
+    if args.spans:
+        missing = [str(p) for p in args.spans if not p.is_file()]
+        if missing:
+            raise CommandError(f"--spans: no such file {', '.join(missing)}")
+        try:
+            spans = read_json_lines(args.spans)
+        except ValueError as e:
+            raise CommandError(str(e)) from e
+    else:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise CommandError(f"--listen: expected HOST:PORT, got {args.listen!r}")
+        receiver = OtlpReceiver(host, int(port)).start()
+        print(f"receiving OTLP on {args.listen} for {args.duration:.0f} s", file=sys.stderr)
+        time.sleep(args.duration)
+        receiver.stop()
+        spans = receiver.spans
+    try:
+        reports = budget.build(spans)
+    except budget.NoBudgetedSpans as e:
+        raise CommandError(str(e)) from e
+    print(budget.format_reports(reports))
+    violated = [r.stage for r in reports if r.violated]
+    if violated:
+        print(f"budget violated (p99 over budget): {', '.join(violated)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from services.trainer.synthetic import SyntheticConfig, generate
+
+    config = SyntheticConfig(
+        out=args.out,
+        items=args.items,
+        users=args.users,
+        trees=args.trees,
+        candidates=args.candidates,
+        recall_target=args.recall,
+    )
+    try:
+        config.validate()
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    print(generate(config).path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run
 
@@ -198,7 +296,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args)
 
 
+def cmd_k8s(args: argparse.Namespace) -> int:
+    from services.k8s import main as k8s_main
+
+    return k8s_main(args)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from services.experiment.cli import main as experiment_main
+
+    return experiment_main(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from services.trainer.evaluate_cli import evaluate_main
+
+    return evaluate_main(args)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from services.trainer.evaluate_cli import data_main
+
+    return data_main(args)
+
+
 COMMANDS = {
+    "evaluate": cmd_evaluate,
+    "data": cmd_data,
+    "experiment": cmd_experiment,
     "train": cmd_train,
     "serve": cmd_serve,
     "up": cmd_up,
@@ -206,6 +331,9 @@ COMMANDS = {
     "feedback": cmd_feedback,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "budget": cmd_budget,
+    "synth": cmd_synth,
+    "k8s": cmd_k8s,
 }
 
 

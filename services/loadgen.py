@@ -31,6 +31,7 @@ class LoadError(ValueError):
 
 @dataclass(frozen=True)
 class LoadConfig:
+    #: host:port, or several separated by commas (gateway replicas, balanced round robin).
     gateway: str
     users: Sequence[str]
     mode: str = "closed"  # closed | open
@@ -57,8 +58,13 @@ class LoadConfig:
         require_loopback(self.gateway)
 
 
-def require_loopback(address: str) -> None:
+def require_loopback(gateway: str) -> None:
     """Refuse any target that does not resolve to loopback only: this tool never loads another host."""
+    for address in gateway.split(","):
+        _require_loopback(address.strip())
+
+
+def _require_loopback(address: str) -> None:
     host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
     try:
         resolved = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
@@ -105,7 +111,10 @@ async def _run(config: LoadConfig) -> LoadResult:
     errors: Counter[str] = Counter()
     degraded = 0
     sent = 0
-    async with grpc.aio.insecure_channel(config.gateway) as channel:
+    # Several gateway replicas ("a:1,b:2"): one channel balancing over them.
+    target = config.gateway if "," not in config.gateway else "ipv4:" + config.gateway.replace(" ", "")
+    options = [("grpc.lb_policy_name", "round_robin")]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
 
         async def one(i: int, scheduled: float) -> None:

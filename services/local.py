@@ -59,16 +59,35 @@ class LocalPlatform:
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     #: Extra environment for every process (e.g. OTEL_* variables).
     env: dict[str, str] = field(default_factory=dict)
+    #: Processes per service (default 1); replica i > 0 of "ranking" is named "ranking.i".
+    replicas: dict[str, int] = field(default_factory=dict)
+    #: By replica name.
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for service in SERVICES:
+            for name in self.replica_names(service):
+                if name not in self.ports:
+                    self.ports[name] = free_port(self.host)
 
     @classmethod
     def on_free_ports(cls, artifacts_dir: Path, log_dir: Path, **kwargs: object) -> LocalPlatform:
-        return cls(artifacts_dir, log_dir, ports={s: free_port() for s in SERVICES}, **kwargs)  # type: ignore[arg-type]
+        return cls(artifacts_dir, log_dir, ports={}, **kwargs)  # type: ignore[arg-type]
 
-    def address(self, service: str) -> str:
-        return f"{self.host}:{self.ports[service]}"
+    def replica_names(self, service: str) -> list[str]:
+        return [service, *(f"{service}.{i}" for i in range(1, self.replicas.get(service, 1)))]
 
-    def command(self, service: str) -> list[str]:
+    def address(self, replica: str) -> str:
+        """host:port of one replica ("ranking" is the first replica of the ranking service)."""
+        return f"{self.host}:{self.ports[replica]}"
+
+    def target(self, service: str) -> str:
+        """The gRPC target for all of a service's replicas (round_robin balances over the list)."""
+        addresses = [self.address(r) for r in self.replica_names(service)]
+        return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+
+    def command(self, replica: str) -> list[str]:
+        service = replica.split(".")[0]
         args = [
             sys.executable,
             "-m",
@@ -78,7 +97,7 @@ class LocalPlatform:
             "--host",
             self.host,
             "--port",
-            str(self.ports[service]),
+            str(self.ports[replica]),
             "--artifacts-dir",
             str(self.artifacts_dir),
         ]
@@ -89,33 +108,43 @@ class LocalPlatform:
                 args += ["--event-log", str(self.event_log)]
         if service == "gateway":
             for backend in BACKENDS:
-                args += [f"--{backend}-addr", self.address(backend)]
+                args += [f"--{backend}-addr", self.target(backend)]
         return args + self.extra_args.get(service, [])
 
     def start_service(self, service: str) -> None:
+        """Start every replica of `service`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{service}.log").open("ab")
-        self.processes[service] = subprocess.Popen(
-            self.command(service),
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "OTEL_SERVICE_NAME": f"recsys-{service}", **self.env},
-        )
-        log.close()
+        for replica in self.replica_names(service):
+            log = (self.log_dir / f"{replica}.log").open("ab")
+            self.processes[replica] = subprocess.Popen(
+                self.command(replica),
+                stdout=log,
+                stderr=log,
+                env={
+                    **os.environ,
+                    "OTEL_SERVICE_NAME": f"recsys-{service}",
+                    # Traces then tell which replica served each call.
+                    "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica}",
+                    **self.env,
+                },
+            )
+            log.close()
 
     def wait_serving(self, service: str, timeout_s: float = 120.0) -> None:
+        """Wait until every replica of `service` reports SERVING."""
         deadline = time.monotonic() + timeout_s
-        while health_status(self.address(service)) != health_pb2.HealthCheckResponse.SERVING:
-            proc = self.processes.get(service)
-            if proc is not None and proc.poll() is not None:
-                raise ServiceFailed(
-                    f"{service} exited with code {proc.returncode}:\n{self.log_tail(service)}"
-                )
-            if time.monotonic() > deadline:
-                raise ServiceFailed(
-                    f"{service} not SERVING after {timeout_s:.0f}s:\n{self.log_tail(service)}"
-                )
-            time.sleep(0.1)
+        for replica in self.replica_names(service):
+            while health_status(self.address(replica)) != health_pb2.HealthCheckResponse.SERVING:
+                proc = self.processes.get(replica)
+                if proc is not None and proc.poll() is not None:
+                    raise ServiceFailed(
+                        f"{replica} exited with code {proc.returncode}:\n{self.log_tail(replica)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise ServiceFailed(
+                        f"{replica} not SERVING after {timeout_s:.0f}s:\n{self.log_tail(replica)}"
+                    )
+                time.sleep(0.1)
 
     def log_tail(self, service: str, lines: int = 15) -> str:
         path = self.log_dir / f"{service}.log"
@@ -132,23 +161,28 @@ class LocalPlatform:
             raise
         return self
 
-    def stop_service(self, service: str, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM (graceful), then SIGKILL after `timeout_s`; returns the exit code."""
-        proc = self.processes.pop(service, None)
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    def stop_service(self, service: str, timeout_s: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM every replica of `service` (graceful), SIGKILL after `timeout_s`; their exit codes."""
+        codes: dict[str, int | None] = {}
+        stopping = [(r, self.processes.pop(r)) for r in self.replica_names(service) if r in self.processes]
+        for _, proc in stopping:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for replica, proc in stopping:
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return proc.returncode
+            codes[replica] = proc.returncode
+        return codes
 
     def stop(self) -> dict[str, int | None]:
-        # The gateway first, so no request reaches a backend that is going away.
-        return {s: self.stop_service(s) for s in reversed(SERVICES) if s in self.processes}
+        """Stop everything (the gateway first, so no request reaches a backend that is going away)."""
+        codes: dict[str, int | None] = {}
+        for service in reversed(SERVICES):
+            codes |= self.stop_service(service)
+        return codes
 
     def __enter__(self) -> LocalPlatform:
         return self.start()

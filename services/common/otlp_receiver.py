@@ -1,14 +1,18 @@
 """A small OTLP/gRPC trace receiver: what the services export to when there is no collector
-(tests, and reports read from a live run). Spans are kept in memory as flat records."""
+(tests, and reports read from a live run). Spans are kept in memory as flat records, and can be read
+from OTLP JSON lines files (one ExportTraceServiceRequest per line, as the file exporter writes)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -20,6 +24,8 @@ class ReceivedSpan:
     parent_span_id: str
     name: str
     service: str
+    #: The resource's service.instance.id ("" when unset): which replica produced the span.
+    instance: str
     kind: int
     start_ns: int
     end_ns: int
@@ -35,6 +41,51 @@ def _value(v: common_pb2.AnyValue) -> Any:
     return getattr(v, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
 
 
+def flatten(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    received = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+        service = str(resource.get("service.name", ""))
+        instance = str(resource.get("service.instance.id", ""))
+        for scope_spans in resource_spans.scope_spans:
+            for s in scope_spans.spans:
+                received.append(
+                    ReceivedSpan(
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(),
+                        name=s.name,
+                        service=service,
+                        instance=instance,
+                        kind=s.kind,
+                        start_ns=s.start_time_unix_nano,
+                        end_ns=s.end_time_unix_nano,
+                        attributes={a.key: _value(a.value) for a in s.attributes},
+                    )
+                )
+    return received
+
+
+def to_json_line(request: trace_service_pb2.ExportTraceServiceRequest) -> str:
+    return json_format.MessageToJson(request, indent=None) + "\n"
+
+
+def read_json_lines(paths: Iterable[Path]) -> list[ReceivedSpan]:
+    """Spans from OTLP JSON lines files; a malformed line raises ValueError naming the file and line."""
+    spans: list[ReceivedSpan] = []
+    for path in paths:
+        with path.open() as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    request = json_format.Parse(line, trace_service_pb2.ExportTraceServiceRequest())
+                except json_format.ParseError as e:
+                    raise ValueError(f"{path} line {number}: not an OTLP JSON trace export ({e})") from e
+                spans.extend(flatten(request))
+    return spans
+
+
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: OtlpReceiver) -> None:
         self.sink = sink
@@ -42,26 +93,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-            service = str(resource.get("service.name", ""))
-            for scope_spans in resource_spans.scope_spans:
-                for s in scope_spans.spans:
-                    received.append(
-                        ReceivedSpan(
-                            trace_id=s.trace_id.hex(),
-                            span_id=s.span_id.hex(),
-                            parent_span_id=s.parent_span_id.hex(),
-                            name=s.name,
-                            service=service,
-                            kind=s.kind,
-                            start_ns=s.start_time_unix_nano,
-                            end_ns=s.end_time_unix_nano,
-                            attributes={a.key: _value(a.value) for a in s.attributes},
-                        )
-                    )
-        self.sink.add(received)
+        self.sink.add(flatten(request))
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

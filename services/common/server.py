@@ -19,10 +19,15 @@ from grpc_reflection.v1alpha import reflection
 from services.common import telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
 from services.common.config import option, port_number, positive
+from services.common.faults import DelayInterceptor
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class ServerConfig:
     reload_interval_s: float = option(2.0, "how often to look for a new CURRENT version", positive)
     grace_s: float = option(5.0, "how long in-flight calls may finish at shutdown", positive)
     log_level: str = option("info", "debug, info, warning or error")
+    inject_delay_ms: float = option(
+        0.0, "fault drill: delay every RPC but health checks by this many ms", _non_negative
+    )
 
 
 class Component(Protocol):
@@ -62,9 +70,20 @@ def channel_options() -> list[tuple[str, int]]:
     ]
 
 
+def server_options() -> list[tuple[str, int]]:
+    # Clients re-resolve DNS only when a connection closes: ageing connections out lets a gateway's
+    # round_robin discover replicas added by an autoscaler. The grace lets in-flight calls finish.
+    return [
+        *channel_options(),
+        ("grpc.max_connection_age_ms", 30_000),
+        ("grpc.max_connection_age_grace_ms", 10_000),
+    ]
+
+
 async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
-    server = grpc.aio.server(options=channel_options())
+    interceptors = [DelayInterceptor(config.inject_delay_ms)] if config.inject_delay_ms > 0 else []
+    server = grpc.aio.server(options=server_options(), interceptors=interceptors)
     component.add_to_server(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -98,7 +117,14 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
 
     watch: asyncio.Task[None] | None = None
     if component.needs_artifacts:
-        watcher = ArtifactWatcher(config.artifacts_dir, component.load, config.reload_interval_s)
+        # Optional: a component that can serve PINNED versions beside CURRENT (experiment arms).
+        watcher = ArtifactWatcher(
+            config.artifacts_dir,
+            component.load,
+            config.reload_interval_s,
+            pin=getattr(component, "load_pinned", None),
+            unpin=getattr(component, "unpin", None),
+        )
 
         pending: set[asyncio.Task[None]] = set()
 

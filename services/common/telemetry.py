@@ -2,8 +2,9 @@
 
 Logs: one JSON object per line on stderr, with the service, the current trace and span ids, and any
 `extra={...}` fields. Traces: OpenTelemetry SDK; the exporter is chosen by the standard variables:
-`OTEL_TRACES_EXPORTER` = otlp | console | none (default: otlp when an `OTEL_EXPORTER_OTLP_*ENDPOINT`
-is set, else none), `OTEL_SERVICE_NAME` (default `recsys-<service>`), and the OTLP exporter's own
+`OTEL_TRACES_EXPORTER` = otlp | console | file | none (default: otlp when an
+`OTEL_EXPORTER_OTLP_*ENDPOINT` is set, else none; `file` appends OTLP JSON lines to
+`RECSYS_TRACES_FILE`, where `{service}` and `{pid}` are replaced), `OTEL_SERVICE_NAME` (default `recsys-<service>`), and the OTLP exporter's own
 `OTEL_EXPORTER_OTLP_*` variables. gRPC servers and `grpc.aio` clients are instrumented so that the
 trace context crosses every hop.
 """
@@ -15,12 +16,19 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -60,7 +68,7 @@ def setup_logging(service: str, level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
-def _exporter() -> SpanExporter | None:
+def _exporter(service: str) -> SpanExporter | None:
     endpoint_set = any(
         os.environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
@@ -73,7 +81,35 @@ def _exporter() -> SpanExporter | None:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r}: expected otlp, console or none")
+    if choice == "file":
+        template = os.environ.get("RECSYS_TRACES_FILE", "")
+        if not template:
+            raise ValueError(
+                "OTEL_TRACES_EXPORTER=file needs RECSYS_TRACES_FILE (a path; {service} and {pid} expand)"
+            )
+        return JsonLinesSpanExporter(Path(template.format(service=service, pid=os.getpid())))
+    raise ValueError(f"OTEL_TRACES_EXPORTER={choice!r}: expected otlp, console, file or none")
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each batch as one OTLP JSON line (an ExportTraceServiceRequest), what `recsys budget
+    report` and the OpenTelemetry Collector's file exporter both read."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        from services.common.otlp_receiver import to_json_line
+
+        with self.path.open("a") as f:
+            f.write(to_json_line(encode_spans(spans)))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
 
 
 def setup_tracing(service: str) -> TracerProvider:
@@ -82,7 +118,7 @@ def setup_tracing(service: str) -> TracerProvider:
 
     os.environ.setdefault("OTEL_SERVICE_NAME", f"recsys-{service}")
     provider = TracerProvider(resource=Resource.create({"recsys.service": service}))
-    exporter = _exporter()
+    exporter = _exporter(service)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)

@@ -3,10 +3,14 @@ deadlines and fallbacks) and Feedback (forwarded to the features service's event
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +32,11 @@ from services.common.artifacts import ArtifactVersion
 from services.common.config import option, positive
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig, channel_options
-from services.common.telemetry import current_trace_id
+from services.common.telemetry import current_trace_id, tracer
 from services.gateway import experiments
+from services.gateway.budgets import Budget
+from services.gateway.exposures import ExposureLogger
+from services.gateway.interleaving import team_draft
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +59,24 @@ class Config(ServerConfig):
     ranking_addr: str = option("127.0.0.1:50054", "ranking service address")
     experiments: Path = option(experiments.DEFAULT_FILE, "experiments YAML file")
     candidates: int = option(500, "candidates retrieval returns for ranking", _valid_candidates)
-    features_timeout_ms: float = option(200.0, "deadline of each features call", positive)
-    retrieval_timeout_ms: float = option(300.0, "deadline of the retrieval call", positive)
-    ranking_timeout_ms: float = option(500.0, "deadline of the ranking call", positive)
+    total_budget_ms: float = option(100.0, "latency budget of a whole Recommend", positive)
+    features_budget_ms: float = option(25.0, "budget of each features call (profile, item rows)", positive)
+    retrieval_budget_ms: float = option(30.0, "budget of the retrieval call", positive)
+    ranking_budget_ms: float = option(40.0, "budget of the ranking call", positive)
+    popular_refresh_s: float = option(30.0, "how often to refresh the cached popular list", positive)
+    experiments_reload_s: float = option(1.0, "how often to look for a changed experiments file", positive)
+    log_exposures: bool = option(True, "write an EXPOSURE event per (user, experiment, arm) served")
 
     def validate(self) -> None:
         # Fail at start, not at the first request, on a bad experiments file.
         experiments.load(self.experiments)
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return ""
 
 
 def _channel(address: str) -> grpc.aio.Channel:
@@ -71,149 +89,373 @@ class StageFailed(Exception):
     def __init__(self, stage: str, code: str) -> None:
         super().__init__(f"{stage}: {code}")
         self.stage = stage
+        self.code = code
+
+
+@dataclass
+class Served:
+    """What one pipeline (one artifact version) produced for a request."""
+
+    items: list[common_pb2.ScoredItem]
+    version: str
+    candidates: int = 0
+
+
+@dataclass
+class Trip:
+    """One Recommend on its way through the stages: its budget, stage timings, degradation reasons."""
+
+    budget: Budget
+    timings: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+
+
+class PopularCache:
+    """The popular list, fetched from retrieval in the background: what the gateway serves when
+    retrieval itself cannot answer."""
+
+    SIZE = 1000
+
+    def __init__(self, retrieval: retrieval_pb2_grpc.RetrievalServiceAsyncStub) -> None:
+        self.retrieval = retrieval
+        self.items: list[common_pb2.ScoredItem] = []
+        self.version = ""
+
+    async def refresh(self) -> None:
+        try:
+            # No vector and no recent items: retrieval answers with its popular list.
+            reply = await self.retrieval.Retrieve(
+                retrieval_pb2.RetrieveRequest(user_id="recsys-gateway-popular", n=self.SIZE), timeout=5.0
+            )
+        except grpc.aio.AioRpcError as e:
+            log.warning(
+                "popular list not refreshed", extra={"code": e.code().name, "cached": len(self.items)}
+            )
+            return
+        self.items, self.version = list(reply.candidates), reply.artifact_version
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.experiments = experiments.load(config.experiments)
+        self.reloader = experiments.Reloader(config.experiments)
         self._channels = [
             _channel(a) for a in (config.features_addr, config.retrieval_addr, config.ranking_addr)
         ]
         self.features = features_pb2_grpc.FeatureServiceStub(self._channels[0])
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels[1])
         self.ranking = ranking_pb2_grpc.RankingServiceStub(self._channels[2])
+        self.exposures = ExposureLogger(self._write_exposures)
+        self.popular = PopularCache(self.retrieval)
+        self._watch: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    @property
+    def experiment_config(self) -> experiments.Config:
+        return self.reloader.config
+
+    async def _write_exposures(self, events: list[common_pb2.Event]) -> None:
+        await self.features.WriteEvents(
+            features_pb2.WriteEventsRequest(events=events),
+            timeout=max(1.0, self.config.features_budget_ms / 100),
+        )
+
+    def _start_watch(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_experiments())
+
+    async def _watch_experiments(self) -> None:
+        """Background upkeep: reload a changed experiments file; refresh the cached popular list."""
+        next_popular = 0.0
+        while True:
+            if time.monotonic() >= next_popular:
+                await self.popular.refresh()
+                next_popular = time.monotonic() + (
+                    self.config.popular_refresh_s if self.popular.items else 1.0
+                )
+            try:
+                self.reloader.poll()
+            except Exception:  # never let the watcher die: the old config keeps serving
+                log.exception("experiments reload failed")
+            await asyncio.sleep(self.config.experiments_reload_s)
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.exposures.close()
         for channel in self._channels:
             await channel.close(None)
 
-    async def _call(self, stage: str, call: Awaitable[T], timings: dict[str, float]) -> T:
-        """Await one stage's RPC, timing it; a failure of any kind becomes StageFailed(stage)."""
-        start = time.perf_counter()
-        try:
-            return await call
-        except grpc.aio.AioRpcError as e:
-            raise StageFailed(stage, e.code().name) from e
-        finally:
-            timings[stage] = (time.perf_counter() - start) * 1000
+    async def _stage(
+        self, trip: Trip, stage: str, budget_ms: float, call: Callable[[float], Awaitable[T]]
+    ) -> T:
+        """Run one stage's RPC in span `recsys.gateway.<stage>` with a deadline from the budgets.
 
-    @handler("gateway", "recommend")
-    async def Recommend(
-        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> gateway_pb2.RecommendResponse:
-        started = time.perf_counter()
-        require_id(request.user_id, "user_id")
-        require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
-        require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
-        require_max_len(request.context, "context", MAX_CONTEXT)
+        Any failure, or too little budget left to try, becomes StageFailed(stage) for the caller's
+        fallback. The span records the stage budget, whether it ran over, and whether it degraded."""
+        name = stage.rsplit(".", 1)[-1]
+        with tracer("gateway").start_as_current_span(f"recsys.gateway.{name}") as span:
+            span.set_attribute("recsys.budget_ms", budget_ms)
+            span.set_attribute("recsys.stage", stage)
+            start = time.perf_counter()
+            try:
+                deadline = trip.budget.deadline_s(budget_ms)
+                if deadline is None:
+                    raise StageFailed(stage, "BUDGET_EXHAUSTED")
+                try:
+                    return await call(deadline)
+                except grpc.aio.AioRpcError as e:
+                    raise StageFailed(stage, e.code().name) from e
+            except StageFailed:
+                span.set_attribute("recsys.degraded", True)
+                raise
+            finally:
+                elapsed = (time.perf_counter() - start) * 1000
+                trip.timings[stage] = elapsed
+                span.set_attribute("recsys.over_budget", elapsed > budget_ms)
 
-        assignments = experiments.assign(self.experiments, request.user_id)
-        settings = experiments.settings_for(assignments, self.config.candidates)
-        span = trace.get_current_span()
-        for exp, arm in assignments:
-            span.set_attribute(f"recsys.experiment.{exp.id}", arm.name)
-        timings: dict[str, float] = {}
-        degraded: list[str] = []
+    async def _popular(self, trip: Trip, exclude: set[str], k: int, reason: StageFailed) -> Served:
+        """The cached popular list (minus `exclude`) when retrieval cannot answer."""
+        items = [i for i in self.popular.items if i.item_id not in exclude][:k]
+        if not items:
+            raise reason
+        trip.degraded.append(f"{reason}; served cached popular items")
+        return Served(items, self.popular.version, len(items))
+
+    async def _pipeline(
+        self,
+        request: gateway_pb2.RecommendRequest,
+        settings: experiments.Settings,
+        version: str,
+        trip: Trip,
+        prefix: str = "",
+    ) -> Served:
+        """features -> retrieval -> item features -> ranking, every stage at artifact `version`.
+
+        Fallbacks: no profile -> retrieval for a cold user; no retrieval -> the cached popular list; no
+        item features or no ranking -> retrieval order. A stage that does not serve `version`
+        (FAILED_PRECONDITION) raises StageFailed instead: the caller falls back to CURRENT."""
         cfg = self.config
-
         try:
             user = (
-                await self._call(
-                    "features",
-                    self.features.GetUserFeatures(
-                        features_pb2.GetUserFeaturesRequest(user_id=request.user_id),
-                        timeout=cfg.features_timeout_ms / 1000,
+                await self._stage(
+                    trip,
+                    prefix + "features",
+                    cfg.features_budget_ms,
+                    lambda timeout: self.features.GetUserFeatures(
+                        features_pb2.GetUserFeaturesRequest(
+                            user_id=request.user_id, artifact_version=version
+                        ),
+                        timeout=timeout,
                     ),
-                    timings,
                 )
             ).user
         except StageFailed as e:
-            # Without the profile, retrieval falls back to popular items for this user.
-            degraded.append(str(e))
+            if version and e.code == "FAILED_PRECONDITION":
+                raise
+            trip.degraded.append(str(e))
             user = common_pb2.UserFeatures(user_id=request.user_id)
 
         exclude = list(dict.fromkeys([*request.exclude_item_ids, *user.seen_item_ids]))
         try:
-            retrieved = await self._call(
-                "retrieval",
-                self.retrieval.Retrieve(
+            retrieved = await self._stage(
+                trip,
+                prefix + "retrieval",
+                cfg.retrieval_budget_ms,
+                lambda timeout: self.retrieval.Retrieve(
                     retrieval_pb2.RetrieveRequest(
                         user_id=request.user_id,
                         user_embedding=user.embedding,
                         recent_item_ids=user.recent_item_ids,
                         exclude_item_ids=exclude,
                         n=max(settings.candidates, request.k),
+                        artifact_version=version,
                     ),
-                    timeout=cfg.retrieval_timeout_ms / 1000,
+                    timeout=timeout,
                 ),
-                timings,
             )
+        except StageFailed as e:
+            if version and e.code == "FAILED_PRECONDITION":
+                raise
+            return await self._popular(trip, set(exclude), request.k, e)
+        candidates = list(retrieved.candidates)
+        trace.get_current_span().set_attribute("recsys.candidates", len(candidates))
+        served = Served(candidates[: request.k], retrieved.artifact_version, len(candidates))
+        if not (settings.ranking and candidates):
+            return served
+        try:
+            rows = await self._stage(
+                trip,
+                prefix + "item_features",
+                cfg.features_budget_ms,
+                lambda timeout: self.features.GetItemFeatures(
+                    features_pb2.GetItemFeaturesRequest(
+                        item_ids=[c.item_id for c in candidates], artifact_version=version
+                    ),
+                    timeout=timeout,
+                ),
+            )
+            ranked = await self._stage(
+                trip,
+                prefix + "ranking",
+                cfg.ranking_budget_ms,
+                lambda timeout: self.ranking.Rank(
+                    ranking_pb2.RankRequest(
+                        user=user,
+                        candidates=candidates,
+                        item_features=rows.values,
+                        item_feature_dim=rows.dim,
+                        k=request.k,
+                        artifact_version=version,
+                    ),
+                    timeout=timeout,
+                ),
+            )
+        except StageFailed as e:
+            if version and e.code == "FAILED_PRECONDITION":
+                raise
+            trip.degraded.append(f"{e}; served retrieval order")
+            return served
+        served.items = list(ranked.items)
+        served.version = ranked.artifact_version or served.version
+        return served
+
+    async def _serve_version(
+        self,
+        request: gateway_pb2.RecommendRequest,
+        settings: experiments.Settings,
+        version: str,
+        trip: Trip,
+        prefix: str = "",
+    ) -> Served:
+        """The pipeline at `version`; when a stage does not serve it, the pipeline at CURRENT (degraded)."""
+        try:
+            return await self._pipeline(request, settings, version, trip, prefix)
+        except StageFailed as e:
+            if not (version and e.code == "FAILED_PRECONDITION"):
+                raise
+            trip.degraded.append(f"{e}: artifact version {version} not served, CURRENT used")
+            return await self._pipeline(request, settings, "", trip, prefix)
+
+    @handler("gateway", "recommend")
+    async def Recommend(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.RecommendResponse:
+        trip = Trip(Budget(self.config.total_budget_ms))
+        require_id(request.user_id, "user_id")
+        require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
+        require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
+        require_max_len(request.context, "context", MAX_CONTEXT)
+        self._start_watch()
+
+        config = self.experiment_config  # one config for the whole request, whatever a reload does meanwhile
+        forced = request.context.get(experiments.FORCE_KEY) or _metadata(context, experiments.FORCE_KEY)
+        assignments = experiments.assign(
+            config, request.user_id, experiments.parse_forced(forced) if forced else None
+        )
+        settings = experiments.settings_for(assignments, self.config.candidates)
+        span = trace.get_current_span()
+        for a in assignments:
+            span.set_attribute(f"recsys.experiment.{a.experiment}", a.arm.name)
+        span.set_attribute("recsys.budget_ms", self.config.total_budget_ms)
+        teams: dict[str, str] = {}
+        try:
+            if settings.interleave:
+                a_side, b_side = await asyncio.gather(
+                    self._serve_version(request, settings, settings.version, trip),
+                    self._serve_version(request, settings, settings.interleave, trip, "b."),
+                    return_exceptions=True,
+                )
+                if isinstance(a_side, BaseException) and isinstance(b_side, BaseException):
+                    raise a_side
+                if isinstance(a_side, BaseException) or isinstance(b_side, BaseException):
+                    failed = a_side if isinstance(a_side, BaseException) else b_side
+                    trip.degraded.append(f"interleaving: one side failed ({failed}); one ranker served")
+                    served = b_side if isinstance(a_side, BaseException) else a_side
+                    assert isinstance(served, Served)
+                else:
+                    items, teams = team_draft(a_side.items, b_side.items, request.k, self._rng)
+                    served = Served(items, f"{a_side.version}+{b_side.version}", a_side.candidates)
+            else:
+                served = await self._serve_version(request, settings, settings.version, trip)
         except StageFailed as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no candidates: {e}")
             raise  # unreachable: abort raises
-        candidates = list(retrieved.candidates)
-        version = retrieved.artifact_version
-        items = candidates[: request.k]
 
-        if settings.ranking and candidates:
-            try:
-                rows = await self._call(
-                    "item_features",
-                    self.features.GetItemFeatures(
-                        features_pb2.GetItemFeaturesRequest(item_ids=[c.item_id for c in candidates]),
-                        timeout=cfg.features_timeout_ms / 1000,
-                    ),
-                    timings,
-                )
-                ranked = await self._call(
-                    "ranking",
-                    self.ranking.Rank(
-                        ranking_pb2.RankRequest(
-                            user=user,
-                            candidates=candidates,
-                            item_features=rows.values,
-                            item_feature_dim=rows.dim,
-                            k=request.k,
-                        ),
-                        timeout=cfg.ranking_timeout_ms / 1000,
-                    ),
-                    timings,
-                )
-                items = list(ranked.items)
-                version = ranked.artifact_version or version
-            except StageFailed as e:
-                # Retrieval order is a valid (if weaker) ranking.
-                degraded.append(str(e))
-
-        timings["total"] = (time.perf_counter() - started) * 1000
+        trip.timings["total"] = trip.budget.elapsed_ms()
+        degraded = trip.degraded
         span.set_attribute("recsys.degraded", bool(degraded))
-        span.set_attribute("recsys.candidates", len(candidates))
+        span.set_attribute("recsys.over_budget", trip.budget.remaining_ms() < 0)
+        span.set_attribute("recsys.candidates", served.candidates)
         if degraded:
             log.warning("degraded response", extra={"user_id": request.user_id, "reasons": degraded})
+        trace_id = current_trace_id()
+        if self.config.log_exposures and assignments:
+            self._log_exposures(request.user_id, assignments, teams, bool(degraded))
         return gateway_pb2.RecommendResponse(
-            items=items,
+            items=served.items,
             assignments=[
-                gateway_pb2.ExperimentAssignment(experiment=e.id, arm=a.name) for e, a in assignments
+                gateway_pb2.ExperimentAssignment(experiment=a.experiment, arm=a.arm.name) for a in assignments
             ],
             degraded=bool(degraded),
             degraded_reasons=degraded,
-            timings=[gateway_pb2.StageTiming(stage=s, ms=ms) for s, ms in timings.items()]
+            timings=[gateway_pb2.StageTiming(stage=s, ms=ms) for s, ms in trip.timings.items()]
             if request.debug
             else [],
-            trace_id=current_trace_id(),
-            artifact_version=version,
+            trace_id=trace_id,
+            artifact_version=served.version,
         )
+
+    def _log_exposures(
+        self,
+        user_id: str,
+        assignments: list[experiments.Assignment],
+        teams: dict[str, str],
+        degraded: bool,
+    ) -> None:
+        """One EXPOSURE event per (experiment, arm) of this response; QA-forced arms are not logged."""
+        now = int(time.time() * 1000)
+        request_id = uuid.uuid4().hex
+        events = []
+        for a in assignments:
+            if a.forced:
+                continue
+            ctx = {"request_id": request_id}
+            if degraded:
+                ctx["degraded"] = "1"
+            if teams and a.arm.overrides.interleave:
+                ctx["team_a"] = ",".join(i for i, t in teams.items() if t == "a")
+                ctx["team_b"] = ",".join(i for i, t in teams.items() if t == "b")
+            events.append(
+                common_pb2.Event(
+                    user_id=user_id,
+                    type=common_pb2.EVENT_TYPE_EXPOSURE,
+                    timestamp_ms=now,
+                    experiment=a.experiment,
+                    arm=a.arm.name,
+                    context=ctx,
+                )
+            )
+        if events:
+            self.exposures.submit(events)
 
     @handler("gateway", "feedback")
     async def Feedback(
         self, request: gateway_pb2.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.FeedbackResponse:
         # The features service validates every event and writes all or nothing; its status is ours.
+        for i, e in enumerate(request.events):
+            require(
+                e.type != common_pb2.EVENT_TYPE_EXPOSURE,
+                f"events[{i}].type",
+                "EXPOSURE events are written by the gateway itself",
+            )
         try:
             written = await self.features.WriteEvents(
                 features_pb2.WriteEventsRequest(events=request.events),
-                timeout=self.config.features_timeout_ms / 1000,
+                timeout=self.config.features_budget_ms / 1000,
             )
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or e.code().name)

@@ -45,3 +45,30 @@ def test_one_trace_spans_all_four_services_with_gateway_as_parent(client: Client
         assert ours in names, f"span {ours} missing from {sorted(names)}"
     roots = [s for s in spans if not s.parent_span_id]
     assert [r.service for r in roots] == ["recsys-gateway"], "the gateway's server span must be the root"
+
+
+def test_stage_spans_carry_budget_and_degradation(client: Client, otlp: OtlpReceiver) -> None:
+    response = client.recommend("trace-user-2", k=5)
+    spans = spans_of(otlp, response.trace_id, SERVICES)
+    stages = {s.name: s for s in spans if s.service == "recsys-gateway" and "recsys.stage" in s.attributes}
+    assert set(stages) >= {
+        "recsys.gateway.features",
+        "recsys.gateway.retrieval",
+        "recsys.gateway.item_features",
+        "recsys.gateway.ranking",
+    }
+    for span in stages.values():
+        assert span.attributes["recsys.budget_ms"] > 0
+        assert span.attributes["recsys.over_budget"] is (
+            span.duration_ms > span.attributes["recsys.budget_ms"]
+        )
+        assert "recsys.degraded" not in span.attributes  # set only on a stage that fell back
+    (root,) = [s for s in spans if s.name == "recsys.gateway.recommend"]
+    assert root.attributes["recsys.degraded"] is False and root.attributes["recsys.candidates"] > 0
+    assert root.attributes["recsys.budget_ms"] > 0 and "recsys.over_budget" in root.attributes
+    # Each backend call is a child of its stage span, so the trace shows where the budget went.
+    by_id = {s.span_id: s for s in spans}
+    retrieve = [s for s in spans if s.service == "recsys-retrieval" and s.kind == SERVER_KIND]
+    assert retrieve and all(
+        by_id[by_id[s.parent_span_id].parent_span_id].name == "recsys.gateway.retrieval" for s in retrieve
+    )

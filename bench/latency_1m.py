@@ -1,0 +1,196 @@
+"""Latency and throughput at scale: a synthetic 1M-item catalogue, 500 candidates, a 300-tree ranker,
+the four services as separate processes on loopback.
+
+Measures, in one run:
+  1. end-to-end latency at 1 request in flight (closed loop, sequential);
+  2. throughput: open-loop rates, the highest with p99 <= 50 ms and zero errors;
+  3. platform overhead: end-to-end p50 minus the p50 of the same stages' compute called in-process
+     (the same servicers, same artifacts, no processes, no network, no serialization).
+
+    .venv/bin/python bench/latency_1m.py                      # generates artifacts-1m/ first if missing
+    .venv/bin/python bench/latency_1m.py --redis-url redis://127.0.0.1:6379/0 --replicas 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from recsys.v1 import features_pb2, ranking_pb2, retrieval_pb2
+from services.common.artifacts import open_current
+from services.loadgen import LoadConfig, LoadResult, run
+from services.local import BACKENDS, LocalPlatform
+
+CANDIDATES = 500
+
+
+def ensure_artifacts(root: Path, items: int) -> None:
+    if (root / "CURRENT").exists():
+        return
+    from services.trainer.synthetic import SyntheticConfig, generate
+
+    generate(SyntheticConfig(out=root, items=items, candidates=CANDIDATES))
+
+
+def wait_compiled(platform: LocalPlatform, timeout_s: float = 900) -> None:
+    """The ranker scores with LightGBM until its compiled trees are ready: measure after that."""
+    deadline = time.monotonic() + timeout_s
+    while "ranker compiled" not in (platform.log_dir / "ranking.log").read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the ranker was not compiled in time")
+        time.sleep(1)
+
+
+def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str, float]:
+    """p50 of each stage's compute: the same servicers called directly, as the gateway would call them."""
+    from services.features.embedded import EmbeddedConfig, EmbeddedStore
+    from services.features.service import FeatureServicer
+    from services.ranking.service import Config as RankingConfig
+    from services.ranking.service import RankingService
+    from services.ranking.trees import default_cache_dir
+    from services.retrieval.service import Config as RetrievalConfig
+    from services.retrieval.service import RetrievalService
+
+    version = open_current(root)
+
+    async def measure() -> dict[str, list[float]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
+            await store.materialize(version)
+            features = FeatureServicer(store)
+            retrieval = RetrievalService(RetrievalConfig())
+            await retrieval.load(version)
+            ranking = RankingService(RankingConfig(compiled_trees=False))
+            await ranking.load(version)
+            model = ranking.versions.current
+            assert model is not None
+            await asyncio.to_thread(model.scorer.compile, default_cache_dir())
+            times: dict[str, list[float]] = {
+                "features": [],
+                "retrieval": [],
+                "item_features": [],
+                "ranking": [],
+            }
+            context: Any = None  # valid requests never touch the context
+            for i in range(requests):
+                t0 = time.perf_counter()
+                user = (
+                    await features.GetUserFeatures(
+                        features_pb2.GetUserFeaturesRequest(user_id=users[i % len(users)]), context
+                    )
+                ).user
+                t1 = time.perf_counter()
+                retrieved = await retrieval.Retrieve(
+                    retrieval_pb2.RetrieveRequest(
+                        user_id=user.user_id,
+                        user_embedding=user.embedding,
+                        recent_item_ids=user.recent_item_ids,
+                        exclude_item_ids=user.seen_item_ids,
+                        n=CANDIDATES,
+                    ),
+                    context,
+                )
+                t2 = time.perf_counter()
+                rows = await features.GetItemFeatures(
+                    features_pb2.GetItemFeaturesRequest(item_ids=[c.item_id for c in retrieved.candidates]),
+                    context,
+                )
+                t3 = time.perf_counter()
+                await ranking.Rank(
+                    ranking_pb2.RankRequest(
+                        user=user,
+                        candidates=retrieved.candidates,
+                        item_features=rows.values,
+                        item_feature_dim=rows.dim,
+                        k=10,
+                    ),
+                    context,
+                )
+                t4 = time.perf_counter()
+                for stage, ms in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    times[stage].append(ms * 1000)
+            await store.close()
+            return times
+
+    return {stage: statistics.median(v) for stage, v in asyncio.run(measure()).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts-1m"))
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--replicas", type=int, default=1, help="processes per backend service")
+    parser.add_argument("--sequential", type=int, default=1000, help="requests at 1 in flight")
+    parser.add_argument("--rates", default="100,200,300,400", help="open-loop rates to try (req/s)")
+    parser.add_argument("--rate-seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latency_1m.json"))
+    args = parser.parse_args()
+
+    ensure_artifacts(args.artifacts_dir, args.items)
+    users = json.loads(open_current(args.artifacts_dir).file("user_ids.json").read_text())[:2000]
+    result: dict[str, Any] = {
+        "benchmark": "latency_1m",
+        "items": args.items,
+        "candidates": CANDIDATES,
+        "store": "redis" if args.redis_url else "embedded",
+        "replicas": args.replicas,
+        "cpus": os.cpu_count(),
+    }
+    with tempfile.TemporaryDirectory() as work:
+        platform = LocalPlatform.on_free_ports(
+            args.artifacts_dir,
+            Path(work) / "logs",
+            redis_url=args.redis_url,
+            event_log=Path(work) / "events.jsonl",
+            replicas={b: args.replicas for b in BACKENDS},
+            # Budgets sized for this scale; what a request may spend before degrading.
+            extra_args={"gateway": ["--candidates", str(CANDIDATES)]},
+        )
+        with platform:
+            wait_compiled(platform)
+            gateway = platform.address("gateway")
+            run(LoadConfig(gateway, users, max_requests=200, duration_s=60))  # warm-up
+            sequential = run(LoadConfig(gateway, users, max_requests=args.sequential, duration_s=300))
+            result["sequential"] = sequential.to_json()
+            rates: list[LoadResult] = []
+            for rate in [float(r) for r in args.rates.split(",")]:
+                rates.append(
+                    run(LoadConfig(gateway, users, mode="open", rps=rate, duration_s=args.rate_seconds))
+                )
+            result["open_loop"] = [r.to_json() for r in rates]
+    ok = [r for r in rates if not r.errors and r.latency_ms.get("p99", 1e9) <= 50]
+    result["max_rps_p99_le_50ms"] = max((r.throughput_rps for r in ok), default=0.0)
+    stages = in_process_stage_ms(args.artifacts_dir, users, 300)
+    result["in_process_stage_p50_ms"] = stages
+    result["overhead_p50_ms"] = sequential.latency_ms["p50"] - sum(stages.values())
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    lat = sequential.latency_ms
+    print(
+        f"1M items, {CANDIDATES} candidates, {result['store']} store, {args.replicas} process(es) per backend"
+    )
+    print(
+        f"1 in flight ({sequential.requests} req): p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f} ms"
+    )
+    print(f"{'rate':>8}{'achieved':>10}{'p50':>8}{'p99':>8}{'errors':>8}{'degraded':>10}")
+    for r in rates:
+        print(
+            f"{r.config['rps']:>8.0f}{r.throughput_rps:>10.1f}{r.latency_ms['p50']:>8.2f}{r.latency_ms['p99']:>8.2f}"
+            f"{sum(r.errors.values()):>8}{r.degraded / max(1, r.requests):>10.1%}"
+        )
+    print(f"max req/s with p99 <= 50 ms and no errors: {result['max_rps_p99_le_50ms']:.0f}")
+    print("in-process stage p50 ms: " + "  ".join(f"{k}={v:.2f}" for k, v in stages.items()))
+    print(f"platform overhead at p50: {result['overhead_p50_ms']:.2f} ms   (wrote {args.out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Faults over the wire: a stage slowed past its budget, a stage killed, Redis stopped under load. Every
+valid request is still answered, `degraded` names the reason, and the platform recovers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from recsys.v1 import features_pb2, features_pb2_grpc, gateway_pb2
+from services.client import Client
+from services.common.artifacts import ArtifactVersion
+from services.loadgen import LoadConfig, LoadResult, run
+from services.local import LocalPlatform, free_port
+
+
+def history(trained: ArtifactVersion, user: str) -> set[str]:
+    return set(json.loads(trained.file("user_history.json").read_text())[user])
+
+
+def assert_valid(response: gateway_pb2.RecommendResponse, k: int, forbidden: set[str]) -> None:
+    ids = [i.item_id for i in response.items]
+    assert len(ids) == k and len(set(ids)) == k
+    assert not set(ids) & forbidden
+    scores = [i.score for i in response.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def wait_until_healthy(client: Client, user: str, timeout_s: float = 30) -> gateway_pb2.RecommendResponse:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.recommend(user, k=10)
+        if not response.degraded:
+            return response
+        assert time.monotonic() < deadline, f"still degraded: {list(response.degraded_reasons)}"
+        time.sleep(0.2)
+
+
+def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it(
+    artifacts_root: Path, trained: ArtifactVersion, tmp_path: Path
+) -> None:
+    env = {
+        "OTEL_TRACES_EXPORTER": "file",
+        "RECSYS_TRACES_FILE": str(tmp_path / "spans" / "{service}-{pid}.jsonl"),
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    platform = LocalPlatform.on_free_ports(
+        artifacts_root,
+        tmp_path / "logs",
+        event_log=tmp_path / "events.jsonl",
+        env=env,
+        extra_args={"ranking": ["--inject-delay-ms", "150"], "gateway": ["--ranking-budget-ms", "40"]},
+    )
+    with platform, Client(platform.address("gateway")) as client:
+        for user in ["1", "2", "cold-user"] * 4:
+            response = client.recommend(user, k=10)
+            assert response.degraded
+            assert any(r.startswith("ranking: DEADLINE_EXCEEDED") for r in response.degraded_reasons)
+            assert {i.source for i in response.items} <= {"ann", "recent", "popular"}
+            assert_valid(response, 10, history(trained, user) if user != "cold-user" else set())
+    # The processes flushed their spans at shutdown: the report reads the gateway's.
+    files = sorted((tmp_path / "spans").glob("recsys-gateway-*.jsonl")) or sorted(
+        (tmp_path / "spans").glob("*gateway*")
+    )
+    assert files, sorted(p.name for p in (tmp_path / "spans").iterdir())
+    report = subprocess.run(
+        [sys.executable, "-m", "services.cli", "budget", "report", "--spans", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 1, report.stdout + report.stderr
+    rows = {line.split()[0]: line for line in report.stdout.splitlines()[1:]}
+    assert rows["recsys.gateway.ranking"].endswith("VIOLATED")
+    assert "recsys.gateway.retrieval" in rows and "recsys.gateway.recommend" in rows
+    assert "recsys.gateway.ranking" in report.stderr
+
+
+def test_killed_retrieval_falls_back_to_the_cached_popular_list_and_recovers(
+    artifacts_root: Path, trained: ArtifactVersion, tmp_path: Path
+) -> None:
+    platform = LocalPlatform.on_free_ports(
+        artifacts_root, tmp_path / "logs", event_log=tmp_path / "events.jsonl"
+    )
+    with platform, Client(platform.address("gateway")) as client:
+        wait_until_healthy(client, "1")
+        time.sleep(0.5)  # the gateway fetches its popular list in the background after the first request
+        platform.stop_service("retrieval")
+        for user in ("1", "cold-user"):
+            response = client.recommend(user, k=10)
+            assert response.degraded
+            assert any(
+                "retrieval: UNAVAILABLE" in r and "cached popular" in r for r in response.degraded_reasons
+            )
+            assert_valid(response, 10, history(trained, user) if user == "1" else set())
+        platform.start_service("retrieval")
+        platform.wait_serving("retrieval")
+        assert_valid(wait_until_healthy(client, "1"), 10, history(trained, "1"))
+
+
+@contextmanager
+def redis_on(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            subprocess.run(
+                [binary.replace("redis-server", "redis-cli"), "-p", str(port), "ping"], capture_output=True
+            ).returncode
+            != 0
+        ):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_stopped_under_load_every_request_is_answered_and_features_recover(
+    artifacts_root: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    platform = LocalPlatform.on_free_ports(
+        artifacts_root,
+        tmp_path / "logs",
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        extra_args={"features": ["--reload-interval-s", "0.5"]},
+    )
+    with redis_on(port, tmp_path):
+        platform.start()
+    try:
+        client = Client(platform.address("gateway"))
+        result: list[LoadResult] = []
+        load = threading.Thread(
+            target=lambda: result.append(
+                run(
+                    LoadConfig(
+                        platform.address("gateway"),
+                        users=["1", "2", "3", "cold"],
+                        mode="open",
+                        rps=25,
+                        duration_s=4,
+                    )
+                )
+            )
+        )
+        load.start()
+        time.sleep(1.5)  # Redis is down from here (the context above has ended it) ...
+        with redis_on(port, tmp_path):  # ... and back, empty, for the rest of the run
+            load.join()
+            (outcome,) = result
+            assert outcome.requests == 100 and not outcome.errors, outcome.errors
+            assert outcome.degraded > 0
+            # Recovery: the features service rewrites the version Redis lost, and profiles are back.
+            wait_until_healthy(client, "1")
+            with grpc.insecure_channel(platform.address("features")) as channel:
+                stub = features_pb2_grpc.FeatureServiceStub(channel)
+                deadline = time.monotonic() + 30
+                while not stub.GetUserFeatures(
+                    features_pb2.GetUserFeaturesRequest(user_id="1"), timeout=5
+                ).user.known:
+                    assert time.monotonic() < deadline, "the features store was not repaired"
+                    time.sleep(0.2)
+        client.close()
+    finally:
+        platform.stop()
