@@ -25,12 +25,12 @@ BUNDLED_DATA = REPO / "data" / "ml-latest-small"
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A real redis-server on a free loopback port, no persistence; yields its URL."""
+def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
+    """A real redis-server on `port` (default: a free one) on loopback, no persistence; yields its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run the README's test command, which installs it")
-    port = free_port()
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [

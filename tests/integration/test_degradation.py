@@ -4,13 +4,10 @@ valid request is still answered, `degraded` names the reason, and the platform r
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -20,6 +17,7 @@ from services.client import Client
 from services.common.artifacts import ArtifactVersion
 from services.loadgen import LoadConfig, LoadResult, run
 from services.local import LocalPlatform, free_port
+from tests.support import redis_server
 
 
 def history(trained: ArtifactVersion, user: str) -> set[str]:
@@ -106,43 +104,6 @@ def test_killed_retrieval_falls_back_to_the_cached_popular_list_and_recovers(
         assert_valid(wait_until_healthy(client, "1"), 10, history(trained, "1"))
 
 
-@contextmanager
-def redis_on(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                [binary.replace("redis-server", "redis-cli"), "-p", str(port), "ping"], capture_output=True
-            ).returncode
-            != 0
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def test_redis_stopped_under_load_every_request_is_answered_and_features_recover(
     artifacts_root: Path, tmp_path: Path
 ) -> None:
@@ -153,7 +114,7 @@ def test_redis_stopped_under_load_every_request_is_answered_and_features_recover
         redis_url=f"redis://127.0.0.1:{port}/0",
         extra_args={"features": ["--reload-interval-s", "0.5"]},
     )
-    with redis_on(port, tmp_path):
+    with redis_server(tmp_path, port):
         platform.start()
     try:
         client = Client(platform.address("gateway"))
@@ -173,7 +134,7 @@ def test_redis_stopped_under_load_every_request_is_answered_and_features_recover
         )
         load.start()
         time.sleep(1.5)  # Redis is down from here (the context above has ended it) ...
-        with redis_on(port, tmp_path):  # ... and back, empty, for the rest of the run
+        with redis_server(tmp_path, port):  # ... and back, empty, for the rest of the run
             load.join()
             (outcome,) = result
             assert outcome.requests == 100 and not outcome.errors, outcome.errors
