@@ -30,7 +30,9 @@ Hashing: `h(salt, user) = blake2b(salt:user, 8 bytes)` as a big-endian 64-bit in
 Overrides (each parameter belongs to ONE layer, so arms of different layers never fight over it):
 `version` (the artifact version the whole pipeline uses, features + retrieval + ranking, listed in
 <artifacts>/PINNED), `candidates` (1..2000), `ranking` (false: retrieval order), `interleave` (a second
-artifact version: the response is a team-draft interleaving of the arm's pipeline and that version's).
+artifact version: the response is a team-draft interleaving of the arm's pipeline and that version's),
+`sources` (the retrieval sources allowed, a non-empty subset of ann, recent, popular), `diversity` (the
+MMR lambda in (0, 1) the ranker re-ranks with; unset = relevance alone).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ HOLDOUT = "holdout"
 HOLDOUT_ARMS = ("holdout", "exposed")
 #: Request context key / gRPC metadata header a QA user forces arms with: "exp=arm[,exp=arm]".
 FORCE_KEY = "x-recsys-force-arms"
-OVERRIDE_KEYS = ("version", "candidates", "ranking", "interleave")
+OVERRIDE_KEYS = ("version", "candidates", "ranking", "interleave", "sources", "diversity")
+RETRIEVAL_SOURCES = ("ann", "recent", "popular")
 
 
 def hash64(salt: str, user_id: str) -> int:
@@ -74,6 +77,8 @@ class Overrides:
     candidates: int | None = None
     ranking: bool | None = None
     interleave: str | None = None
+    sources: tuple[str, ...] | None = None
+    diversity: float | None = None
 
     def items(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in OVERRIDE_KEYS if getattr(self, k) is not None}
@@ -202,6 +207,10 @@ class Settings:
     version: str = ""
     #: Second version to team-draft interleave with ("" = none).
     interleave: str = ""
+    #: Retrieval sources allowed (empty = all).
+    sources: tuple[str, ...] = ()
+    #: MMR lambda for the ranker (0 = relevance alone).
+    diversity: float = 0.0
 
 
 def settings_for(assignments: list[Assignment], default_candidates: int) -> Settings:
@@ -256,8 +265,30 @@ def _overrides(raw: Any, where: str) -> Overrides:
             f"{where}.{key}",
             f"must name an artifact version (a directory under the artifact root), got {value!r}",
         )
+    sources = raw.get("sources")
+    if sources is not None:
+        _require(
+            isinstance(sources, list)
+            and bool(sources)
+            and set(sources) <= set(RETRIEVAL_SOURCES)
+            and len(set(sources)) == len(sources),
+            f"{where}.sources",
+            f"must be a non-empty list of distinct {', '.join(RETRIEVAL_SOURCES)}, got {sources!r}",
+        )
+        sources = tuple(sources)
+    diversity = raw.get("diversity")
+    _require(
+        diversity is None or (_number(diversity) and 0 < diversity < 1),
+        f"{where}.diversity",
+        f"must be an MMR lambda in (0, 1), got {diversity!r}",
+    )
     return Overrides(
-        version=raw.get("version"), candidates=candidates, ranking=ranking, interleave=raw.get("interleave")
+        version=raw.get("version"),
+        candidates=candidates,
+        ranking=ranking,
+        interleave=raw.get("interleave"),
+        sources=sources,
+        diversity=None if diversity is None else float(diversity),
     )
 
 

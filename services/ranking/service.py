@@ -25,6 +25,7 @@ from services.common.config import option, port_number
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig
 from services.common.versions import ServedVersions
+from services.ranking.diversity import POOL_FACTOR, mmr
 from services.ranking.trees import TreeScorer, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             f"must hold {n} rows of {model.item_dim} float32 ({4 * model.item_dim * n} bytes), "
             f"got {len(request.item_features)} bytes",
         )
+        require(
+            0 <= request.mmr_lambda < 1,
+            "mmr_lambda",
+            f"must be in [0, 1) (0 = off), got {request.mmr_lambda}",
+        )
         values = len(request.user.values)
         require(
             values in (0, len(rf.USER_FEATURES)),
@@ -235,12 +241,25 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if request.user.seen_item_ids:
             keep &= ~np.isin(ids.astype(str), np.asarray(list(request.user.seen_item_ids), dtype=str))
         order = np.flatnonzero(keep)
-        order = order[np.argsort(-scores[order], kind="stable")][: request.k]
+        order = order[np.argsort(-scores[order], kind="stable")]
+        final = scores
+        if 0 < request.mmr_lambda < 1:
+            pool = order[: request.k * POOL_FACTOR]
+            picked, marginal = mmr(
+                scores[pool],
+                model.embeddings(model.rows([str(ids[i]) for i in pool])),
+                request.k,
+                request.mmr_lambda,
+            )
+            order = pool[picked]
+            final = np.empty_like(scores)
+            final[order] = marginal
+        order = order[: request.k]
         return ranking_pb2.RankResponse(
             items=[
                 common_pb2.ScoredItem(
                     item_id=request.candidates[i].item_id,
-                    score=float(scores[i]),
+                    score=float(final[i]),
                     source=request.candidates[i].source,
                 )
                 for i in order.tolist()

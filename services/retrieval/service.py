@@ -40,6 +40,7 @@ MAX_RECENT = 1_000
 SOURCE_ANN = "ann"
 SOURCE_RECENT = "recent"
 SOURCE_POPULAR = "popular"
+SOURCES = frozenset({SOURCE_ANN, SOURCE_RECENT, SOURCE_POPULAR})
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,19 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         )
         require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
         require_max_len(request.recent_item_ids, "recent_item_ids", MAX_RECENT)
+        unknown = set(request.sources) - SOURCES
+        require(
+            not unknown,
+            "sources",
+            f"unknown source(s) {sorted(unknown)}; known: {', '.join(sorted(SOURCES))}",
+        )
+        allowed = set(request.sources) or SOURCES
         # One reference for the whole request: a reload cannot change it midway.
         index = self.versions.get(request.artifact_version)
 
         vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
         strategy = SOURCE_POPULAR
-        if request.user_embedding:
+        if request.user_embedding and SOURCE_ANN in allowed:
             vector = np.asarray(request.user_embedding, dtype=np.float32)
             require(
                 len(vector) == index.dim,
@@ -139,7 +147,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
                 bool(finite[bad]), "user_embedding", f"must be finite numbers, got {vector[bad]} at {bad}"
             )
             strategy = SOURCE_ANN
-        elif request.recent_item_ids:
+        elif request.recent_item_ids and SOURCE_RECENT in allowed:
             vector = index.fold_in(index.rows_of(request.recent_item_ids))
             if vector is not None:
                 strategy = SOURCE_RECENT
@@ -149,7 +157,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         response = retrieval_pb2.RetrieveResponse(artifact_version=index.version)
         _append(response, index.ids_of(rows), scores.tolist(), strategy)
         topped_up = 0
-        if len(rows) < n:
+        if len(rows) < n and SOURCE_POPULAR in allowed:
             more = index.popular(n - len(rows), np.concatenate([exclude, rows]) if len(rows) else exclude)
             floor = min(0.0, float(scores[-1])) if len(scores) else 0.0
             more_scores = floor - np.arange(1, len(more) + 1, dtype=np.float64)

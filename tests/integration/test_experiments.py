@@ -226,3 +226,94 @@ def test_two_gateway_replicas_agree(running: tuple[LocalPlatform, Path, Path]) -
         assert set(first) == {"control", "v1"}
     finally:
         replica.stop()
+
+
+def variants_file(v1: str) -> dict[str, Any]:
+    arms = [
+        {"name": "control", "weight": 25},
+        {"name": "diverse", "weight": 25, "overrides": {"diversity": 0.3}},
+        {"name": "recent_only", "weight": 25, "overrides": {"sources": ["recent", "popular"]}},
+        {"name": "interleaved", "weight": 25, "overrides": {"interleave": v1}},
+    ]
+    return {
+        "qa": {"allow": list(ALLOWED)},
+        "experiments": [{"id": "variants", "layer": "ranking", "salt": "variants-it", "arms": arms}],
+    }
+
+
+def intra_list_similarity(vectors: dict[str, Any], items: list[str]) -> float:
+    import numpy as np
+
+    unit = np.stack([vectors[i] / np.linalg.norm(vectors[i]) for i in items])
+    sims = unit @ unit.T
+    return float((sims.sum() - len(items)) / (len(items) * (len(items) - 1)))
+
+
+def test_pipeline_variants_diversity_sources_and_interleaving_over_the_wire(
+    running: tuple[LocalPlatform, Path, Path], two_versions: tuple[Path, str, str], trained: ArtifactVersion
+) -> None:
+    import numpy as np
+
+    platform, exp_file, log = running
+    root, v1, v2 = two_versions
+    good = exp_file.read_text()
+    exp_file.write_text(yaml.safe_dump(variants_file(v1)))
+    ids = json.loads((root / v2 / "item_ids.json").read_text())
+    vectors = dict(zip(ids, np.load(root / v2 / "item_embeddings.npy"), strict=True))
+    try:
+        with Client(platform.address("gateway")) as client:
+            deadline = time.monotonic() + 10
+            while client.recommend("1", k=3).assignments[0].experiment != "variants":
+                assert time.monotonic() < deadline, "the variants file was not picked up"
+                time.sleep(0.1)
+
+            def forced(user: str, arm: str) -> Any:
+                r = client.recommend(user, k=10, context={ex.FORCE_KEY: f"variants={arm}"})
+                assert [(a.experiment, a.arm) for a in r.assignments] == [("variants", arm)]
+                assert not r.degraded, r.degraded_reasons
+                return r
+
+            less_similar = warm_users = 0
+            for user in ALLOWED:
+                control = [i.item_id for i in forced(user, "control").items]
+                diverse = forced(user, "diverse")
+                scores = [i.score for i in diverse.items]
+                assert scores == sorted(scores, reverse=True)
+                less_similar += intra_list_similarity(vectors, [i.item_id for i in diverse.items]) < (
+                    intra_list_similarity(vectors, control)
+                )
+                # Retrieval without the user's trained vector: candidates from the recent items.
+                assert {i.source for i in forced(user, "recent_only").items} <= {"recent", "popular"}
+                warm_users += "ann" in {i.source for i in forced(user, "control").items}
+            assert less_similar == len(ALLOWED), "MMR did not lower intra-list similarity"
+            assert warm_users >= len(ALLOWED) // 2, "control should retrieve by the users' vectors"
+
+            # Interleaving: both rankers inside one response; clicks credit their team in the report.
+            cfg = ex.load(exp_file)
+            users = [
+                f"il-user-{i}"
+                for i in range(400)
+                if ex.assign(cfg, f"il-user-{i}")[0].arm.name == "interleaved"
+            ]
+            for user in users[:12]:
+                r = client.recommend(user, k=10)
+                assert "+" in r.artifact_version  # both versions served this response
+                client.feedback([event(user, r.items[0].item_id, "click")])
+        deadline = time.monotonic() + 10
+        while True:
+            report = analysis.report_from_events(
+                analysis.read_jsonl(log),
+                "variants",
+                {a: 25 for a in ("control", "diverse", "recent_only", "interleaved")},
+            )
+            il = report.interleaving[0] if report.interleaving else None
+            if (il is not None and il.wins_a + il.wins_b + il.ties == 12) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert il is not None and il.arm == "interleaved"
+        assert il.wins_a + il.wins_b == 12 and il.ties == 0  # every click landed on one team's item
+        assert 0 <= il.p_value <= 1
+    finally:
+        exp_file.write_text(good)
+        os.utime(exp_file)
+        time.sleep(0.5)

@@ -198,6 +198,22 @@ ARM = {"name": "a", "weight": 100}
             "overrides.candidates",
         ),
         (
+            {"experiments": [{"id": "e", "salt": "s", "arms": [{**ARM, "overrides": {"diversity": 1.5}}]}]},
+            "overrides.diversity",
+        ),
+        (
+            {
+                "experiments": [
+                    {"id": "e", "salt": "s", "arms": [{**ARM, "overrides": {"sources": ["bm25"]}}]}
+                ]
+            },
+            "overrides.sources",
+        ),
+        (
+            {"experiments": [{"id": "e", "salt": "s", "arms": [{**ARM, "overrides": {"sources": []}}]}]},
+            "overrides.sources",
+        ),
+        (
             {"experiments": [{"id": "e", "salt": "s", "arms": [{**ARM, "overrides": {"version": "../x"}}]}]},
             "overrides.version",
         ),

@@ -29,6 +29,7 @@ class RankRequest(_message.Message):
     ITEM_FEATURE_DIM_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    MMR_LAMBDA_FIELD_NUMBER: _builtins.int
     item_features: _builtins.bytes
     """Row-major float32 matrix aligned with `candidates`, as GetItemFeatures returns it."""
     item_feature_dim: _builtins.int
@@ -36,6 +37,11 @@ class RankRequest(_message.Message):
     artifact_version: _builtins.str
     """Score with this artifact version's ranker (CURRENT or one listed in <artifacts>/PINNED); empty =
     CURRENT. The user and item features must come from the same version. Unknown: FAILED_PRECONDITION.
+    """
+    mmr_lambda: _builtins.float
+    """Maximal marginal relevance in (0, 1): each next item maximises
+    lambda * relevance - (1 - lambda) * max cosine similarity to the items already chosen.
+    0 (unset) ranks by relevance alone. Scores stay non-increasing.
     """
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures: ...
@@ -52,10 +58,11 @@ class RankRequest(_message.Message):
         item_feature_dim: _builtins.int = ...,
         k: _builtins.int = ...,
         artifact_version: _builtins.str = ...,
+        mmr_lambda: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "item_feature_dim", b"item_feature_dim", "item_features", b"item_features", "k", b"k", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "item_feature_dim", b"item_feature_dim", "item_features", b"item_features", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

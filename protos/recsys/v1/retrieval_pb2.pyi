@@ -29,6 +29,7 @@ class RetrieveRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     N_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     n: _builtins.int
     artifact_version: _builtins.str
@@ -47,6 +48,13 @@ class RetrieveRequest(_message.Message):
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Never returned (already seen, or excluded by the caller)."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The candidate sources allowed: "ann" (the user's vector), "recent" (the mean of the recent items'
+        vectors), "popular" (cold start and top-up). Empty allows all; with "popular" left out fewer than
+        n candidates may come back.
+        """
+
     def __init__(
         self,
         *,
@@ -56,10 +64,11 @@ class RetrieveRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         n: _builtins.int = ...,
         artifact_version: _builtins.str = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "n", b"n", "recent_item_ids", b"recent_item_ids", "user_embedding", b"user_embedding", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "n", b"n", "recent_item_ids", b"recent_item_ids", "sources", b"sources", "user_embedding", b"user_embedding", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
