@@ -95,3 +95,26 @@ def leave_last_n(log: Log, n: int = 1, seed: int = 42) -> tuple[Log, Log]:
     in_test = np.zeros(len(log), dtype=bool)
     in_test[order[held]] = True
     return log.take(~in_test), log.take(in_test)
+
+
+def stratified_folds(log: Log, k: int = 5, filter_by: Literal["item", "user"] = "item", seed: int = 0) -> I64:
+    """Fold index (0..k-1) of every row of `log`, stratified like `stratified_split`: within each group
+    (item or user) the rows are shuffled with `seed` and dealt to the folds in turn from a random
+    starting fold, so every row is in exactly one fold and each group's rows are spread evenly (fold
+    sizes within a group differ by at most one)."""
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    if filter_by not in ("item", "user"):
+        raise ValueError(f"filter_by must be 'item' or 'user', got {filter_by!r}")
+    order = log.file_order()
+    codes = _group_codes((log.items if filter_by == "item" else log.users)[order])
+    rng = np.random.default_rng(seed)
+    draws = np.asarray(rng.random(size=order.shape[0]), dtype=np.float64)
+    offsets = rng.integers(0, k, size=int(codes.max()) + 1 if codes.size else 0)
+    by_group = np.lexsort((draws, codes))
+    sorted_codes = codes[by_group]
+    starts = np.searchsorted(sorted_codes, sorted_codes, side="left")
+    position = np.arange(by_group.shape[0]) - starts
+    folds = np.empty(len(log), dtype=np.int64)
+    folds[order[by_group]] = (position + offsets[sorted_codes]) % k
+    return folds

@@ -10,8 +10,9 @@ import pytest
 
 from services.cli import main
 from services.trainer.data import Dataset, Item, Log
-from services.trainer.offline import OfflineConfig, run
+from services.trainer.offline import OfflineConfig, Timer, ranker_slices, run
 from services.trainer.sources import Interactions, build_index, ease, index_recall, top_n
+from services.trainer.splits import stratified_folds
 
 
 def synthetic(n_users: int = 80, n_items: int = 60, seed: int = 0) -> Dataset:
@@ -112,3 +113,38 @@ def test_top_n_removes_training_items_and_ease_scores_cluster_items() -> None:
     top = top_n(ease(x, 10.0), x.binary, 5)
     seen = x.binary.toarray() > 0
     assert not seen[np.arange(len(users))[:, None], top].any()
+
+
+def test_stratified_folds_cover_every_row_once_and_spread_each_item() -> None:
+    log = synthetic().log
+    folds = stratified_folds(log, 5, seed=7)
+    assert folds.shape == (len(log),)
+    assert set(folds.tolist()) == set(range(5))
+    for item in set(log.items.tolist()):
+        counts = np.bincount(folds[log.items == item], minlength=5)
+        assert counts.max() - counts.min() <= 1  # each item's rows dealt evenly
+    assert np.array_equal(folds, stratified_folds(log, 5, seed=7))
+    assert not np.array_equal(folds, stratified_folds(log, 5, seed=8))
+    with pytest.raises(ValueError):
+        stratified_folds(log, 1)
+
+
+def test_kfold_ranker_slices_partition_train_and_never_fit_on_their_labels() -> None:
+    train = synthetic().log
+    config = OfflineConfig(ranker_folds=4)
+    slices = list(ranker_slices(train, config, seed=3, timer=Timer()))
+    assert len(slices) == 4
+
+    def rows(log: Log) -> set[tuple[str, str, float]]:
+        return set(zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(), strict=True))
+
+    everything = rows(train)
+    labelled: list[tuple[str, str, float]] = []
+    for fit, label in slices:
+        assert rows(fit).isdisjoint(rows(label))  # the sources never see the rows they are labelled by
+        assert rows(fit) | rows(label) == everything
+        assert len(fit) + len(label) == len(train)
+        labelled += list(rows(label))
+    assert sorted(labelled) == sorted(everything)  # every train row labels exactly once
+    inner = list(ranker_slices(train, OfflineConfig(ranker_folds=0, inner_folds=2), seed=3, timer=Timer()))
+    assert len(inner) == 2
