@@ -59,9 +59,11 @@ def test_stage_spans_carry_budget_and_degradation(client: Client, otlp: OtlpRece
     }
     for span in stages.values():
         assert span.attributes["recsys.budget_ms"] > 0
-        assert span.attributes["recsys.over_budget"] is (
-            span.duration_ms > span.attributes["recsys.budget_ms"]
-        )
+        over = span.attributes["recsys.over_budget"]
+        assert isinstance(over, bool)
+        # The gateway times the stage itself; away from the edge its verdict must match the span's length.
+        if abs(span.duration_ms - span.attributes["recsys.budget_ms"]) > 1.0:
+            assert over is (span.duration_ms > span.attributes["recsys.budget_ms"])
         assert "recsys.degraded" not in span.attributes  # set only on a stage that fell back
     (root,) = [s for s in spans if s.name == "recsys.gateway.recommend"]
     assert root.attributes["recsys.degraded"] is False and root.attributes["recsys.candidates"] > 0
