@@ -16,7 +16,20 @@ import grpc
 from services.common.server import Component
 from services.local import free_port
 
-__all__ = ["BUNDLED_DATA", "REPO", "free_port", "redis_server", "serving"]
+__all__ = ["BUNDLED_DATA", "RELAXED_BUDGETS", "REPO", "free_port", "redis_server", "serving"]
+
+#: Gateway flags for tests about behaviour, not speed: budgets a loaded CI machine cannot overrun, so a
+#: response degrades only when a test makes it.
+RELAXED_BUDGETS = [
+    "--total-budget-ms",
+    "5000",
+    "--features-budget-ms",
+    "1000",
+    "--retrieval-budget-ms",
+    "1000",
+    "--ranking-budget-ms",
+    "2000",
+]
 
 S = TypeVar("S")
 

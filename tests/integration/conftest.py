@@ -8,6 +8,7 @@ import pytest
 from services.client import Client
 from services.common.otlp_receiver import OtlpReceiver
 from services.local import LocalPlatform
+from tests.support import RELAXED_BUDGETS
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +29,9 @@ def platform(
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    with LocalPlatform.on_free_ports(artifacts_root, work / "logs", redis_url=redis_url, env=env) as running:
+    with LocalPlatform.on_free_ports(
+        artifacts_root, work / "logs", redis_url=redis_url, env=env, extra_args={"gateway": RELAXED_BUDGETS}
+    ) as running:
         yield running
 
 

@@ -20,7 +20,7 @@ from services.common.artifacts import ArtifactVersion, set_current
 from services.experiment import analysis
 from services.gateway import experiments as ex
 from services.local import LocalPlatform, free_port
-from tests.support import BUNDLED_DATA
+from tests.support import BUNDLED_DATA, RELAXED_BUDGETS
 
 
 def arms_file(v1: str, allow: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -77,7 +77,9 @@ def running(
         root,
         work / "logs",
         event_log=log,
-        extra_args={"gateway": ["--experiments", str(exp_file), "--experiments-reload-s", "0.2"]},
+        extra_args={
+            "gateway": ["--experiments", str(exp_file), "--experiments-reload-s", "0.2", *RELAXED_BUDGETS]
+        },
     )
     with platform:
         yield platform, exp_file, log

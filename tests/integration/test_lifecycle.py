@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from services.client import Client
 from services.common.artifacts import ArtifactVersion, set_current
 from services.local import LocalPlatform, free_port, health_status
+from tests.support import RELAXED_BUDGETS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -34,7 +35,10 @@ def test_backends_serve_only_after_artifacts_load_and_pick_up_new_versions(
         root,
         tmp_path / "logs",
         event_log=tmp_path / "events.jsonl",
-        extra_args={s: ["--reload-interval-s", "0.2"] for s in ("features", "retrieval", "ranking")},
+        extra_args={
+            **{s: ["--reload-interval-s", "0.2"] for s in ("features", "retrieval", "ranking")},
+            "gateway": RELAXED_BUDGETS,
+        },
     )
     try:
         for service in ("features", "retrieval", "ranking", "gateway"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.client import Client
 from services.common.otlp_receiver import OtlpReceiver
 from services.local import LocalPlatform
+from tests.support import RELAXED_BUDGETS
 
 SERVER_KIND = 2
 
@@ -20,6 +21,7 @@ def test_gateway_balances_over_backend_replicas_and_survives_losing_one(
         tmp_path / "logs",
         event_log=tmp_path / "events.jsonl",
         replicas={"retrieval": 2, "ranking": 2},
+        extra_args={"gateway": RELAXED_BUDGETS},
         env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
     )
     with platform, Client(platform.address("gateway")) as client:
