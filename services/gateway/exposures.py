@@ -27,9 +27,13 @@ class ExposureLogger:
         max_batch: int = 500,
         attempts: int = 8,
         max_queued: int = 200_000,
+        linger_s: float = 0.1,
     ) -> None:
         self._write = write
         self.max_batch = max_batch
+        #: How long the first event of a batch waits for company: one write per batch, not per request
+        #: (a write per response cost ~3.5 ms of p50 latency at one request in flight).
+        self.linger_s = linger_s
         self.attempts = attempts
         self.max_queued = max_queued
         self._queue: asyncio.Queue[common_pb2.Event] | None = None
@@ -53,6 +57,8 @@ class ExposureLogger:
         queue = self._queue
         while True:
             batch = [await queue.get()]
+            if queue.qsize() < self.max_batch:
+                await asyncio.sleep(self.linger_s)
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
