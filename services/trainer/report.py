@@ -20,6 +20,7 @@ ROWS = {
     "retrieval": "retrieval alone (rank fusion of EASE, co-occurrence, ALS, BPR)",
     "ease": "EASE (baseline)",
     "cooc": "item-item co-occurrence (baseline)",
+    "rp3": "RP3beta (baseline)",
     "als": "ALS, implicit (baseline)",
     "bpr": "BPR, implicit (baseline)",
     "pop": "popularity (baseline)",

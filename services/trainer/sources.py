@@ -7,6 +7,7 @@ candidate lists with the user's training items removed. Sources:
 - EASE (Steck 2019): closed-form item-item linear autoencoder, B = I - P diagMat(1/diag(P)), P = (X'X + lambda I)^-1;
 - ALS and BPR from `implicit` (user and item vectors, inner product);
 - item-item co-occurrence: cosine similarity of item columns, summed over the user's items;
+- RP3beta (Paudel et al. 2017): item-item random-walk transitions with a popularity penalty;
 - content: the user's genre profile against the item's genres (the only source that scores cold items).
 
 The embedding sources (ALS, BPR, and EASE seen as user = history row, item = column of B) are served
@@ -174,6 +175,29 @@ def bpr(
     model.fit(x.binary.astype(np.float32), show_progress=False)
     # implicit's BPR appends a bias column to the item factors and a 1 to the user factors
     return Factors(np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32))
+
+
+def rp3beta_weights(x: Interactions, alpha: float = 1.0, beta: float = 0.5) -> F32:
+    """RP3beta (Paudel et al. 2017): (items, items) 3-step random-walk transition probabilities
+    W[i, j] = sum_u P(u | i) P(j | u), raised to `alpha`, divided by popularity(j)^beta; zero diagonal."""
+    xd = x.binary.toarray().astype(np.float64)
+    user_deg = np.maximum(xd.sum(axis=1, keepdims=True), 1.0)
+    item_deg = np.maximum(xd.sum(axis=0), 1.0)
+    p_ui = xd / user_deg
+    p_iu = (xd / item_deg[None, :]).T
+    if alpha != 1.0:
+        p_ui, p_iu = p_ui**alpha, p_iu**alpha
+    with threadpool_limits(limits=2, user_api="blas"):
+        w = p_iu @ p_ui
+    w /= item_deg[None, :] ** beta
+    w[np.diag_indices_from(w)] = 0.0
+    out: F32 = w.astype(np.float32)
+    return out
+
+
+def rp3beta(x: Interactions, alpha: float = 1.0, beta: float = 0.5) -> F32:
+    scores: F32 = np.asarray(x.binary @ rp3beta_weights(x, alpha, beta), dtype=np.float32)
+    return scores
 
 
 def cooccurrence_similarity(x: Interactions, neighbours: int = 100) -> F32:

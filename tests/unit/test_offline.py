@@ -10,8 +10,8 @@ import pytest
 
 from services.cli import main
 from services.trainer.data import Dataset, Item, Log
-from services.trainer.offline import OfflineConfig, Timer, ranker_slices, run
-from services.trainer.sources import Interactions, build_index, ease, index_recall, top_n
+from services.trainer.offline import OfflineConfig, Timer, feature_names, ranker_slices, run
+from services.trainer.sources import Interactions, build_index, ease, index_recall, rp3beta_weights, top_n
 from services.trainer.splits import stratified_folds
 
 
@@ -148,3 +148,40 @@ def test_kfold_ranker_slices_partition_train_and_never_fit_on_their_labels() -> 
     assert sorted(labelled) == sorted(everything)  # every train row labels exactly once
     inner = list(ranker_slices(train, OfflineConfig(ranker_folds=0, inner_folds=2), seed=3, timer=Timer()))
     assert len(inner) == 2
+
+
+def test_rp3beta_weights_match_a_hand_computed_walk() -> None:
+    # users: a = {i0, i1}, b = {i0, i2}; item degrees 2, 1, 1
+    log = Log(
+        np.array(["a", "a", "b", "b"]),
+        np.array(["i0", "i1", "i0", "i2"]),
+        np.full(4, 4.0, dtype=np.float32),
+        np.arange(4, dtype=np.float64),
+        np.arange(4, dtype=np.int64),
+    )
+    x = Interactions.build(log, ["a", "b"], ["i0", "i1", "i2"])
+    w = rp3beta_weights(x, alpha=1.0, beta=0.0)
+    # W[i, j] = sum_u P(u | i) P(j | u): from i1 the walk goes to a, then to i0 or i1 with 1/2 each
+    assert w[1, 0] == pytest.approx(0.5)
+    assert w[0, 1] == pytest.approx(0.25) and w[0, 2] == pytest.approx(0.25)
+    assert np.allclose(np.diag(w), 0.0)
+    penalised = rp3beta_weights(x, alpha=1.0, beta=1.0)
+    assert penalised[1, 0] == pytest.approx(0.5 / 2.0)  # divided by popularity(i0)^beta
+    assert penalised[2, 1] == pytest.approx(0.0)
+
+
+def test_fixed_rounds_ranker_and_list_normalised_features() -> None:
+    config = OfflineConfig(
+        candidates=30,
+        bpr_iterations=20,
+        als_iterations=5,
+        max_rounds=20,
+        min_data_in_leaf=5,
+        early_stopping_rounds=0,
+    )
+    names = feature_names(config.overlap_units)
+    assert {"rp3_log_rank", "rp3_list_z", "ease_list_z"} <= set(names)
+    result = run(synthetic(), config, [1])
+    run0 = result["per_seed"][0]
+    assert run0["ranker"]["best_iteration"] == 20
+    assert "rp3" in run0["accuracy"]
