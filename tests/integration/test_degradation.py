@@ -17,7 +17,7 @@ from services.client import Client
 from services.common.artifacts import ArtifactVersion
 from services.loadgen import LoadConfig, LoadResult, run
 from services.local import LocalPlatform, free_port
-from tests.support import redis_server
+from tests.support import RELAXED_BUDGETS, redis_server
 
 
 def history(trained: ArtifactVersion, user: str) -> set[str]:
@@ -55,7 +55,10 @@ def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it
         tmp_path / "logs",
         event_log=tmp_path / "events.jsonl",
         env=env,
-        extra_args={"ranking": ["--inject-delay-ms", "150"], "gateway": ["--ranking-budget-ms", "40"]},
+        extra_args={
+            "ranking": ["--inject-delay-ms", "150"],
+            "gateway": [*RELAXED_BUDGETS, "--ranking-budget-ms", "40"],
+        },
     )
     with platform, Client(platform.address("gateway")) as client:
         for user in ["1", "2", "cold-user"] * 4:
@@ -86,7 +89,10 @@ def test_killed_retrieval_falls_back_to_the_cached_popular_list_and_recovers(
     artifacts_root: Path, trained: ArtifactVersion, tmp_path: Path
 ) -> None:
     platform = LocalPlatform.on_free_ports(
-        artifacts_root, tmp_path / "logs", event_log=tmp_path / "events.jsonl"
+        artifacts_root,
+        tmp_path / "logs",
+        event_log=tmp_path / "events.jsonl",
+        extra_args={"gateway": RELAXED_BUDGETS},
     )
     with platform, Client(platform.address("gateway")) as client:
         wait_until_healthy(client, "1")
