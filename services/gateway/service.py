@@ -91,6 +91,10 @@ class StageFailed(Exception):
         self.stage = stage
         self.code = code
 
+    def version_not_served(self, version: str) -> bool:
+        """The stage does not serve the pinned `version` the arm asked for (the caller retries on CURRENT)."""
+        return bool(version) and self.code == "FAILED_PRECONDITION"
+
 
 @dataclass
 class Served:
@@ -253,7 +257,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 )
             ).user
         except StageFailed as e:
-            if version and e.code == "FAILED_PRECONDITION":
+            if e.version_not_served(version):
                 raise
             trip.degraded.append(str(e))
             user = common_pb2.UserFeatures(user_id=request.user_id)
@@ -278,7 +282,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 ),
             )
         except StageFailed as e:
-            if version and e.code == "FAILED_PRECONDITION":
+            if e.version_not_served(version):
                 raise
             return await self._popular(trip, set(exclude), request.k, e)
         candidates = list(retrieved.candidates)
@@ -316,7 +320,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 ),
             )
         except StageFailed as e:
-            if version and e.code == "FAILED_PRECONDITION":
+            if e.version_not_served(version):
                 raise
             trip.degraded.append(f"{e}; served retrieval order")
             return served
@@ -336,7 +340,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         try:
             return await self._pipeline(request, settings, version, trip, prefix)
         except StageFailed as e:
-            if not (version and e.code == "FAILED_PRECONDITION"):
+            if not e.version_not_served(version):
                 raise
             trip.degraded.append(f"{e}: artifact version {version} not served, CURRENT used")
             return await self._pipeline(request, settings, "", trip, prefix)
