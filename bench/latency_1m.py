@@ -72,12 +72,7 @@ def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str
             model = ranking.versions.current
             assert model is not None
             await asyncio.to_thread(model.scorer.compile, default_cache_dir())
-            times: dict[str, list[float]] = {
-                "features": [],
-                "retrieval": [],
-                "item_features": [],
-                "ranking": [],
-            }
+            times: dict[str, list[float]] = {"features": [], "retrieval": [], "ranking": []}
             context: Any = None  # valid requests never touch the context
             for i in range(requests):
                 t0 = time.perf_counter()
@@ -98,23 +93,11 @@ def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str
                     context,
                 )
                 t2 = time.perf_counter()
-                rows = await features.GetItemFeatures(
-                    features_pb2.GetItemFeaturesRequest(item_ids=[c.item_id for c in retrieved.candidates]),
-                    context,
+                await ranking.Rank(
+                    ranking_pb2.RankRequest(user=user, candidates=retrieved.candidates, k=10), context
                 )
                 t3 = time.perf_counter()
-                await ranking.Rank(
-                    ranking_pb2.RankRequest(
-                        user=user,
-                        candidates=retrieved.candidates,
-                        item_features=rows.values,
-                        item_feature_dim=rows.dim,
-                        k=10,
-                    ),
-                    context,
-                )
-                t4 = time.perf_counter()
-                for stage, ms in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                for stage, ms in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                     times[stage].append(ms * 1000)
             await store.close()
             return times

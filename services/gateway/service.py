@@ -1,5 +1,5 @@
-"""The public API: Recommend (features -> retrieval -> item features -> ranking, with per-stage
-deadlines and fallbacks) and Feedback (forwarded to the features service's event log)."""
+"""The public API: Recommend (features -> retrieval -> ranking, with per-stage deadlines and
+fallbacks) and Feedback (forwarded to the features service's event log)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from recsys.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, positive
 from services.common.rpc import handler, require, require_id, require_max_len
@@ -60,7 +61,7 @@ class Config(ServerConfig):
     experiments: Path = option(experiments.DEFAULT_FILE, "experiments YAML file")
     candidates: int = option(500, "candidates retrieval returns for ranking", _valid_candidates)
     total_budget_ms: float = option(100.0, "latency budget of a whole Recommend", positive)
-    features_budget_ms: float = option(25.0, "budget of each features call (profile, item rows)", positive)
+    features_budget_ms: float = option(25.0, "budget of the features call (the user's profile)", positive)
     retrieval_budget_ms: float = option(30.0, "budget of the retrieval call", positive)
     ranking_budget_ms: float = option(40.0, "budget of the ranking call", positive)
     popular_refresh_s: float = option(30.0, "how often to refresh the cached popular list", positive)
@@ -136,7 +137,7 @@ class PopularCache:
                 "popular list not refreshed", extra={"code": e.code().name, "cached": len(self.items)}
             )
             return
-        self.items, self.version = list(reply.candidates), reply.artifact_version
+        self.items, self.version = candidates.head(reply.candidates, self.SIZE), reply.artifact_version
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -236,10 +237,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         trip: Trip,
         prefix: str = "",
     ) -> Served:
-        """features -> retrieval -> item features -> ranking, every stage at artifact `version`.
+        """features -> retrieval -> ranking, every stage at artifact `version`.
 
         Fallbacks: no profile -> retrieval for a cold user; no retrieval -> the cached popular list; no
-        item features or no ranking -> retrieval order. A stage that does not serve `version`
+        ranking -> retrieval order. A stage that does not serve `version`
         (FAILED_PRECONDITION) raises StageFailed instead: the caller falls back to CURRENT."""
         cfg = self.config
         try:
@@ -285,23 +286,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if e.version_not_served(version):
                 raise
             return await self._popular(trip, set(exclude), request.k, e)
-        candidates = list(retrieved.candidates)
-        trace.get_current_span().set_attribute("recsys.candidates", len(candidates))
-        served = Served(candidates[: request.k], retrieved.artifact_version, len(candidates))
-        if not (settings.ranking and candidates):
+        found = retrieved.candidates
+        count = len(found.item_ids)
+        trace.get_current_span().set_attribute("recsys.candidates", count)
+        served = Served(candidates.head(found, request.k), retrieved.artifact_version, count)
+        if not (settings.ranking and count):
             return served
         try:
-            rows = await self._stage(
-                trip,
-                prefix + "item_features",
-                cfg.features_budget_ms,
-                lambda timeout: self.features.GetItemFeatures(
-                    features_pb2.GetItemFeaturesRequest(
-                        item_ids=[c.item_id for c in candidates], artifact_version=version
-                    ),
-                    timeout=timeout,
-                ),
-            )
             ranked = await self._stage(
                 trip,
                 prefix + "ranking",
@@ -309,9 +300,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 lambda timeout: self.ranking.Rank(
                     ranking_pb2.RankRequest(
                         user=user,
-                        candidates=candidates,
-                        item_features=rows.values,
-                        item_feature_dim=rows.dim,
+                        candidates=found,
                         k=request.k,
                         artifact_version=version,
                         mmr_lambda=settings.diversity,

@@ -1,8 +1,10 @@
 """RankingService: LightGBM LambdaRank over the retrieval candidates -> top k.
 
 The ranker's input is built by services.common.ranking_features.assemble, the same function the trainer
-used, from the request alone plus the artifact's item embeddings (for the candidates' similarity to the
-user's recent items). Items the user has seen are never returned; duplicate candidates count once.
+used, from the request (user features, candidates and their retrieval scores) plus the artifact
+version's item feature rows and item embeddings, which this service holds in memory: the item rows of
+500 candidates cost no round trip and no serialisation. Items the user has seen are never returned;
+duplicate candidates count once.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from recsys.v1 import ranking_pb2, ranking_pb2_grpc
+from services.common import candidates
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.common.config import option, port_number
-from services.common.rpc import handler, require, require_id, require_max_len
+from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
 from services.common.versions import ServedVersions
 from services.ranking.diversity import POOL_FACTOR, mmr
@@ -53,7 +56,7 @@ class Model:
     scorer: TreeScorer
     item_row: dict[str, int]
     item_vectors: npt.NDArray[np.float32]
-    item_dim: int
+    item_features: npt.NDArray[np.float32]  # (items, len(rf.ITEM_FEATURES)), rows as item_ids.json
 
     @classmethod
     def load(cls, version: ArtifactVersion) -> Model:
@@ -88,6 +91,12 @@ class Model:
                 f"artifact {version.version}: item_embeddings.npy has shape {vectors.shape}, "
                 f"item_ids.json {len(item_ids)} ids"
             )
+        item_features = np.load(version.file("item_features.npy"), allow_pickle=False)
+        if item_features.shape != (len(item_ids), len(rf.ITEM_FEATURES)):
+            raise ArtifactError(
+                f"artifact {version.version}: item_features.npy has shape {item_features.shape}, "
+                f"expected ({len(item_ids)}, {len(rf.ITEM_FEATURES)})"
+            )
         # One scoring call proves the model and the assembly agree before the version is served.
         probe = rf.assemble(
             np.empty(0, np.float32), np.zeros((2, len(rf.ITEM_FEATURES)), np.float32), np.zeros(2, np.float32)
@@ -99,31 +108,31 @@ class Model:
             scorer,
             {str(item): i for i, item in enumerate(item_ids)},
             vectors,
-            len(rf.ITEM_FEATURES),
+            np.ascontiguousarray(item_features, dtype=np.float32),
         )
 
     def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
         return np.fromiter((self.item_row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
-    def embeddings(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """Vectors of `rows`; NaN for unknown items (-1)."""
-        out = self.item_vectors[np.maximum(rows, 0)]
+    @staticmethod
+    def _take(matrix: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """matrix[rows]; NaN rows for unknown items (-1)."""
+        out = matrix[np.maximum(rows, 0)]
         out[rows < 0] = np.nan
         return out
 
-    def score(self, request: ranking_pb2.RankRequest) -> npt.NDArray[np.float64]:
-        candidates = request.candidates
-        n = len(candidates)
-        items = np.frombuffer(request.item_features, dtype="<f4").reshape(n, self.item_dim)
-        ids = [c.item_id for c in candidates]
-        rows = self.rows(ids)
+    def embeddings(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        return self._take(self.item_vectors, rows)
+
+    def score(self, request: ranking_pb2.RankRequest, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """The ranker's score of every candidate; `rows` are the candidates' rows (`self.rows`)."""
         recent_rows = self.rows(list(request.user.recent_item_ids[: rf.RECENT_ITEMS * 2]))
         recent_rows = recent_rows[recent_rows >= 0][: rf.RECENT_ITEMS]
         recent = rf.recent_profile(self.item_vectors[recent_rows], self.item_vectors.shape[1])
         matrix = rf.assemble(
             np.asarray(request.user.values, dtype=np.float32),
-            items,
-            np.asarray([c.score for c in candidates], dtype=np.float32),
+            self._take(self.item_features, rows),
+            np.asarray(request.candidates.scores, dtype=np.float32),
             candidate_embeddings=self.embeddings(rows),
             recent=recent,
         )
@@ -206,21 +215,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     ) -> ranking_pb2.RankResponse:
         model = self.versions.get(request.artifact_version)  # one reference for the whole request
         require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
-        require_max_len(request.candidates, "candidates", MAX_CANDIDATES)
-        for i, candidate in enumerate(request.candidates):
-            require_id(candidate.item_id, f"candidates[{i}].item_id")
-        n = len(request.candidates)
-        require(
-            request.item_feature_dim == model.item_dim,
-            "item_feature_dim",
-            f"must be {model.item_dim} (the artifact's item features), got {request.item_feature_dim}",
-        )
-        require(
-            len(request.item_features) == 4 * model.item_dim * n,
-            "item_features",
-            f"must hold {n} rows of {model.item_dim} float32 ({4 * model.item_dim * n} bytes), "
-            f"got {len(request.item_features)} bytes",
-        )
+        cands = request.candidates
+        require_max_len(cands.item_ids, "candidates.item_ids", MAX_CANDIDATES)
+        candidates.validate(cands)
         require(
             0 <= request.mmr_lambda < 1,
             "mmr_lambda",
@@ -232,38 +229,29 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             "user.values",
             f"must be empty or hold {len(rf.USER_FEATURES)} values, got {values}",
         )
+        n = len(cands.item_ids)
         if n == 0:
             return ranking_pb2.RankResponse(artifact_version=model.version)
-        scores = await asyncio.to_thread(model.score, request) if n > 2000 else model.score(request)
-        ids = np.asarray([c.item_id for c in request.candidates], dtype=object)
-        keep = np.zeros(n, dtype=bool)
-        keep[np.unique(ids.astype(str), return_index=True)[1]] = True  # first occurrence of each id
-        if request.user.seen_item_ids:
-            keep &= ~np.isin(ids.astype(str), np.asarray(list(request.user.seen_item_ids), dtype=str))
-        order = np.flatnonzero(keep)
+        ids = list(cands.item_ids)
+        rows = model.rows(ids)
+        scores = (
+            await asyncio.to_thread(model.score, request, rows) if n > 2000 else model.score(request, rows)
+        )
+        first: dict[str, int] = {}
+        for position, item in enumerate(ids):
+            first.setdefault(item, position)  # duplicates count once
+        seen = set(request.user.seen_item_ids)
+        order = np.fromiter((p for item, p in first.items() if item not in seen), dtype=np.int64)
         order = order[np.argsort(-scores[order], kind="stable")]
         final = scores
         if 0 < request.mmr_lambda < 1:
             pool = order[: request.k * POOL_FACTOR]
-            picked, marginal = mmr(
-                scores[pool],
-                model.embeddings(model.rows([str(ids[i]) for i in pool])),
-                request.k,
-                request.mmr_lambda,
-            )
+            picked, marginal = mmr(scores[pool], model.embeddings(rows[pool]), request.k, request.mmr_lambda)
             order = pool[picked]
             final = np.empty_like(scores)
             final[order] = marginal
-        order = order[: request.k]
         return ranking_pb2.RankResponse(
-            items=[
-                common_pb2.ScoredItem(
-                    item_id=request.candidates[i].item_id,
-                    score=float(final[i]),
-                    source=request.candidates[i].source,
-                )
-                for i in order.tolist()
-            ],
+            items=candidates.scored_items(cands, order[: request.k].tolist(), final.tolist()),
             artifact_version=model.version,
         )
 

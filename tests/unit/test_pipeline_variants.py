@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.ranking.service import Config as RankingConfig
 from services.ranking.service import create as create_ranking
@@ -49,10 +50,13 @@ def test_retrieval_sources_limit_where_candidates_come_from(trained: ArtifactVer
             retrieval_pb2.RetrieveRequest(**base, sources=["ann", "bm25"]),
         ],
     )
-    assert {c.source for c in every.candidates} == {"ann"}  # type: ignore[attr-defined]
-    assert {c.source for c in recent_only.candidates} == {"recent"}  # type: ignore[attr-defined]
-    assert len(recent_only.candidates) == 50  # type: ignore[attr-defined]
-    assert len(ann_only_cold.candidates) == 0  # type: ignore[attr-defined]  # no vector and no popular allowed
+    assert isinstance(every, retrieval_pb2.RetrieveResponse)
+    assert isinstance(recent_only, retrieval_pb2.RetrieveResponse)
+    assert isinstance(ann_only_cold, retrieval_pb2.RetrieveResponse)
+    assert list(every.candidates.source_names) == ["ann"]
+    assert list(recent_only.candidates.source_names) == ["recent"]
+    assert len(recent_only.candidates.item_ids) == 50
+    assert len(ann_only_cold.candidates.item_ids) == 0  # no vector and no popular allowed
     assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (bad.details() or "").startswith("sources:")
 
@@ -62,7 +66,6 @@ def test_ranking_with_mmr_keeps_k_distinct_items_and_sorted_scores(
     trained: ArtifactVersion, lam: float
 ) -> None:
     ids = json.loads(trained.file("item_ids.json").read_text())[:200]
-    features = np.load(trained.file("item_features.npy"))[:200]
 
     async def main() -> ranking_pb2.RankResponse:
         component = create_ranking(RankingConfig(compiled_trees=False))
@@ -70,19 +73,12 @@ def test_ranking_with_mmr_keeps_k_distinct_items_and_sorted_scores(
         async with serving(component, ranking_pb2_grpc.RankingServiceStub) as stub:
             request = ranking_pb2.RankRequest(
                 user=common_pb2.UserFeatures(user_id="u"),
-                candidates=[
-                    common_pb2.ScoredItem(item_id=i, score=1 - n / 200, source="ann")
-                    for n, i in enumerate(ids)
-                ],
-                item_features=features.astype("<f4").tobytes(),
-                item_feature_dim=features.shape[1],
+                candidates=candidates.build([(ids, 1 - np.arange(200) / 200, "ann")]),
                 k=20,
                 mmr_lambda=lam,
             )
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Rank(
-                    ranking_pb2.RankRequest(k=1, mmr_lambda=1.5, item_feature_dim=features.shape[1])
-                )
+                await stub.Rank(ranking_pb2.RankRequest(k=1, mmr_lambda=1.5))
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert (caught.value.details() or "").startswith("mmr_lambda:")
             return await stub.Rank(request)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from services.common import candidates
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.ranking.service import Config, create
@@ -50,7 +51,7 @@ def served(trained: ArtifactVersion) -> Served:
 
 
 def request_for(s: Served, user_index: int, n: int, k: int) -> ranking_pb2.RankRequest:
-    """What the gateway sends: retrieval's top-n unseen items and the features service's rows."""
+    """What the gateway sends: retrieval's top-n unseen items and the features service's profile."""
     user = s.user_ids[user_index]
     seen = set(s.history[user])
     scores = s.items @ s.users[user_index]
@@ -64,11 +65,7 @@ def request_for(s: Served, user_index: int, n: int, k: int) -> ranking_pb2.RankR
             recent_item_ids=s.history[user][:50],
             seen_item_ids=s.history[user],
         ),
-        candidates=[
-            common_pb2.ScoredItem(item_id=s.item_ids[i], score=float(scores[i]), source="ann") for i in order
-        ],
-        item_features=s.item_features[order].astype("<f4").tobytes(),
-        item_feature_dim=s.item_features.shape[1],
+        candidates=candidates.build([([s.item_ids[i] for i in order], scores[order], "ann")]),
         k=k,
     )
 
@@ -109,7 +106,7 @@ def test_top_k_sorted_distinct_and_unseen(trained: ArtifactVersion, served: Serv
             scores = [i.score for i in reply.items]
             assert len(ids) == len(set(ids)) == 10
             assert scores == sorted(scores, reverse=True)
-            assert set(ids) <= {c.item_id for c in request.candidates}
+            assert set(ids) <= set(request.candidates.item_ids)
             assert not set(ids) & set(request.user.seen_item_ids)
             assert {i.source for i in reply.items} == {"ann"}
             assert reply.artifact_version == trained.version
@@ -120,12 +117,12 @@ def test_top_k_sorted_distinct_and_unseen(trained: ArtifactVersion, served: Serv
 def test_ranker_matches_offline_scores(trained: ArtifactVersion, served: Served) -> None:
     """The service scores exactly what the offline assembly + booster compute from the same inputs."""
     request = request_for(served, 3, n=50, k=50)
-    rows = [served.item_ids.index(c.item_id) for c in request.candidates]
+    rows = [served.item_ids.index(i) for i in request.candidates.item_ids]
     recent_rows = [served.item_ids.index(i) for i in request.user.recent_item_ids[: rf.RECENT_ITEMS]]
     matrix = rf.assemble(
         served.user_features[3],
         served.item_features[rows],
-        np.array([c.score for c in request.candidates], dtype=np.float32),
+        np.array(request.candidates.scores, dtype=np.float32),
         candidate_embeddings=served.items[rows],
         recent=rf.recent_profile(served.items[recent_rows], served.items.shape[1]),
     )
@@ -133,7 +130,7 @@ def test_ranker_matches_offline_scores(trained: ArtifactVersion, served: Served)
 
     async def scenario(stub: Stub) -> None:
         reply = await stub.Rank(request)
-        by_id = {c.item_id: float(e) for c, e in zip(request.candidates, expected, strict=True)}
+        by_id = {i: float(e) for i, e in zip(request.candidates.item_ids, expected, strict=True)}
         for item in reply.items:
             assert item.score == pytest.approx(by_id[item.item_id], rel=1e-5, abs=1e-6)
 
@@ -147,15 +144,16 @@ def test_unknown_items_duplicates_and_cold_users_are_scored(trained: ArtifactVer
         request.user.ClearField("embedding")
         request.user.ClearField("recent_item_ids")
         request.user.ClearField("seen_item_ids")
-        request.candidates.append(common_pb2.ScoredItem(item_id="no-such-item", score=-1.0, source="popular"))
-        request.candidates.append(request.candidates[0])
-        dim = request.item_feature_dim
-        request.item_features += np.full(dim, np.nan, dtype="<f4").tobytes()
-        request.item_features += request.item_features[: 4 * dim]
+        more = candidates.build([(["no-such-item", request.candidates.item_ids[0]], [-1.0, -2.0], "popular")])
+        request.candidates.item_ids.extend(more.item_ids)
+        request.candidates.scores.extend(more.scores)
+        request.candidates.source_names.append("popular")
+        request.candidates.sources.extend([1, 1])
         reply = await stub.Rank(request)
         ids = [i.item_id for i in reply.items]
         assert len(ids) == len(set(ids)) == 21
         assert "no-such-item" in ids
+        assert {i.source for i in reply.items if i.item_id == "no-such-item"} == {"popular"}
 
     run_with(trained, scenario)
 
@@ -163,12 +161,13 @@ def test_unknown_items_duplicates_and_cold_users_are_scored(trained: ArtifactVer
 def test_bad_requests_name_the_field(trained: ArtifactVersion, served: Served) -> None:
     async def scenario(stub: Stub) -> None:
         good = request_for(served, 2, n=30, k=10)
-        cases: list[tuple[str, Callable[[ranking_pb2.RankRequest], None]]] = [
+        cases: list[tuple[str, Callable[[ranking_pb2.RankRequest], object]]] = [
             ("k", lambda r: setattr(r, "k", 0)),
             ("k", lambda r: setattr(r, "k", 1001)),
-            ("item_feature_dim", lambda r: setattr(r, "item_feature_dim", r.item_feature_dim - 1)),
-            ("item_features", lambda r: setattr(r, "item_features", r.item_features[:-4])),
-            ("candidates[3].item_id", lambda r: setattr(r.candidates[3], "item_id", " ")),
+            ("candidates.scores", lambda r: r.candidates.scores.pop()),
+            ("candidates.sources", lambda r: r.candidates.sources.append(0)),
+            ("candidates.sources", lambda r: r.candidates.source_names.pop()),
+            ("candidates.item_ids[3]", lambda r: r.candidates.item_ids.__setitem__(3, " ")),
             ("user.values", lambda r: r.user.values.append(1.0)),
         ]
         for field, mutate in cases:
@@ -179,13 +178,12 @@ def test_bad_requests_name_the_field(trained: ArtifactVersion, served: Served) -
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             assert (error.details() or "").startswith(f"{field}:"), error.details()
         too_many = ranking_pb2.RankRequest(
-            candidates=[common_pb2.ScoredItem(item_id=str(i)) for i in range(10_001)],
-            item_feature_dim=served.item_features.shape[1],
+            candidates=common_pb2.Candidates(item_ids=[str(i) for i in range(10_001)], scores=[0.0] * 10_001),
             k=10,
         )
         error = await invalid(stub, too_many)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert (error.details() or "").startswith("candidates:")
+        assert (error.details() or "").startswith("candidates.item_ids:")
 
     run_with(trained, scenario)
 

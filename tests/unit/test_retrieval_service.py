@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
+from recsys.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from services.common import candidates
 from services.common import config as config_module
 from services.common.artifacts import ArtifactError, ArtifactVersion, ArtifactWatcher, open_version
 from services.common.server import Component, serve
@@ -56,8 +57,12 @@ def run_with(
     asyncio.run(main())
 
 
+def items(response: retrieval_pb2.RetrieveResponse) -> list[common_pb2.ScoredItem]:
+    return candidates.head(response.candidates, len(response.candidates.item_ids))
+
+
 def ids(response: retrieval_pb2.RetrieveResponse) -> list[str]:
-    return [c.item_id for c in response.candidates]
+    return list(response.candidates.item_ids)
 
 
 def assert_well_formed(response: retrieval_pb2.RetrieveResponse, n: int, exclude: list[str]) -> None:
@@ -65,7 +70,7 @@ def assert_well_formed(response: retrieval_pb2.RetrieveResponse, n: int, exclude
     assert len(got) == n
     assert len(set(got)) == n, "candidates must be distinct"
     assert not set(got) & set(exclude), "an excluded item came back"
-    scores = [c.score for c in response.candidates]
+    scores = [c.score for c in items(response)]
     assert all(math.isfinite(s) for s in scores)
     assert all(a >= b for a, b in itertools.pairwise(scores)), "not best first"
 
@@ -80,10 +85,10 @@ def test_warm_user_gets_ann_candidates(root: Path, model: SmallModel) -> None:
         )
         assert response.artifact_version == "v1"
         assert_well_formed(response, 500, seen)
-        assert {c.source for c in response.candidates} == {"ann"}
+        assert {c.source for c in items(response)} == {"ann"}
         expected = model.item_embeddings @ model.user_embeddings[0]
-        first = model.item_ids.index(response.candidates[0].item_id)
-        assert response.candidates[0].score == pytest.approx(float(expected[first]), rel=1e-4)
+        first = model.item_ids.index(items(response)[0].item_id)
+        assert items(response)[0].score == pytest.approx(float(expected[first]), rel=1e-4)
 
     run_with(root, scenario)
 
@@ -97,7 +102,7 @@ def test_recent_only_user_gets_folded_in_candidates(root: Path, model: SmallMode
             Request(user_id="new", recent_item_ids=recent, exclude_item_ids=seen, n=300)
         )
         assert_well_formed(response, 300, seen)
-        assert {c.source for c in response.candidates} == {"recent"}
+        assert {c.source for c in items(response)} == {"recent"}
 
     run_with(root, scenario)
 
@@ -107,8 +112,8 @@ def test_cold_user_gets_popular_items(root: Path, model: SmallModel) -> None:
         response = await stub.Retrieve(Request(user_id="cold", n=50))
         assert_well_formed(response, 50, [])
         assert ids(response) == model.popular[:50]
-        assert {c.source for c in response.candidates} == {"popular"}
-        assert [c.score for c in response.candidates[:3]] == [-1.0, -2.0, -3.0]
+        assert {c.source for c in items(response)} == {"popular"}
+        assert [c.score for c in items(response)[:3]] == [-1.0, -2.0, -3.0]
         # unknown recent items only: still cold; exclusions skip the popular ones
         excluded = model.popular[:10]
         response = await stub.Retrieve(Request(recent_item_ids=["nope"], exclude_item_ids=excluded, n=20))
@@ -129,7 +134,7 @@ def test_heavy_exclusion_and_popular_top_up(tmp_path: Path, model: SmallModel) -
         embedding = model.user_embeddings[10].tolist()
         response = await stub.Retrieve(Request(user_embedding=embedding, exclude_item_ids=exclude, n=500))
         assert_well_formed(response, 500, exclude)
-        sources = [c.source for c in response.candidates]
+        sources = [c.source for c in items(response)]
         assert "ann" in sources and "popular" in sources
         first_popular = sources.index("popular")
         assert set(sources[first_popular:]) == {"popular"}
@@ -139,7 +144,7 @@ def test_heavy_exclusion_and_popular_top_up(tmp_path: Path, model: SmallModel) -
         response = await stub.Retrieve(
             Request(user_embedding=embedding, exclude_item_ids=everything_else, n=100)
         )
-        assert set(ids(response)) == keep and len(response.candidates) == 20
+        assert set(ids(response)) == keep and len(response.candidates.item_ids) == 20
 
     run_with(tmp_path, scenario, version="ivf")
 
@@ -218,7 +223,7 @@ def test_inconsistent_version_is_refused_and_the_old_one_keeps_serving(
                 await component.load(open_version(tmp_path, "bad"))
             assert await watcher.check() and watcher.loaded == "good"  # refused through the watcher too
             response = await stub.Retrieve(Request(n=5))
-            assert response.artifact_version == "good" and len(response.candidates) == 5
+            assert response.artifact_version == "good" and len(response.candidates.item_ids) == 5
             assert bad.version == "bad"
             # a good version after it is picked up and served
             write_version(tmp_path, "good2", model)
@@ -258,7 +263,7 @@ def test_serves_through_the_common_bootstrap(root: Path, model: SmallModel) -> N
                 response = await stub.Retrieve(
                     Request(user_embedding=model.user_embeddings[0].tolist(), n=10)
                 )
-                assert len(response.candidates) == 10 and response.artifact_version == "v1"
+                assert len(response.candidates.item_ids) == 10 and response.artifact_version == "v1"
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
@@ -295,10 +300,10 @@ def test_serves_the_trained_artifact(trained: ArtifactVersion) -> None:
                     Request(user_embedding=embeddings[row].tolist(), exclude_item_ids=seen, n=500)
                 )
                 assert_well_formed(warm, 500, seen)
-                assert warm.candidates[0].source == "ann" and warm.artifact_version == trained.version
+                assert items(warm)[0].source == "ann" and warm.artifact_version == trained.version
                 recent = await stub.Retrieve(Request(recent_item_ids=seen[:20], exclude_item_ids=seen, n=500))
                 assert_well_formed(recent, 500, seen)
-                assert recent.candidates[0].source == ("recent" if seen else "popular")
+                assert items(recent)[0].source == ("recent" if seen else "popular")
             cold = await stub.Retrieve(Request(n=100))
             assert_well_formed(cold, 100, [])
             assert ids(cold)[:10] == json.loads(trained.file("popular.json").read_text())[:10]

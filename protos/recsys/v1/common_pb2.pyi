@@ -71,6 +71,45 @@ class ScoredItem(_message.Message):
 Global___ScoredItem: _TypeAlias = ScoredItem  # noqa: Y015
 
 @_typing.final
+class Candidates(_message.Message):
+    """Candidates passed between stages, in columns: entry i of each list describes candidate i. Building
+    and parsing three flat lists costs a few tens of microseconds in Python where 500 ScoredItem
+    messages cost over a millisecond on each side of every hop.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    SOURCE_NAMES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def source_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The source of candidate i is source_names[sources[i]] ("ann", "recent", "popular", ...)."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        source_names: _abc.Iterable[_builtins.str] | None = ...,
+        sources: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids", "scores", b"scores", "source_names", b"source_names", "sources", b"sources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Candidates: _TypeAlias = Candidates  # noqa: Y015
+
+@_typing.final
 class UserFeatures(_message.Message):
     """What the features service knows about a user, as the other stages consume it."""
 

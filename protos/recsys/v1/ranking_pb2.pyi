@@ -24,19 +24,15 @@ class RankRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
-    CANDIDATES_FIELD_NUMBER: _builtins.int
-    ITEM_FEATURES_FIELD_NUMBER: _builtins.int
-    ITEM_FEATURE_DIM_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     MMR_LAMBDA_FIELD_NUMBER: _builtins.int
-    item_features: _builtins.bytes
-    """Row-major float32 matrix aligned with `candidates`, as GetItemFeatures returns it."""
-    item_feature_dim: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     artifact_version: _builtins.str
-    """Score with this artifact version's ranker (CURRENT or one listed in <artifacts>/PINNED); empty =
-    CURRENT. The user and item features must come from the same version. Unknown: FAILED_PRECONDITION.
+    """Score with this artifact version's ranker and item features (CURRENT or one listed in
+    <artifacts>/PINNED); empty = CURRENT. The user features must come from the same version.
+    Unknown: FAILED_PRECONDITION.
     """
     mmr_lambda: _builtins.float
     """Maximal marginal relevance in (0, 1): each next item maximises
@@ -46,23 +42,23 @@ class RankRequest(_message.Message):
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures: ...
     @_builtins.property
-    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
-        """In retrieval order; the retrieval score and position are ranking features."""
+    def candidates(self) -> _common_pb2.Candidates:
+        """In retrieval order, as RetrieveResponse returns them; the retrieval score and position are
+        ranking features. Items the artifact version does not know rank with NaN item features.
+        """
 
     def __init__(
         self,
         *,
         user: _common_pb2.UserFeatures | None = ...,
-        candidates: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
-        item_features: _builtins.bytes = ...,
-        item_feature_dim: _builtins.int = ...,
         k: _builtins.int = ...,
         artifact_version: _builtins.str = ...,
         mmr_lambda: _builtins.float = ...,
+        candidates: _common_pb2.Candidates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "item_feature_dim", b"item_feature_dim", "item_features", b"item_features", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,20 +78,20 @@ Global___RetrieveRequest: _TypeAlias = RetrieveRequest  # noqa: Y015
 class RetrieveResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    CANDIDATES_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
     artifact_version: _builtins.str
     @_builtins.property
-    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
+    def candidates(self) -> _common_pb2.Candidates:
         """Best first."""
 
     def __init__(
         self,
         *,
-        candidates: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
         artifact_version: _builtins.str = ...,
+        candidates: _common_pb2.Candidates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
