@@ -9,8 +9,9 @@ For one (train, test) split:
     Stage B  sources refitted on all of train → candidates → features → the stage-A ranker → top k
     Test     only users in train and test; every test interaction is relevant; train items removed.
 
-Candidate sources (services.trainer.sources): EASE, item-item co-occurrence, RP3beta, ALS, BPR, content
-(genres) and popularity. Retrieval merges EASE, co-occurrence, ALS and BPR by reciprocal-rank fusion and keeps
+Candidate sources (services.trainer.sources): EASE, item-item co-occurrence, RP3beta, sequence neighbours,
+sequence EASE, ALS, BPR, content (genres) and popularity. Retrieval merges EASE, co-occurrence, ALS, BPR
+and sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps
 the top `candidates`; every source's score and rank become ranker features, with user, item, context
 (time of day, recency) and cross features. Hyper-parameters are fixed in `OfflineConfig` a priori (the
 ALS/BPR/EASE settings were compared on the inner split of seed 42, never on a test split).
@@ -46,8 +47,8 @@ DAY = 86400.0
 K = 10
 KS = (1, 3, 5, 10, 20, 50)
 FUNNEL_KS = (10, 50, 100, 200, 500)
-FUSED = ("ease", "cooc", "als", "bpr")
-SOURCES = ("ease", "cooc", "rp3", "als", "bpr", "content", "pop")
+FUSED = ("ease", "cooc", "als", "bpr", "seq")
+SOURCES = ("ease", "cooc", "rp3", "seq", "seqease", "als", "bpr", "content", "pop")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class OfflineConfig:
     cooc_neighbours: int = 200
     rp3_alpha: float = 1.0
     rp3_beta: float = 0.5
+    seq_window: int = 5
+    seq_alpha: float = 0.7
+    seqease_window: int = 20
+    seqease_lambda: float = 200.0
+    fused: tuple[str, ...] = FUSED  # the sources merged by reciprocal-rank fusion into the candidates
     fusion_k: float = 60.0
     candidates: int = 200
     recent_items: int = 10
@@ -204,6 +210,13 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
         scores["rp3"] = np.asarray(
             x.binary @ S.rp3beta_weights(x, config.rp3_alpha, config.rp3_beta), dtype=np.float32
         )
+    with timer("seq"):
+        scores["seq"] = S.sequence(x, fit_log, config.seq_window, config.seq_alpha)
+    with timer("seqease"):
+        scores["seqease"] = np.asarray(
+            x.binary @ S.sequence_ease_weights(x, fit_log, config.seqease_window, config.seqease_lambda),
+            dtype=np.float32,
+        )
     with timer("als"):
         als = S.als(
             x,
@@ -231,7 +244,7 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
     with timer("ranks"):
         ranks = {name: S.ranks(s, x.binary) for name, s in scores.items()}
         fused = np.zeros(x.shape, dtype=np.float32)
-        for name in FUSED:
+        for name in config.fused:
             fused += 1.0 / (config.fusion_k + ranks[name] + 1.0)
         fused_rank = S.ranks(fused, x.binary)
     dense = x.binary.toarray().astype(np.float32)
@@ -356,13 +369,14 @@ def temporal_overlap(
     ends = np.searchsorted(sorted_items, np.arange(x.shape[1]), side="right")
     inside = np.zeros(u.shape[0], dtype=np.float64)
     pair_order = np.argsort(i, kind="stable")
+    pair_items = i[pair_order]
+    pair_starts = np.searchsorted(pair_items, np.arange(x.shape[1]), side="left")
+    pair_ends = np.searchsorted(pair_items, np.arange(x.shape[1]), side="right")
     for item in np.unique(i):
         a, b = starts[item], ends[item]
         if a == b:
             continue
-        lo, hi = np.searchsorted(pair_order, np.searchsorted(i[pair_order], [item, item + 1]))
-        pairs = pair_order[np.searchsorted(i[pair_order], item) : np.searchsorted(i[pair_order], item + 1)]
-        del lo, hi
+        pairs = pair_order[pair_starts[item] : pair_ends[item]]
         times = sorted_ts[a:b]
         inside[pairs] = np.searchsorted(times, stats["_user_last"][u[pairs]], side="right") - np.searchsorted(
             times, stats["_user_first"][u[pairs]], side="left"
@@ -732,7 +746,7 @@ def run_split(
     with timer("evaluate"):
         seen = fitted.x.binary[rows]
         lists: dict[str, dict[str, list[str]]] = {}
-        for name in ("pop", "ease", "rp3", "als", "bpr", "cooc", "content"):
+        for name in SOURCES:
             lists[name] = _lists(S.top_n(fitted.scores[name][rows], seen, max(KS)), users, ctx.item_ids)
         lists["retrieval"] = _lists(S.top_n(fitted.fused[rows], seen, max(KS)), users, ctx.item_ids)
         lists["pipeline"] = _lists(ranked, users, ctx.item_ids)
@@ -743,7 +757,7 @@ def run_split(
         }
         funnel_lists = {
             name: _lists(S.top_n(fitted.scores[name][rows], seen, max(FUNNEL_KS)), users, ctx.item_ids)
-            for name in FUSED
+            for name in config.fused
         }
         funnel_lists["fused"] = _lists(S.top_n(fitted.fused[rows], seen, max(FUNNEL_KS)), users, ctx.item_ids)
         funnel = {

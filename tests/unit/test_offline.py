@@ -11,7 +11,17 @@ import pytest
 from services.cli import main
 from services.trainer.data import Dataset, Item, Log
 from services.trainer.offline import OfflineConfig, Timer, feature_names, ranker_slices, run
-from services.trainer.sources import Interactions, build_index, ease, index_recall, rp3beta_weights, top_n
+from services.trainer.sources import (
+    Interactions,
+    build_index,
+    ease,
+    index_recall,
+    rp3beta_weights,
+    sequence_ease_weights,
+    sequence_pairs,
+    sequence_weights,
+    top_n,
+)
 from services.trainer.splits import stratified_folds
 
 
@@ -170,6 +180,34 @@ def test_rp3beta_weights_match_a_hand_computed_walk() -> None:
     assert penalised[2, 1] == pytest.approx(0.0)
 
 
+def test_sequence_pairs_count_neighbours_in_each_users_time_order() -> None:
+    # user a rates i0, i1, i2, i3 in that order (rows deliberately not in time order);
+    # user b rates i3 then i0; item i4 is unknown to the interaction matrix and is skipped
+    log = Log(
+        np.array(["a", "b", "a", "a", "b", "a", "a"]),
+        np.array(["i2", "i3", "i0", "i1", "i0", "i3", "i4"]),
+        np.full(7, 4.0, dtype=np.float32),
+        np.array([30.0, 5.0, 10.0, 20.0, 6.0, 40.0, 35.0]),
+        np.arange(7, dtype=np.int64),
+    )
+    x = Interactions.build(log, ["a", "b"], ["i0", "i1", "i2", "i3"])
+    one = sequence_pairs(x, log, window=1).toarray()
+    # a: (i0,i1) (i1,i2) (i2,i3); b: (i3,i0); symmetric, one per pair
+    expected = np.zeros((4, 4))
+    for i, j in ((0, 1), (1, 2), (2, 3), (3, 0)):
+        expected[i, j] = expected[j, i] = 1
+    assert np.array_equal(one, expected)
+    two = sequence_pairs(x, log, window=2).toarray()
+    assert two[0, 2] == 1 and two[1, 3] == 1 and two[0, 3] == 1  # b's pair counts once, a's i0-i3 is 3 apart
+    assert np.allclose(np.diag(two), 0.0)
+    # normalised by count(i)^alpha * count(j)^(1 - alpha), counts + 1: i0 and i3 have 2 ratings, i1 one
+    w = sequence_weights(x, log, window=1, alpha=0.7).toarray()
+    assert w[0, 1] == pytest.approx(1 / (3**0.7 * 2**0.3), rel=1e-5)
+    b = sequence_ease_weights(x, log, window=1, lam=10.0)
+    assert b.shape == (4, 4) and np.allclose(np.diag(b), 0.0)
+    assert b[0, 1] > 0 and b[0, 1] > b[0, 2]  # neighbours in time weigh more than items two apart
+
+
 def test_fixed_rounds_ranker_and_list_normalised_features() -> None:
     config = OfflineConfig(
         candidates=30,
@@ -180,8 +218,8 @@ def test_fixed_rounds_ranker_and_list_normalised_features() -> None:
         early_stopping_rounds=0,
     )
     names = feature_names(config.overlap_units)
-    assert {"rp3_log_rank", "rp3_list_z", "ease_list_z"} <= set(names)
+    assert {"rp3_log_rank", "rp3_list_z", "ease_list_z", "seq_list_z", "seqease_list_z"} <= set(names)
     result = run(synthetic(), config, [1])
     run0 = result["per_seed"][0]
     assert run0["ranker"]["best_iteration"] == 20
-    assert "rp3" in run0["accuracy"]
+    assert {"rp3", "seq", "seqease"} <= set(run0["accuracy"])
