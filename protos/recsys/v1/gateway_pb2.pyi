@@ -134,6 +134,7 @@ class RecommendResponse(_message.Message):
     degraded: _builtins.bool
     """True when a stage failed or ran out of time and its fallback answered instead."""
     trace_id: _builtins.str
+    """The request's OpenTelemetry trace; empty when the gateway exports no traces."""
     artifact_version: _builtins.str
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
