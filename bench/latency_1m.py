@@ -5,7 +5,9 @@ Measures, in one run:
   1. end-to-end latency at 1 request in flight (closed loop, sequential);
   2. throughput: open-loop rates, the highest with p99 <= 50 ms and zero errors;
   3. platform overhead: end-to-end p50 minus the p50 of the same stages' compute called in-process
-     (the same servicers, same artifacts, no processes, no network, no serialization).
+     (the same servicers, same artifacts, no processes, no network, no serialization);
+  4. CPU milliseconds per request of each process (and of the load generator) during the sequential
+     run, from /proc: their sum bounds the throughput of this machine at cores * 1000 / sum req/s.
 
     .venv/bin/python bench/latency_1m.py                      # generates artifacts-1m/ first if missing
     .venv/bin/python bench/latency_1m.py --redis-url redis://127.0.0.1:6379/0 --replicas 2
@@ -46,6 +48,19 @@ def wait_compiled(platform: LocalPlatform, timeout_s: float = 900) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the ranker was not compiled in time")
         time.sleep(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(platform: LocalPlatform) -> dict[str, float]:
+    """CPU seconds of every service process and of this process (the load generator)."""
+    out = {name: cpu_seconds(proc.pid) for name, proc in platform.processes.items()}
+    out["load generator"] = time.process_time()
+    return out
 
 
 def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str, float]:
@@ -112,7 +127,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--replicas", type=int, default=1, help="processes per backend service")
     parser.add_argument("--sequential", type=int, default=1000, help="requests at 1 in flight")
-    parser.add_argument("--rates", default="100,200,300,400", help="open-loop rates to try (req/s)")
+    parser.add_argument("--rates", default="50,75,100,150,200,400", help="open-loop rates to try (req/s)")
     parser.add_argument("--rate-seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency_1m.json"))
     args = parser.parse_args()
@@ -141,8 +156,13 @@ def main() -> None:
             wait_compiled(platform)
             gateway = platform.address("gateway")
             run(LoadConfig(gateway, users, max_requests=200, duration_s=60))  # warm-up
+            before = cpu_snapshot(platform)
             sequential = run(LoadConfig(gateway, users, max_requests=args.sequential, duration_s=300))
+            after = cpu_snapshot(platform)
             result["sequential"] = sequential.to_json()
+            cpu_ms = {k: (after[k] - before[k]) * 1000 / sequential.requests for k in before}
+            result["cpu_ms_per_request"] = cpu_ms
+            result["cpu_bound_rps"] = (os.cpu_count() or 1) * 1000 / sum(cpu_ms.values())
             rates: list[LoadResult] = []
             for rate in [float(r) for r in args.rates.split(",")]:
                 rates.append(
@@ -171,6 +191,12 @@ def main() -> None:
             f"{sum(r.errors.values()):>8}{r.degraded / max(1, r.requests):>10.1%}"
         )
     print(f"max req/s with p99 <= 50 ms and no errors: {result['max_rps_p99_le_50ms']:.0f}")
+    print(
+        "CPU ms per request: "
+        + "  ".join(f"{k}={v:.2f}" for k, v in result["cpu_ms_per_request"].items())
+        + f"  (sum {sum(result['cpu_ms_per_request'].values()):.2f}: at most "
+        f"{result['cpu_bound_rps']:.0f} req/s on {os.cpu_count()} cores)"
+    )
     print("in-process stage p50 ms: " + "  ".join(f"{k}={v:.2f}" for k, v in stages.items()))
     print(f"platform overhead at p50: {result['overhead_p50_ms']:.2f} ms   (wrote {args.out})")
 

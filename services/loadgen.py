@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
+import uvloop
 
 from recsys.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -165,7 +166,7 @@ async def _run(config: LoadConfig) -> LoadResult:
 
 def run(config: LoadConfig) -> LoadResult:
     config.validate()
-    return asyncio.run(_run(config))
+    return uvloop.run(_run(config))  # the load generator's own CPU competes with the services'
 
 
 def format_result(result: LoadResult) -> str:

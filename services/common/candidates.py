@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.v1 import common_pb2
-from services.common.rpc import require, require_id
+from services.common.rpc import MAX_ID_LENGTH, require, require_id
 
 Block = tuple[Sequence[str], npt.ArrayLike, str]
 
@@ -52,8 +52,11 @@ def validate(candidates: common_pb2.Candidates, field: str = "candidates") -> No
             f"{field}.sources",
             f"refers to source_names[{largest}], which does not exist",
         )
-    for i, item in enumerate(candidates.item_ids):
-        require_id(item, f"{field}.item_ids[{i}]")
+    ids = candidates.item_ids
+    # C-speed scans first; the per-id check only runs to name the first bad id
+    if ids and ("" in ids or any(map(str.isspace, ids)) or max(map(len, ids)) > MAX_ID_LENGTH):
+        for i, item in enumerate(ids):
+            require_id(item, f"{field}.item_ids[{i}]")
 
 
 def source_of(candidates: common_pb2.Candidates, position: int) -> str:

@@ -47,9 +47,14 @@ def require(condition: bool, field: str, problem: str) -> None:
         raise InvalidArgument(field, problem)
 
 
+MAX_ID_LENGTH = 256
+
+
 def require_id(value: str, field: str) -> None:
     require(bool(value.strip()), field, "must not be empty")
-    require(len(value) <= 256, field, f"must be at most 256 characters, got {len(value)}")
+    require(
+        len(value) <= MAX_ID_LENGTH, field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}"
+    )
 
 
 def require_max_len(values: Sized, field: str, limit: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -129,6 +131,10 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
         pending: set[asyncio.Task[None]] = set()
 
         def on_loaded() -> None:
+            # A loaded version holds millions of objects for a 1M-item catalogue (id -> row dicts);
+            # left to the cycle collector, each full collection walks them all and stalls requests for
+            # milliseconds. Frozen objects are still freed by reference counting when a reload drops them.
+            gc.freeze()
             task = loop.create_task(set_serving(True))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -161,6 +167,9 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
         await serve(create(), config)
 
     try:
-        asyncio.run(main())
+        # uvloop: about a fifth less CPU per gRPC call than the default loop (grpc.aio wakes the loop
+        # once per completion-queue event)
+        uvloop.run(main())
     finally:
-        provider.shutdown()
+        if provider is not None:
+            provider.shutdown()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,8 @@ class Model:
         )
 
     def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
-        return np.fromiter((self.item_row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        """Row of each id in this version's item matrices; -1 for unknown ids."""
+        return np.fromiter(map(self.item_row.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
 
     @staticmethod
     def _take(matrix: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:

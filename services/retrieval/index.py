@@ -123,6 +123,7 @@ class ItemIndex:
         self.popular_order: Rows = np.concatenate([popular_rows, np.flatnonzero(rest).astype(np.int64)])
         self.n_popular = len(popular_rows)
         self._row_of = row_of
+        self._all_rows = np.packbits(np.ones(n_items, dtype=bool), bitorder="little")
         self._filtered = self._supports_selector()
         _single_threaded()
 
@@ -191,12 +192,9 @@ class ItemIndex:
         if len(exclude_rows) == 0:
             scores, labels = self.index.search(query, min(n, self.size))
         elif self._filtered:
-            allowed = np.ones(self.size, dtype=bool)
-            allowed[exclude_rows] = False
-            n_allowed = int(np.count_nonzero(allowed))
+            bitmap, n_allowed = self._allowed_bitmap(exclude_rows)
             if n_allowed == 0:
                 return EMPTY_ROWS, EMPTY_SCORES
-            bitmap = np.packbits(allowed, bitorder="little")
             selector = _faiss.IDSelectorBitmap(bitmap)  # keeps a reference to `bitmap`
             scores, labels = self.index.search(query, min(n, n_allowed), params=self._params(selector))
         else:
@@ -219,6 +217,15 @@ class ItemIndex:
         excluded = np.zeros(self.size, dtype=bool)
         excluded[exclude_rows] = True
         return order[~excluded[order]][:n]
+
+    def _allowed_bitmap(self, exclude_rows: Rows) -> tuple[npt.NDArray[np.uint8], int]:
+        """The IDSelectorBitmap of every row but `exclude_rows` (bit r of byte r // 8, little-endian) and
+        how many rows it allows: a copy of the all-rows bitmap with a few bits cleared, not a catalogue-
+        sized boolean array packed per request."""
+        rows = np.unique(exclude_rows)
+        bitmap = self._all_rows.copy()
+        np.bitwise_and.at(bitmap, rows >> 3, ~(1 << (rows & 7)).astype(np.uint8))
+        return bitmap, self.size - len(rows)
 
     # --- FAISS search parameters --------------------------------------------------------------------
 
