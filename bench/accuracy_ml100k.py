@@ -7,8 +7,9 @@ full report (report.md, PNGs) under bench/results/accuracy_ml100k/.
 
     .venv/bin/python bench/accuracy_ml100k.py [--seeds 42 43 44] [--data DIR] [--set NAME=VALUE ...]
 
-`--validate` runs the validation protocol every setting was chosen on instead: seed 42's train split
-again with seed 9999 (the pipeline, stacking included, runs inside that train; no test split is read).
+`--validate` runs the validation protocol settings are chosen on instead: each seed's train split again
+with seed 9999 (the pipeline, stacking included, runs inside that train; no test split is read).
+Earlier rounds validated on seed 42's train only (`--validate --seeds 42`).
 `--set` overrides an `OfflineConfig` field (e.g. `--set candidates=300 --set fused=ease,cooc`) to compare
 variants on it.
 """
@@ -28,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from services.trainer import report  # noqa: E402
 from services.trainer.data import load  # noqa: E402
-from services.trainer.offline import OfflineConfig, run  # noqa: E402
+from services.trainer.offline import OfflineConfig, run, summarize  # noqa: E402
 from services.trainer.splits import stratified_split  # noqa: E402
 
 SCRIPT = ROOT.parent / "shared" / "scripts" / "get-ml100k.sh"
 CACHE = Path.home() / ".cache" / "recsys" / "ml-100k"
-VALIDATION_OUTER_SEED, VALIDATION_SEED = 42, 9999
+VALIDATION_SEED = 9999
 
 
 def overrides(pairs: list[str]) -> OfflineConfig:
@@ -78,15 +79,19 @@ def main() -> int:
     config = overrides(args.overrides)
     started = time.perf_counter()
     data = load(ensure_data(args.data))
-    seeds, name = args.seeds, "accuracy_ml100k"
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.validate:
-        train, _ = stratified_split(data.log, 0.75, filter_by="item", seed=VALIDATION_OUTER_SEED)
-        data, seeds, name = (
-            dataclasses.replace(data, log=train),
-            [VALIDATION_SEED],
-            "accuracy_ml100k_validation",
-        )
-    result = run(data, config, seeds, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        name = "accuracy_ml100k_validation"
+        runs = []
+        for outer in args.seeds:
+            train, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
+            runs.append(run(dataclasses.replace(data, log=train), config, [VALIDATION_SEED], progress))
+            runs[-1]["per_seed"][0]["outer_seed"] = outer
+        result = {**runs[0], "per_seed": [r["per_seed"][0] for r in runs], "outer_seeds": args.seeds}
+        result["summary"] = summarize(result["per_seed"])
+    else:
+        name = "accuracy_ml100k"
+        result = run(data, config, args.seeds, progress)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     result["overrides"] = args.overrides
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ For one (train, test) split:
     Test     only users in train and test; every test interaction is relevant; train items removed.
 
 Candidate sources (services.trainer.sources): EASE, item-item co-occurrence, RP3beta, sequence neighbours,
-sequence EASE, ALS, BPR, content (genres) and popularity. Retrieval merges EASE, co-occurrence, ALS, BPR
-and sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps
+sequence EASE, ALS, BPR, content (genres) and popularity. Retrieval merges EASE, co-occurrence, ALS and
+sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps
 the top `candidates`; every source's score and rank become ranker features, with user, item, context
 (time of day, recency) and cross features. Hyper-parameters are fixed in `OfflineConfig` a priori (the
 ALS/BPR/EASE settings were compared on the inner split of seed 42, never on a test split).
@@ -47,7 +47,7 @@ DAY = 86400.0
 K = 10
 KS = (1, 3, 5, 10, 20, 50)
 FUNNEL_KS = (10, 50, 100, 200, 500)
-FUSED = ("ease", "cooc", "als", "bpr", "seq")
+FUSED = ("ease", "cooc", "als", "seq")
 SOURCES = ("ease", "cooc", "rp3", "seq", "seqease", "als", "bpr", "content", "pop")
 
 
@@ -61,6 +61,9 @@ class OfflineConfig:
     # stage A by K-fold stacking (>= 2): sources fitted on K-1 folds of train, labels from the K-th;
     # 0 or 1 falls back to the `inner_folds` inner splits above
     ranker_folds: int = 5
+    # K-fold stacking repeated with other fold seeds: each train row labels `ranker_fold_repeats` groups,
+    # scored by sources fitted on different neighbours (chosen on the validation protocol)
+    ranker_fold_repeats: int = 2
     ease_lambda: float = 700.0  # best of 100..1000 for EASE alone on the inner split of seed 42
     als_factors: int = 32
     als_alpha: float = 5.0
@@ -79,7 +82,7 @@ class OfflineConfig:
     seqease_lambda: float = 200.0
     fused: tuple[str, ...] = FUSED  # the sources merged by reciprocal-rank fusion into the candidates
     fusion_k: float = 60.0
-    candidates: int = 200
+    candidates: int = 100
     recent_items: int = 10
     # ranker hyper-parameters chosen on the validation protocol (seed 42's train re-split with seed 9999,
     # K-fold stacking inside it; the test split never read): see docs/evaluation.md
@@ -532,13 +535,15 @@ def ranker_slices(train: Log, config: OfflineConfig, seed: int, timer: Timer) ->
 
     `ranker_folds` >= 2 (K-fold stacking): train is dealt into K folds stratified by item
     (`stratified_folds`); slice f fits the sources on the other K-1 folds and labels with fold f, so each
-    training row labels exactly once and never feeds the sources that score it. Otherwise
+    training row labels once and never feeds the sources that score it; `ranker_fold_repeats` deals
+    the rows again with other seeds for more groups. Otherwise
     `inner_folds` independent stratified inner splits (`inner_ratio`) are used."""
     if config.ranker_folds >= 2:
-        with timer("inner_split"):
-            folds = stratified_folds(train, config.ranker_folds, seed=seed + 1000)
-        for f in range(config.ranker_folds):
-            yield train.take(folds != f), train.take(folds == f)
+        for repeat in range(config.ranker_fold_repeats):
+            with timer("inner_split"):
+                folds = stratified_folds(train, config.ranker_folds, seed=seed + 1000 + repeat)
+            for f in range(config.ranker_folds):
+                yield train.take(folds != f), train.take(folds == f)
         return
     for fold in range(config.inner_folds):
         with timer("inner_split"):

@@ -17,7 +17,7 @@ ANCHOR: dict[str, dict[str, float]] = {
 TARGET = {"map": 0.16, "ndcg@10": 0.50, "precision@10": 0.43, "recall@10": 0.23}
 ROWS = {
     "pipeline": "two-stage: retrieval + LightGBM ranker",
-    "retrieval": "retrieval alone (rank fusion of EASE, co-occurrence, ALS, BPR, sequence neighbours)",
+    "retrieval": "retrieval alone (rank fusion of EASE, co-occurrence, ALS, sequence neighbours)",
     "ease": "EASE (baseline)",
     "cooc": "item-item co-occurrence (baseline)",
     "rp3": "RP3beta (baseline)",

@@ -141,21 +141,24 @@ def test_stratified_folds_cover_every_row_once_and_spread_each_item() -> None:
 
 def test_kfold_ranker_slices_partition_train_and_never_fit_on_their_labels() -> None:
     train = synthetic().log
-    config = OfflineConfig(ranker_folds=4)
+    config = OfflineConfig(ranker_folds=4, ranker_fold_repeats=2)
     slices = list(ranker_slices(train, config, seed=3, timer=Timer()))
-    assert len(slices) == 4
+    assert len(slices) == 8
 
     def rows(log: Log) -> set[tuple[str, str, float]]:
         return set(zip(log.users.tolist(), log.items.tolist(), log.timestamps.tolist(), strict=True))
 
     everything = rows(train)
-    labelled: list[tuple[str, str, float]] = []
-    for fit, label in slices:
-        assert rows(fit).isdisjoint(rows(label))  # the sources never see the rows they are labelled by
-        assert rows(fit) | rows(label) == everything
-        assert len(fit) + len(label) == len(train)
-        labelled += list(rows(label))
-    assert sorted(labelled) == sorted(everything)  # every train row labels exactly once
+    for repeat in (slices[:4], slices[4:]):
+        labelled: list[tuple[str, str, float]] = []
+        for fit, label in repeat:
+            assert rows(fit).isdisjoint(rows(label))  # the sources never see the rows they are labelled by
+            assert rows(fit) | rows(label) == everything
+            assert len(fit) + len(label) == len(train)
+            labelled += list(rows(label))
+        assert sorted(labelled) == sorted(everything)  # every train row labels once per repeat
+    # the repeat deals the rows into other folds
+    assert [rows(label) for _, label in slices[:4]] != [rows(label) for _, label in slices[4:]]
     inner = list(ranker_slices(train, OfflineConfig(ranker_folds=0, inner_folds=2), seed=3, timer=Timer()))
     assert len(inner) == 2
 
