@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -77,3 +78,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     empty.write_text("")
     none = report("--spans", str(empty))
     assert none.returncode == 2 and "recsys.budget_ms" in none.stderr
+
+
+def test_tracing_is_off_without_an_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    from services.common.telemetry import current_trace_id, setup_tracing
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert setup_tracing("gateway") is None
+    # the API's no-op tracer: nothing recorded, no trace id to return
+    with trace.get_tracer("test").start_as_current_span("recsys.gateway.recommend") as span:
+        assert not span.is_recording()
+        assert current_trace_id() == ""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "bogus")
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='bogus'"):
+        setup_tracing("gateway")

@@ -211,3 +211,13 @@ def test_unreadable_files_are_refused_at_load(tmp_path: Path, model: SmallModel)
     (version.path / "item_index.faiss").write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match=r"cannot read item_index\.faiss"):
         ItemIndex.load(version)
+
+
+def test_exclusion_bitmap_clears_exactly_the_excluded_rows(index: ItemIndex) -> None:
+    rng = np.random.default_rng(5)
+    for excluded in (np.array([], dtype=np.int64), rng.integers(0, index.size, 40), np.arange(index.size)):
+        bitmap, allowed = index._allowed_bitmap(excluded)  # duplicates in `excluded` count once
+        expected = np.ones(index.size, dtype=bool)
+        expected[excluded] = False
+        assert np.array_equal(bitmap, np.packbits(expected, bitorder="little"))
+        assert allowed == int(expected.sum())
