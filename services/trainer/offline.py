@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from services.trainer import sources as S
 from services.trainer.data import Dataset, Log
 from services.trainer.metrics import coverage, intra_list_diversity, mean_metrics, popularity_bias
+from services.trainer.ranker_params import lightgbm_params
 from services.trainer.splits import leave_last_n, stratified_folds, stratified_split, time_split
 
 log = logging.getLogger(__name__)
@@ -104,24 +105,16 @@ class OfflineConfig:
     threads: int = 2
 
     def lgb_params(self, seed: int) -> dict[str, Any]:
-        return {
-            "objective": self.objective,
-            "metric": "ndcg",
-            "eval_at": [K],
-            "lambdarank_truncation_level": 3 * K,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_data_in_leaf,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "num_threads": self.threads,
-            "seed": seed,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbosity": -1,
-        }
+        return lightgbm_params(
+            objective=self.objective,
+            eval_at=K,
+            truncation_level=3 * K,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_data_in_leaf=self.min_data_in_leaf,
+            threads=self.threads,
+            seed=seed,
+        )
 
 
 class Timer:

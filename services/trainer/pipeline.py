@@ -33,6 +33,7 @@ from services.trainer import features
 from services.trainer.data import DataError, Dataset, Log, load, time_split
 from services.trainer.embeddings import AlsParams, Embeddings, fit_als
 from services.trainer.metrics import mean_metrics, recall_at_k
+from services.trainer.ranker_params import lightgbm_params
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +97,16 @@ class TrainConfig:
         )
 
     def lgb_params(self) -> dict[str, Any]:
-        return {
-            "objective": "lambdarank",
-            "metric": "ndcg",
-            "eval_at": [K],
-            "lambdarank_truncation_level": 2 * K,
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_data_in_leaf,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "num_threads": self.threads,
-            "seed": self.seed,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbosity": -1,
-        }
+        return lightgbm_params(
+            objective="lambdarank",
+            eval_at=K,
+            truncation_level=2 * K,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_data_in_leaf=self.min_data_in_leaf,
+            threads=self.threads,
+            seed=self.seed,
+        )
 
 
 class Stages:
