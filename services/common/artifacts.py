@@ -173,13 +173,11 @@ class ArtifactWatcher:
         self,
         root: Path,
         loader: Loader,
-        interval_s: float,
         pin: Loader | None = None,
         unpin: Unloader | None = None,
     ) -> None:
         self.root = root
         self.loader = loader
-        self.interval_s = interval_s
         self.loaded: str | None = None
         self._refused: str | None = None
         #: Versions of PINNED served beside CURRENT (`pin` loads one, `unpin` drops one).
@@ -255,10 +253,8 @@ class ArtifactWatcher:
             self._refused = reason
             log.error("artifacts unavailable", extra={"reason": reason, "serving": self.loaded})
 
-    async def run(self, on_loaded: Callable[[], None]) -> None:
-        """Poll forever; call `on_loaded` after every successful load."""
-        while True:
-            before = self.loaded
-            if await self.check() and self.loaded != before:
-                on_loaded()
-            await asyncio.sleep(self.interval_s)
+    async def reload(self, on_loaded: Callable[[], None]) -> None:
+        """One poll (run every few seconds by the server): call `on_loaded` when a new CURRENT loaded."""
+        before = self.loaded
+        if await self.check() and self.loaded != before:
+            on_loaded()

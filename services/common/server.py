@@ -4,7 +4,6 @@ the artifacts are loaded), reflection, artifact hot reload, and graceful shutdow
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -22,6 +21,7 @@ from services.common import telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
 from services.common.config import option, port_number, positive
 from services.common.faults import DelayInterceptor
+from services.common.loops import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,12 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    watch: asyncio.Task[None] | None = None
+    watch: PeriodicTask | None = None
     if component.needs_artifacts:
         # Optional: a component that can serve PINNED versions beside CURRENT (experiment arms).
         watcher = ArtifactWatcher(
             config.artifacts_dir,
             component.load,
-            config.reload_interval_s,
             pin=getattr(component, "load_pinned", None),
             unpin=getattr(component, "unpin", None),
         )
@@ -139,16 +138,14 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
             pending.add(task)
             task.add_done_callback(pending.discard)
 
-        watch = loop.create_task(watcher.run(on_loaded))
+        watch = PeriodicTask("artifact-reload", lambda: watcher.reload(on_loaded), config.reload_interval_s)
     else:
         await set_serving(True)
 
     await stop.wait()
     log.info("shutting down", extra={"grace_s": config.grace_s})
     if watch is not None:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await watch.stop()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_s)
     await component.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +16,7 @@ from redis.exceptions import RedisError
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, port_number, positive
+from services.common.loops import PeriodicTask
 from services.common.rpc import (
     NotReady,
     UnknownVersion,
@@ -176,7 +175,7 @@ class FeaturesComponent:
         self.store = store
         self.servicer = FeatureServicer(store)
         self.repair_interval_s = repair_interval_s
-        self._repair: asyncio.Task[None] | None = None
+        self._repair: PeriodicTask | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
@@ -185,19 +184,17 @@ class FeaturesComponent:
         """Materialize `version` into the store; the store switches reads to it only when complete."""
         await self.store.materialize(version)
         if self._repair is None:
-            self._repair = asyncio.get_running_loop().create_task(self._repair_loop())
+            self._repair = PeriodicTask("store-repair", self._repair_store, self.repair_interval_s)
 
-    async def _repair_loop(self) -> None:
+    async def _repair_store(self) -> None:
         """Put back what the backend lost (a Redis restarted without persistence comes back empty)."""
-        while True:
-            await asyncio.sleep(self.repair_interval_s)
-            try:
-                repaired = await self.store.repair()
-            except Exception as e:  # the backend is still down: try again next round
-                log.warning("online store repair failed", extra={"reason": str(e)})
-                continue
-            if repaired:
-                log.warning("online store had lost versions: rewritten", extra={"versions": repaired})
+        try:
+            repaired = await self.store.repair()
+        except Exception as e:  # the backend is still down: try again next round
+            log.warning("online store repair failed", extra={"reason": str(e)})
+            return
+        if repaired:
+            log.warning("online store had lost versions: rewritten", extra={"versions": repaired})
 
     async def load_pinned(self, version: ArtifactVersion) -> None:
         """Keep `version` readable beside CURRENT (listed in <artifacts>/PINNED, for experiment arms)."""
@@ -208,9 +205,7 @@ class FeaturesComponent:
 
     async def close(self) -> None:
         if self._repair is not None:
-            self._repair.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._repair
+            await self._repair.stop()
         await self.store.close()
 
 

@@ -4,7 +4,6 @@ fallbacks) and Feedback (forwarded to the features service's event log)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -31,6 +30,7 @@ from recsys.v1 import (
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, positive
+from services.common.loops import PeriodicTask
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig, channel_options
 from services.common.telemetry import current_trace_id, tracer
@@ -152,7 +152,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.ranking = ranking_pb2_grpc.RankingServiceStub(self._channels[2])
         self.exposures = ExposureLogger(self._write_exposures)
         self.popular = PopularCache(self.retrieval)
-        self._watch: asyncio.Task[None] | None = None
+        self._watch: PeriodicTask | None = None
+        self._next_popular = 0.0
         self._rng = random.Random()
 
     @property
@@ -167,28 +168,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def _start_watch(self) -> None:
         if self._watch is None:
-            self._watch = asyncio.get_running_loop().create_task(self._watch_experiments())
+            self._watch = PeriodicTask("gateway-upkeep", self._upkeep, self.config.experiments_reload_s)
 
-    async def _watch_experiments(self) -> None:
-        """Background upkeep: reload a changed experiments file; refresh the cached popular list."""
-        next_popular = 0.0
-        while True:
-            if time.monotonic() >= next_popular:
-                await self.popular.refresh()
-                next_popular = time.monotonic() + (
-                    self.config.popular_refresh_s if self.popular.items else 1.0
-                )
-            try:
-                self.reloader.poll()
-            except Exception:  # never let the watcher die: the old config keeps serving
-                log.exception("experiments reload failed")
-            await asyncio.sleep(self.config.experiments_reload_s)
+    async def _upkeep(self) -> None:
+        """Reload a changed experiments file; refresh the cached popular list when it is due."""
+        if time.monotonic() >= self._next_popular:
+            await self.popular.refresh()
+            self._next_popular = time.monotonic() + (
+                self.config.popular_refresh_s if self.popular.items else 1.0
+            )
+        try:
+            self.reloader.poll()
+        except Exception:  # never let the watcher die: the old config keeps serving
+            log.exception("experiments reload failed")
 
     async def close(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await self._watch.stop()
         await self.exposures.close()
         for channel in self._channels:
             await channel.close(None)

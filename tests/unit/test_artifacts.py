@@ -63,7 +63,7 @@ def test_watcher_keeps_the_old_version_when_a_new_one_fails(tmp_path: Path) -> N
         loaded.append(version.version)
 
     async def scenario() -> None:
-        watcher = ArtifactWatcher(tmp_path, loader, interval_s=0.01)
+        watcher = ArtifactWatcher(tmp_path, loader)
         assert not await watcher.check()  # nothing published yet
         make_version(tmp_path, "v1")
         assert await watcher.check() and watcher.loaded == "v1"

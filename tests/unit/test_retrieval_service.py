@@ -213,7 +213,7 @@ def test_inconsistent_version_is_refused_and_the_old_one_keeps_serving(
 ) -> None:
     async def main() -> None:
         component = create(Config())
-        watcher = ArtifactWatcher(tmp_path, component.load, interval_s=1)
+        watcher = ArtifactWatcher(tmp_path, component.load)
         write_version(tmp_path, "good", model)
         assert await watcher.check() and watcher.loaded == "good"
         async with serving(component, retrieval_pb2_grpc.RetrievalServiceStub) as stub:
