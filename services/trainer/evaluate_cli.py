@@ -28,9 +28,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=["stratified", "time", "leave-last"], default="stratified")
     parser.add_argument("--ratio", type=float, default=0.75, help="train share (stratified/time)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    parser.add_argument("--candidates", type=int, default=200, help="ranker candidates per user")
+    # None = the benchmark's default (OfflineConfig), so `recsys evaluate` and bench/ run the same pipeline
+    parser.add_argument("--candidates", type=int, help="ranker candidates per user (default 100)")
     parser.add_argument(
-        "--objective", choices=["lambdarank", "binary"], default="lambdarank", help="ranker objective"
+        "--objective",
+        choices=["rank_xendcg", "lambdarank", "binary"],
+        help="LightGBM ranker objective (default rank_xendcg)",
     )
     parser.add_argument("--threads", type=int, default=2)
 
@@ -45,12 +48,12 @@ def evaluate_main(ns: argparse.Namespace) -> int:
     except DataError as e:
         print(f"recsys evaluate: {e}", file=sys.stderr)
         return 2
+    chosen = {"candidates": ns.candidates, "objective": ns.objective}
     config = OfflineConfig(
         protocol=ns.protocol,
         ratio=ns.ratio,
-        candidates=ns.candidates,
-        objective=ns.objective,
         threads=ns.threads,
+        **{name: value for name, value in chosen.items() if value is not None},
     )
     result = run(data, config, ns.seeds, progress=lambda msg: print(msg, file=sys.stderr))
     for path in report.write(result, Path(ns.out)):
