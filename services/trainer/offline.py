@@ -5,7 +5,7 @@ For one (train, test) split:
     train ──K folds stratified by item (`stratified_folds`, K = ranker_folds = 5)──▶ fold 1 .. fold K
     Stage A  for each fold f: sources fitted on the other K-1 folds (60% of the log, close to the 75%
              of stage B) → candidates → features; labels = fold-f membership; all folds' groups pooled
-             → LightGBM LambdaRank (a fixed 150 rounds chosen on the validation protocol, never on test)
+             → LightGBM ranker, XE-NDCG objective (a fixed 150 rounds chosen on the validation protocol, never on test)
     Stage B  sources refitted on all of train → candidates → features → the stage-A ranker → top k
     Test     only users in train and test; every test interaction is relevant; train items removed.
 
