@@ -29,6 +29,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratio", type=float, default=0.75, help="train share (stratified/time)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     # None = the benchmark's default (OfflineConfig), so `recsys evaluate` and bench/ run the same pipeline
+    # (tests/unit/test_offline.py checks that the help text states those defaults)
     parser.add_argument("--candidates", type=int, help="ranker candidates per user (default 100)")
     parser.add_argument(
         "--objective",

@@ -104,6 +104,15 @@ def test_recsys_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
         assert (out / name).stat().st_size > 0
 
 
+def test_recsys_evaluate_help_states_the_benchmark_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    # the CLI leaves these flags unset so OfflineConfig decides; its help text must not drift from it
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {OfflineConfig.candidates})" in text
+    assert f"(default {OfflineConfig.objective})" in text
+
+
 def test_exact_index_below_the_threshold_and_hnsw_recall_is_measured() -> None:
     rng = np.random.default_rng(0)
     items = rng.normal(size=(500, 16)).astype(np.float32)
