@@ -309,7 +309,8 @@ class Report:
         return math.isfinite(self.srm_p) and self.srm_p < SRM_ALPHA
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        """A strict-JSON dict: undefined numbers (no ratings in an arm, too few users) become null."""
+        out: dict[str, Any] = _finite_or_none(asdict(self))
         out["srm_warning"] = self.srm_warning
         return out
 
@@ -332,7 +333,7 @@ class Report:
         for a in self.arms:
             lines.append(
                 f"{a.arm:<18}{a.users:>9}{a.exposures:>11}{a.clicks:>9}{a.ctr.value:>10.4f}"
-                f"{a.clicks_per_user.value:>13.4f}{a.ratings:>9}{a.mean_rating.value:>13.3f}"
+                f"{a.clicks_per_user.value:>13.4f}{a.ratings:>9}{_number(a.mean_rating.value, '.3f'):>13}"
             )
         lines.append(
             f"SRM check: chi2={self.srm_chi2:.2f} p={self.srm_p:.3g} against weights "
@@ -343,10 +344,13 @@ class Report:
             lines.append(f"note: {self.mixed_users} users were exposed to more than one arm and are left out")
 
         def fmt(name: str, lf: Lift) -> str:
+            if not math.isfinite(lf.absolute):
+                return f"  {name:<22} n/a (undefined in an arm: no data or fewer than 2 users)"
+            lo, hi = (_number(v, "+.4f") for v in lf.absolute_ci)
+            rel, rel_lo, rel_hi = (_number(v, "+.2%") for v in (lf.relative, *lf.relative_ci))
             return (
-                f"  {name:<22} abs {lf.absolute:+.4f} [{lf.absolute_ci[0]:+.4f}, {lf.absolute_ci[1]:+.4f}]"
-                f"  rel {lf.relative:+.2%} [{lf.relative_ci[0]:+.2%}, {lf.relative_ci[1]:+.2%}]"
-                f"  p={lf.p_value:.3g} ({lf.test})"
+                f"  {name:<22} abs {lf.absolute:+.4f} [{lo}, {hi}]"
+                f"  rel {rel} [{rel_lo}, {rel_hi}]  p={_number(lf.p_value, '.3g')} ({lf.test})"
             )
 
         for c in self.comparisons:
@@ -365,6 +369,20 @@ class Report:
         if self.plot:
             lines.append(f"plot: {self.plot}")
         return "\n".join(lines)
+
+
+def _number(value: float, spec: str) -> str:
+    return format(value, spec) if math.isfinite(value) else "n/a"
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def analyze(

@@ -4,6 +4,7 @@ interleaving credit, the log -> report path, and the gateway's exposure logger."
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -100,6 +101,12 @@ def test_simulated_log_through_the_cli_report(tmp_path: Path, capsys: pytest.Cap
     out = capsys.readouterr().out
     assert code == 0 and plot.stat().st_size > 10_000
     assert "treatment vs control" in out and "SRM check" in out and "CUPED" in out
+    # the simulation logs no ratings: the mean rating is undefined, shown as n/a (not "nan")
+    assert "nan" not in out.lower() and "mean rating" in out and "n/a" in out
+    report_args = ["experiment", "report", "--experiment", "sim", "--event-log", str(log)]
+    assert cli_main([*report_args, "--plot", str(plot), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert [a["mean_rating"]["value"] for a in printed["arms"]] == [None, None]
     events = analysis.read_jsonl(log)
     report = analysis.report_from_events(events, "sim", WEIGHTS)
     table = simulate.simulate_table(simulate.SimConfig(users=3000, lift=0.2, salt="sim-0", seed=0))
