@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from services.gateway import experiments as ex
@@ -20,12 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--redis-url", default=None, help="read the Redis store's event stream instead")
         p.add_argument("--redis-prefix", default="recsys")
 
+    def experiments_file(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--experiments",
+            type=Path,
+            default=ex.DEFAULT_FILE,
+            help="the experiments file (expected weights)",
+        )
+
     report = sub.add_parser("report", help="per-arm metrics, lifts with 95%% CIs, SRM, CUPED, interleaving")
     report.add_argument("--experiment", required=True, help="experiment id")
     log_source(report)
-    report.add_argument(
-        "--experiments", type=Path, default=ex.DEFAULT_FILE, help="the experiments file (expected weights)"
-    )
+    experiments_file(report)
     report.add_argument("--control", default=None, help="control arm (default: the file's first arm)")
     report.add_argument("--plot", type=Path, default=None, help="PNG path (default: <experiment>.png)")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -41,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateway", default=None, help="drive a running gateway instead (exposures come from it)"
     )
     sim.add_argument("--control", default="control")
+    experiments_file(sim)
+    sim.add_argument(
+        "--wait-s", type=float, default=10.0, help="--gateway: how long to wait for its exposures in the log"
+    )
     log_source(sim)
     sim.add_argument("--plot", type=Path, default=None)
 
@@ -73,27 +84,52 @@ def _report(args: argparse.Namespace, weights: dict[str, float] | None, control:
     return 0
 
 
+def _expected(path: Path, experiment: str) -> tuple[dict[str, float] | None, str | None]:
+    """The arms' configured weights and control arm from the experiments file (None: equal weights)."""
+    try:
+        config = ex.load(path)
+    except Exception as e:  # the report still runs: equal weights, first arm alphabetically
+        print(f"note: {e}; assuming equal weights", file=sys.stderr)
+        return None, None
+    exp = config.by_id(experiment)
+    if exp is not None:
+        return {a.name: a.weight for a in exp.arms}, exp.arms[0].name
+    if config.holdout is not None and experiment == config.holdout.id:
+        return {"holdout": config.holdout.fraction, "exposed": 1 - config.holdout.fraction}, "holdout"
+    return None, None
+
+
+def _wait_for_exposures(args: argparse.Namespace, users: set[str]) -> None:
+    """The gateway logs exposures off the request path: wait (bounded) until every simulated user's
+    exposure is readable, so the report counts them all."""
+    deadline = time.monotonic() + args.wait_s
+    while True:
+        logged = {
+            e.user_id
+            for e in _events(args)
+            if e.type.value == "exposure" and e.experiment == args.experiment and e.user_id in users
+        }
+        if logged >= users:
+            return
+        if time.monotonic() >= deadline:
+            print(
+                f"note: {len(users - logged)} of {len(users)} simulated users have no exposure in the log "
+                f"after {args.wait_s:g} s; the report counts the rest",
+                file=sys.stderr,
+            )
+            return
+        time.sleep(0.1)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.experiment_command == "report":
-        weights = control = None
-        try:
-            config = ex.load(args.experiments)
-        except Exception as e:  # the report still runs: equal weights, first arm alphabetically
-            print(f"note: {e}; assuming equal weights", file=sys.stderr)
-        else:
-            exp = config.by_id(args.experiment)
-            if exp is not None:
-                weights = {a.name: a.weight for a in exp.arms}
-                control = exp.arms[0].name
-            elif config.holdout is not None and args.experiment == config.holdout.id:
-                weights = {"holdout": config.holdout.fraction, "exposed": 1 - config.holdout.fraction}
-                control = "holdout"
+        weights, control = _expected(args.experiments, args.experiment)
         return _report(args, weights, args.control or control)
 
     from services.experiment import simulate
 
     if args.gateway:
-        per_arm = simulate.simulate_wire(
+        users = simulate.simulate_wire(
             args.gateway,
             args.experiment,
             args.users,
@@ -102,9 +138,12 @@ def main(args: argparse.Namespace) -> int:
             control=args.control,
             seed=args.seed,
         )
+        per_arm = {arm: len(names) for arm, names in sorted(users.items())}
         print(f"simulated {sum(per_arm.values())} users over {args.gateway}: {per_arm}")
+        _wait_for_exposures(args, {u for names in users.values() for u in names})
+        weights, control = _expected(args.experiments, args.experiment)
         args.json = False
-        return main_report(args)
+        return _report(args, weights, control or args.control)
     cfg = simulate.SimConfig(
         users=args.users,
         lift=args.lift,
@@ -121,15 +160,3 @@ def main(args: argparse.Namespace) -> int:
     )
     args.json = False
     return _report(args, cfg.weights(), simulate.CONTROL)
-
-
-def main_report(args: argparse.Namespace) -> int:
-    weights = control = None
-    try:
-        exp = ex.load(ex.DEFAULT_FILE).by_id(args.experiment)
-    except Exception:
-        exp = None
-    if exp is not None:
-        weights = {a.name: a.weight for a in exp.arms}
-        control = exp.arms[0].name
-    return _report(args, weights, args.control or control)

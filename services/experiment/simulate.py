@@ -174,14 +174,14 @@ def simulate_wire(
     requests_per_user: int = 2,
     control: str = "control",
     seed: int = 0,
-) -> dict[str, int]:
+) -> dict[str, list[str]]:
     """Real traffic: each synthetic user asks for k items `requests_per_user` times and clicks each
     served item with probability base_ctr / k (times 1 + lift outside the control arm). Returns the
-    users seen per arm of `experiment`."""
+    simulated users per arm of `experiment` (users it did not assign are left out)."""
     from services.client import Client, event
 
     rng = np.random.default_rng(seed)
-    per_arm: dict[str, int] = {}
+    per_arm: dict[str, list[str]] = {}
     with Client(gateway) as client:
         for i in range(users):
             user = f"sim-{seed}-{i}"
@@ -196,5 +196,5 @@ def simulate_wire(
                 if clicks:
                     client.feedback([event(user, item, "click") for item in clicks])
             if arm:
-                per_arm[arm] = per_arm.get(arm, 0) + 1
+                per_arm.setdefault(arm, []).append(user)
     return per_arm

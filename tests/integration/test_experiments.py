@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.cli import main as cli_main
 from services.client import Client, event
 from services.common.artifacts import ArtifactVersion, set_current
 from services.experiment import analysis
@@ -140,8 +141,6 @@ def test_arms_serve_different_ranker_versions_and_exposures_reach_the_report(
     report = analysis.report_from_events(analysis.read_jsonl(log), "ranker", {"control": 50, "v1": 50})
     assert {a.arm: a.users for a in report.arms} == {"control": 15, "v1": 15}
     assert {a.arm: a.clicks for a in report.arms} == {"control": 5, "v1": 5}
-    from services.cli import main as cli_main
-
     plot = tmp_path / "ranker.png"
     code = cli_main(
         [
@@ -158,6 +157,46 @@ def test_arms_serve_different_ranker_versions_and_exposures_reach_the_report(
         ]
     )
     assert code == 0 and plot.exists()
+
+
+def test_experiment_simulate_drives_the_gateway_and_reports_every_simulated_user(
+    running: tuple[LocalPlatform, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    platform, exp_file, log = running
+    plot = tmp_path / "simulated.png"
+    args = ["--experiment", "ranker", "--experiments", str(exp_file), "--users", "40", "--seed", "7"]
+    code = cli_main(
+        [
+            "experiment",
+            "simulate",
+            "--gateway",
+            platform.address("gateway"),
+            *args,
+            "--lift",
+            "1.0",
+            "--base-ctr",
+            "0.5",
+            "--event-log",
+            str(log),
+            "--plot",
+            str(plot),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and plot.stat().st_size > 0
+    # the gateway assigned the users (its own hash), and the CLI waited for all their exposures
+    cfg = ex.load(exp_file)
+    expected: dict[str, int] = {}
+    for i in range(40):
+        arm = ex.assign(cfg, f"sim-7-{i}")[0].arm.name
+        expected[arm] = expected.get(arm, 0) + 1
+    assert f"simulated 40 users over {platform.address('gateway')}: {dict(sorted(expected.items()))}" in out
+    simulated = [e for e in analysis.read_jsonl(log) if e.user_id.startswith("sim-7-")]
+    report = analysis.report_from_events(simulated, "ranker")
+    assert {a.arm: a.users for a in report.arms} == expected
+    assert {a.arm: a.exposures for a in report.arms} == {arm: 2 * n for arm, n in expected.items()}
+    assert all(a.clicks > 0 for a in report.arms)
+    assert "ranker  (control: control)" in out and "v1 vs control" in out
 
 
 def test_different_ranker_versions_rank_differently(

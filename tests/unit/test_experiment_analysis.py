@@ -3,9 +3,11 @@ interleaving credit, the log -> report path, and the gateway's exposure logger."
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -189,3 +191,24 @@ def test_exposure_logger_loses_nothing_under_concurrency_and_failures() -> None:
 
     asyncio.run(main())
     assert sorted(written) == sorted(f"{i}-{e}" for i in range(1000) for e in ("e1", "e2"))
+
+
+def test_simulate_over_a_gateway_waits_for_late_exposures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.experiment import cli as experiment_cli
+
+    log = tmp_path / "events.jsonl"
+    simulate.write_events(iter([Event("early", "i", EventType.EXPOSURE, 1, experiment="x", arm="a")]), log)
+    late = Event("late", "i", EventType.EXPOSURE, 2, experiment="x", arm="b")
+    writer = threading.Timer(0.5, lambda: simulate.write_events(iter([late]), log))
+    writer.start()
+    args = argparse.Namespace(event_log=log, redis_url=None, experiment="x", wait_s=10.0)
+    experiment_cli._wait_for_exposures(args, {"early", "late"})
+    assert analysis.read_jsonl(log)[-1] == late  # returned only once the late exposure was readable
+    writer.join()
+    # bounded: a user whose exposure never comes is reported, not waited for forever
+    experiment_cli._wait_for_exposures(
+        argparse.Namespace(**{**vars(args), "wait_s": 0.2}), {"early", "never"}
+    )
+    assert "1 of 2 simulated users have no exposure" in capsys.readouterr().err
