@@ -164,14 +164,20 @@ def test_experiment_simulate_drives_the_gateway_and_reports_every_simulated_user
 ) -> None:
     platform, exp_file, log = running
     plot = tmp_path / "simulated.png"
-    args = ["--experiment", "ranker", "--experiments", str(exp_file), "--users", "40", "--seed", "7"]
     code = cli_main(
         [
             "experiment",
             "simulate",
             "--gateway",
             platform.address("gateway"),
-            *args,
+            "--experiment",
+            "ranker",
+            "--experiments",
+            str(exp_file),
+            "--users",
+            "40",
+            "--seed",
+            "7",
             "--lift",
             "1.0",
             "--base-ctr",
