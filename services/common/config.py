@@ -36,6 +36,10 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
 def port_number(value: int) -> str | None:
     return None if 0 < value < 65536 else "must be a TCP port in 1..65535"
 

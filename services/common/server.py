@@ -19,17 +19,13 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
-from services.common.config import option, port_number, positive
+from services.common.config import non_negative, option, port_number, positive
 from services.common.faults import DelayInterceptor
 from services.common.loops import PeriodicTask
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def _non_negative(value: float) -> str | None:
-    return None if value >= 0 else "must be >= 0"
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,7 @@ class ServerConfig:
     grace_s: float = option(5.0, "how long in-flight calls may finish at shutdown", positive)
     log_level: str = option("info", "debug, info, warning or error")
     inject_delay_ms: float = option(
-        0.0, "fault drill: delay every RPC but health checks by this many ms", _non_negative
+        0.0, "fault drill: delay every RPC but health checks by this many ms", non_negative
     )
 
 

@@ -8,7 +8,8 @@ Keys (`p` = the configured prefix, default "recsys"; `V` = an artifact version):
     p:v:V:meta             hash: dims and counts; written LAST, so it is the version's completion marker
     p:current              the version materialized last (informational)
     p:versions             sorted set of complete versions, scored by completion time
-    p:events               Stream: the append-only event log (XADD, one entry per event)
+    p:events               Stream: the append-only event log (XADD, one entry per event; capped at
+                           `events_max_len` entries when that is set, oldest trimmed first)
     p:live:recent:<user>   list: the user's live clicked/rated items, newest first (LREM+LPUSH+LTRIM)
     p:live:seen:<user>     set: every item the user clicked or rated live
 
@@ -69,6 +70,10 @@ class RedisConfig:
     batch_size: int = 10_000
     #: Complete versions kept in Redis; older ones are deleted after a switch (never the served one).
     keep_versions: int = 2
+    #: Cap on the event stream's length (0: keep every event). Trimming is approximate (XADD MAXLEN ~),
+    #: so the stream may hold up to one stream node (100 entries by default) more than the cap; the
+    #: oldest events go first, and `read_events` (the experiment report) sees only what is kept.
+    events_max_len: int = 0
     connect_timeout_s: float = 2.0
     socket_timeout_s: float = 30.0
 
@@ -374,6 +379,7 @@ class RedisStore:
         if not events:
             return 0
         limit = self.config.recent_max
+        cap = self.config.events_max_len or None
         async with self.redis.pipeline(transaction=True) as pipe:
             for e in events:
                 pipe.xadd(
@@ -388,6 +394,8 @@ class RedisStore:
                         "experiment": e.experiment,
                         "arm": e.arm,
                     },
+                    maxlen=cap,
+                    approximate=True,
                 )
                 if e.type.interacts:
                     recent = self._recent_key(e.user_id)

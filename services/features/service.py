@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
-from services.common.config import option, port_number, positive
+from services.common.config import non_negative, option, port_number, positive
 from services.common.loops import PeriodicTask
 from services.common.rpc import (
     NotReady,
@@ -55,6 +55,12 @@ class Config(ServerConfig):
         Path("var/events.jsonl"), "append-only JSON-lines event log of the in-process store"
     )
     recent_max: int = option(RECENT_MAX, "recent items kept per user (live feedback + history)", positive)
+    events_max_len: int = option(
+        0,
+        "Redis store only: cap on the event stream's length, oldest trimmed first (approximate, within "
+        "about 100 entries); 0 keeps every event",
+        non_negative,
+    )
 
 
 def events_from_request(events: Any, now_ms: int) -> list[Event]:
@@ -214,7 +220,12 @@ def create(config: Config) -> FeaturesComponent:
     store: OnlineStore
     if config.redis_url:
         store = RedisStore(
-            RedisConfig(url=config.redis_url, prefix=config.redis_prefix, recent_max=config.recent_max)
+            RedisConfig(
+                url=config.redis_url,
+                prefix=config.redis_prefix,
+                recent_max=config.recent_max,
+                events_max_len=config.events_max_len,
+            )
         )
     else:
         store = EmbeddedStore(EmbeddedConfig(event_log=config.event_log, recent_max=config.recent_max))

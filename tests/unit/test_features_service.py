@@ -21,6 +21,7 @@ from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common import config as config_mod
 from services.common.server import StartupError, serve
 from services.features import Config, FeaturesComponent, create
+from services.features.redis_store import RedisStore
 from services.features.store import EventType
 from services.local import free_port, health_status
 from tests.support import redis_server, serving
@@ -230,6 +231,15 @@ def test_config_defaults_and_environment(tmp_path: Path) -> None:
     assert (config.redis_url, config.recent_max, config.port) == ("redis://r:6379/1", 7, 6000)
     with pytest.raises(config_mod.ConfigError, match="RECSYS_RECENT_MAX"):
         config_mod.parse(Config, [], env={"RECSYS_RECENT_MAX": "0"})
+    assert config_mod.parse(Config, ["--events-max-len", "5000"], env={}).events_max_len == 5000
+    with pytest.raises(config_mod.ConfigError, match="--events-max-len"):
+        config_mod.parse(Config, ["--events-max-len", "-1"], env={})
+
+
+def test_the_event_cap_reaches_the_redis_store(redis_url: str) -> None:
+    component = create(Config(redis_url=redis_url, events_max_len=5000))
+    assert isinstance(component.store, RedisStore) and component.store.config.events_max_len == 5000
+    asyncio.run(component.close())
 
 
 def test_served_by_the_common_bootstrap(config: Config, v1: Tables) -> None:

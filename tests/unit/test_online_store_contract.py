@@ -519,6 +519,29 @@ def test_redis_deletes_versions_beyond_the_newest_two(redis_backend: Backend, ve
     assert client.zrange(f"{p}:versions", 0, -1) == [b"v2", b"v3"]
 
 
+def test_redis_caps_the_event_stream_oldest_first(redis_url: str) -> None:
+    """events_max_len bounds the stream (approximately: whole stream nodes of 100 entries are trimmed);
+    what is kept is the newest events, in order, and the live state is not trimmed with the log."""
+    cap = 250
+    config = RedisConfig(
+        url=redis_url, prefix=f"t-{uuid.uuid4().hex[:12]}", recent_max=RECENT, events_max_len=cap
+    )
+    backend = Backend("redis", lambda: RedisStore(config), redis_url, config.prefix)
+    events = [ev(f"u{n % 7}", f"i{n}", ts=n) for n in range(2000)]
+
+    async def scenario(store: OnlineStore) -> None:
+        for start in range(0, len(events), 100):
+            assert await store.append_events(events[start : start + 100]) == 100
+        kept = await store.read_events()
+        assert cap <= len(kept) <= cap + 100
+        assert kept == events[-len(kept) :]
+        profile = await store.get_user("u0")
+        assert profile.seen_item_ids == {e.item_id for e in events if e.user_id == "u0"}
+
+    run(backend, scenario)
+    assert cap <= redis_client(backend).xlen(f"{config.prefix}:events") <= cap + 100
+
+
 def test_repair_rewrites_what_the_backend_lost(backend: Backend, versions: Versions) -> None:
     t = versions.v1
 
