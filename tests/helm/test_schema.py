@@ -29,6 +29,10 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
         {"components": {"ranking": {"autoscaling": {"maxReplicas": 0}}}},
         "/components/ranking/autoscaling/maxReplicas",
     ),
+    (
+        {"components": {"features": {"config": {"eventsMaxLen": -1}}}},
+        "/components/features/config/eventsMaxLen",
+    ),
     ({"redis": {"auth": {"password": "p@ss/word"}}}, "/redis/auth/password"),
     ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
     ({"redis": {"image": {"tag": "latest"}}}, "/redis/image/tag"),

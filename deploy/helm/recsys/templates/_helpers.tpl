@@ -97,6 +97,16 @@ app.kubernetes.io/part-of: {{ include "recsys.name" .root }}
 {{- if or .Values.redis.enabled .Values.redis.external.url .Values.redis.external.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* A component config value as its RECSYS_* variable's text. Values arrive as float64, and toString
+writes a whole 1000000 as "1e+06", which an integer flag rejects: whole numbers are written as integers. */}}
+{{- define "recsys.configValue" -}}
+{{- if and (kindIs "float64" .) (eq . (float64 (int64 .))) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end }}
+
 {{/* The gateway's address of a backend: dns:/// + the headless Service, so round_robin sees every pod IP. */}}
 {{- define "recsys.backendAddress" -}}
 {{- $c := index .root.Values.components .component }}
