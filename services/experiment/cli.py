@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from services.gateway import experiments as ex
@@ -99,26 +100,30 @@ def _expected(path: Path, experiment: str) -> tuple[dict[str, float] | None, str
     return None, None
 
 
-def _wait_for_exposures(args: argparse.Namespace, users: set[str]) -> None:
-    """The gateway logs exposures off the request path: wait (bounded) until every simulated user's
-    exposure is readable, so the report counts them all."""
+def _wait_for_exposures(args: argparse.Namespace, expected: dict[str, int]) -> None:
+    """The gateway logs exposures off the request path: wait (bounded by --wait-s) until each simulated
+    user has as many exposures in the log as responses it was assigned in, so the report counts them
+    all. Each poll re-reads the log, so polls are spaced by at least the time a read takes."""
     deadline = time.monotonic() + args.wait_s
     while True:
-        logged = {
+        started = time.monotonic()
+        logged = Counter(
             e.user_id
             for e in _events(args)
-            if e.type.value == "exposure" and e.experiment == args.experiment and e.user_id in users
-        }
-        if logged >= users:
+            if e.type.value == "exposure" and e.experiment == args.experiment and e.user_id in expected
+        )
+        missing = sum(max(n - logged[user], 0) for user, n in expected.items())
+        if missing == 0:
             return
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             print(
-                f"note: {len(users - logged)} of {len(users)} simulated users have no exposure in the log "
-                f"after {args.wait_s:g} s; the report counts the rest",
+                f"note: {missing} of {sum(expected.values())} exposures of the simulated users are not in "
+                f"the log after {args.wait_s:g} s; the report counts the rest",
                 file=sys.stderr,
             )
             return
-        time.sleep(0.1)
+        time.sleep(min(max(0.1, now - started), deadline - now))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -129,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     from services.experiment import simulate
 
     if args.gateway:
-        users = simulate.simulate_wire(
+        per_arm = simulate.simulate_wire(
             args.gateway,
             args.experiment,
             args.users,
@@ -138,9 +143,9 @@ def main(args: argparse.Namespace) -> int:
             control=args.control,
             seed=args.seed,
         )
-        per_arm = {arm: len(names) for arm, names in sorted(users.items())}
-        print(f"simulated {sum(per_arm.values())} users over {args.gateway}: {per_arm}")
-        _wait_for_exposures(args, {u for names in users.values() for u in names})
+        counts = {arm: len(users) for arm, users in sorted(per_arm.items())}
+        print(f"simulated {sum(counts.values())} users over {args.gateway}: {counts}")
+        _wait_for_exposures(args, {user: n for users in per_arm.values() for user, n in users.items()})
         weights, control = _expected(args.experiments, args.experiment)
         args.json = False
         return _report(args, weights, control or args.control)

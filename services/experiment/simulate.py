@@ -174,27 +174,27 @@ def simulate_wire(
     requests_per_user: int = 2,
     control: str = "control",
     seed: int = 0,
-) -> dict[str, list[str]]:
+) -> dict[str, dict[str, int]]:
     """Real traffic: each synthetic user asks for k items `requests_per_user` times and clicks each
-    served item with probability base_ctr / k (times 1 + lift outside the control arm). Returns the
-    simulated users per arm of `experiment` (users it did not assign are left out)."""
+    served item with probability base_ctr / k (times 1 + lift outside the control arm). Returns, per
+    arm of `experiment`, each simulated user's number of assigned responses: the exposures the gateway
+    logs for them (users it did not assign are left out)."""
     from services.client import Client, event
 
     rng = np.random.default_rng(seed)
-    per_arm: dict[str, list[str]] = {}
+    per_arm: dict[str, dict[str, int]] = {}
     with Client(gateway) as client:
         for i in range(users):
             user = f"sim-{seed}-{i}"
-            arm = ""
             for _ in range(requests_per_user):
                 response = client.recommend(user, k=k)
                 arm = next((a.arm for a in response.assignments if a.experiment == experiment), "")
                 if not arm:
                     break
+                assigned = per_arm.setdefault(arm, {})
+                assigned[user] = assigned.get(user, 0) + 1
                 p = base_ctr / k * (1.0 if arm == control else 1 + lift)
                 clicks = [item.item_id for item in response.items if rng.random() < p]
                 if clicks:
                     client.feedback([event(user, item, "click") for item in clicks])
-            if arm:
-                per_arm.setdefault(arm, []).append(user)
     return per_arm

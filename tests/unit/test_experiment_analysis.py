@@ -193,22 +193,29 @@ def test_exposure_logger_loses_nothing_under_concurrency_and_failures() -> None:
     assert sorted(written) == sorted(f"{i}-{e}" for i in range(1000) for e in ("e1", "e2"))
 
 
-def test_simulate_over_a_gateway_waits_for_late_exposures(
+def test_simulate_over_a_gateway_waits_for_every_late_exposure(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The wait ends when each user has all its exposures (one per assigned response), not just one."""
     from services.experiment import cli as experiment_cli
 
     log = tmp_path / "events.jsonl"
-    simulate.write_events(iter([Event("early", "i", EventType.EXPOSURE, 1, experiment="x", arm="a")]), log)
-    late = Event("late", "i", EventType.EXPOSURE, 2, experiment="x", arm="b")
-    writer = threading.Timer(0.5, lambda: simulate.write_events(iter([late]), log))
+
+    def exposure(user: str, ts: int) -> Event:
+        return Event(user, "i", EventType.EXPOSURE, ts, experiment="x", arm="a")
+
+    simulate.write_events(iter([exposure("early", 1), exposure("late", 2)]), log)
+    second = exposure("late", 3)
+    writer = threading.Timer(0.5, lambda: simulate.write_events(iter([second]), log))
     writer.start()
     args = argparse.Namespace(event_log=log, redis_url=None, experiment="x", wait_s=10.0)
-    experiment_cli._wait_for_exposures(args, {"early", "late"})
-    assert analysis.read_jsonl(log)[-1] == late  # returned only once the late exposure was readable
+    experiment_cli._wait_for_exposures(args, {"early": 1, "late": 2})
+    assert (
+        analysis.read_jsonl(log)[-1] == second
+    )  # returned only once the late user's second one was readable
     writer.join()
-    # bounded: a user whose exposure never comes is reported, not waited for forever
+    # bounded: exposures that never come are reported, not waited for forever
     experiment_cli._wait_for_exposures(
-        argparse.Namespace(**{**vars(args), "wait_s": 0.2}), {"early", "never"}
+        argparse.Namespace(**{**vars(args), "wait_s": 0.2}), {"early": 1, "late": 2, "never": 2}
     )
-    assert "1 of 2 simulated users have no exposure" in capsys.readouterr().err
+    assert "2 of 5 exposures of the simulated users are not in the log" in capsys.readouterr().err
