@@ -18,7 +18,10 @@ _HELP = {
     "als_regularization": "ALS L2 regularization",
     "als_alpha": "ALS confidence slope: confidence = 1 + alpha * rating",
     "candidates": "retrieval candidates per user (ranker training and evaluation)",
-    "test_fraction": "share of the latest interactions held out for evaluation",
+    "protocol": "evaluation hold-out: time (the latest test-fraction of all interactions) or leave-last "
+    "(each user's latest leave-n)",
+    "test_fraction": "share of the latest interactions held out for evaluation (protocol time)",
+    "leave_n": "interactions held out per user for evaluation (protocol leave-last)",
     "label_fraction": "share of train's interactions in each ranker label window",
     "ranker_windows": "number of consecutive label windows the ranker learns from",
     "learning_rate": "LightGBM learning rate",

@@ -34,12 +34,14 @@ from services.trainer.data import DataError, Dataset, Log, load, time_split
 from services.trainer.embeddings import AlsParams, Embeddings, fit_als
 from services.trainer.metrics import mean_metrics, recall_at_k
 from services.trainer.ranker_params import lightgbm_params
+from services.trainer.splits import leave_last_n
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 K = 10
+PROTOCOLS = ("time", "leave-last")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class TrainConfig:
     als_regularization: float = 0.05
     als_alpha: float = 2.0
     candidates: int = 300
+    # "time": the latest test_fraction of all interactions is the test slice (no future leaks into
+    # training; on MovieLens few users are active on both sides); "leave-last": each user's latest
+    # leave_n interactions (every user with more than leave_n is evaluated)
+    protocol: str = "time"
     test_fraction: float = 0.2
+    leave_n: int = 1
     label_fraction: float = 0.1
     ranker_windows: int = 3
     learning_rate: float = 0.05
@@ -71,7 +78,9 @@ class TrainConfig:
             "als_regularization": self.als_regularization >= 0,
             "als_alpha": self.als_alpha >= 0,
             "candidates": 10 <= self.candidates <= 10000,
+            "protocol": self.protocol in PROTOCOLS,
             "test_fraction": 0 < self.test_fraction < 1,
+            "leave_n": self.leave_n >= 1,
             "label_fraction": 0 < self.label_fraction < 1,
             "ranker_windows": self.ranker_windows >= 1,
             "learning_rate": self.learning_rate > 0,
@@ -196,7 +205,8 @@ def ranker_inputs(snap: Snapshot, user: str, rows: I64, scores: F32) -> F32:
 
 @dataclass(frozen=True)
 class Window:
-    """One ranker training window: history before `start`, labels in [start, end)."""
+    """One ranker training window: the history `fit` and the labels. "time": labels in [start, end);
+    "leave-last": `start` is the history's latest interaction, the reference of its snapshot."""
 
     fit: Log
     label: Log
@@ -205,15 +215,26 @@ class Window:
 
 
 def label_windows(train_log: Log, config: TrainConfig) -> list[Window]:
-    """`ranker_windows` consecutive label windows at the end of train, latest first, each holding
-    `label_fraction` of train's interactions; each window's history is everything before it."""
+    """`ranker_windows` label windows cut from the end of train the way the test slice is cut, latest
+    first; each window's history is what remains before it.
+
+    "time": consecutive windows each holding `label_fraction` of train's interactions. "leave-last":
+    each user's latest `leave_n` remaining interactions, so the ranker learns on users at the point of
+    their own history where it is evaluated (a global time window would teach it only about the users
+    active at the end of the log)."""
     size = max(1, round(len(train_log) * config.label_fraction))
     windows: list[Window] = []
     rest, end = train_log, float("inf")
     for _ in range(config.ranker_windows):
-        if len(rest) <= size:
-            break
-        rest, label, start = time_split(rest, size / len(rest))
+        if config.protocol == "time":
+            if len(rest) <= size:
+                break
+            rest, label, start = time_split(rest, size / len(rest))
+        else:
+            rest, label = leave_last_n(rest, config.leave_n, config.seed)
+            if len(label) == 0:
+                break
+            start = float(rest.timestamps.max())
         windows.append(Window(rest, label, start, end))
         end = start
     if not windows:
@@ -386,6 +407,18 @@ def write_files(staging: Path, data: Dataset, snap: Snapshot, booster: Any, trai
     booster.save_model(str(staging / "ranker.txt"))
 
 
+def holdout(log: Log, config: TrainConfig) -> tuple[Log, Log, float]:
+    """(train, test, reference) by `config.protocol`. The reference time, from which the serving
+    snapshot's ages and decayed popularity are measured, is the test slice's start under "time" and
+    the latest training interaction under "leave-last"."""
+    if config.protocol == "time":
+        return time_split(log, config.test_fraction)
+    train_log, test_log = leave_last_n(log, config.leave_n, config.seed)
+    if len(test_log) == 0:
+        raise DataError(f"no user has more than {config.leave_n} interactions to leave out")
+    return train_log, test_log, float(train_log.timestamps.max())
+
+
 def train(config: TrainConfig) -> ArtifactVersion:
     """Run the whole job and publish a new artifact version (CURRENT points at it)."""
     import faiss
@@ -396,7 +429,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
     started = time.perf_counter()
     with stages("load"):
         data = load(config.data)
-        train_log, test_log, test_start = time_split(data.log, config.test_fraction)
+        train_log, test_log, test_start = holdout(data.log, config)
         windows = label_windows(train_log, config)
         item_ids = catalogue_ids(data)
     with stages("ranker"):
@@ -428,8 +461,12 @@ def train(config: TrainConfig) -> ArtifactVersion:
                         "train_users": len(snap.embeddings.user_ids),
                     },
                     "split": {
-                        "strategy": "time",
-                        "test_fraction": config.test_fraction,
+                        "strategy": config.protocol,
+                        **(
+                            {"test_fraction": config.test_fraction}
+                            if config.protocol == "time"
+                            else {"leave_n": config.leave_n}
+                        ),
                         "label_fraction": config.label_fraction,
                         "test_start": test_start,
                         "label_windows": [
