@@ -58,6 +58,7 @@ class Model:
     item_row: dict[str, int]
     item_vectors: npt.NDArray[np.float32]
     item_features: npt.NDArray[np.float32]  # (items, len(rf.ITEM_FEATURES)), rows as item_ids.json
+    neighbours: rf.ItemNeighbours  # sequence neighbours, rows as item_ids.json
 
     @classmethod
     def load(cls, version: ArtifactVersion) -> Model:
@@ -98,6 +99,10 @@ class Model:
                 f"artifact {version.version}: item_features.npy has shape {item_features.shape}, "
                 f"expected ({len(item_ids)}, {len(rf.ITEM_FEATURES)})"
             )
+        try:
+            neighbours = rf.ItemNeighbours.load(version.file(rf.NEIGHBOURS_FILE), len(item_ids))
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"artifact {version.version}: {e}") from e
         # One scoring call proves the model and the assembly agree before the version is served.
         probe = rf.assemble(
             np.empty(0, np.float32), np.zeros((2, len(rf.ITEM_FEATURES)), np.float32), np.zeros(2, np.float32)
@@ -110,6 +115,7 @@ class Model:
             {str(item): i for i, item in enumerate(item_ids)},
             vectors,
             np.ascontiguousarray(item_features, dtype=np.float32),
+            neighbours,
         )
 
     def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
@@ -137,6 +143,7 @@ class Model:
             np.asarray(request.candidates.scores, dtype=np.float32),
             candidate_embeddings=self.embeddings(rows),
             recent=recent,
+            recent_sequence=self.neighbours.scores(recent_rows, rows),
         )
         return self.scorer.predict(matrix)
 

@@ -17,6 +17,8 @@ _HELP = {
     "als_iterations": "ALS iterations",
     "als_regularization": "ALS L2 regularization",
     "als_alpha": "ALS confidence slope: confidence = 1 + alpha * rating",
+    "sequence_window": "positions apart two items may be rated to count as sequence neighbours",
+    "sequence_neighbours": "sequence neighbours kept per item (the ranker's recent_sequence feature)",
     "candidates": "retrieval candidates per user (ranker training and evaluation)",
     "protocol": "evaluation hold-out: time (the latest test-fraction of all interactions) or leave-last "
     "(each user's latest leave-n)",

@@ -30,6 +30,7 @@ from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactVersion, new_version_name, publish, staging_dir
 from services.trainer import features
+from services.trainer import sources as S
 from services.trainer.data import DataError, Dataset, Log, load, time_split
 from services.trainer.embeddings import AlsParams, Embeddings, fit_als
 from services.trainer.metrics import mean_metrics, recall_at_k
@@ -52,6 +53,8 @@ class TrainConfig:
     als_iterations: int = 15
     als_regularization: float = 0.05
     als_alpha: float = 2.0
+    sequence_window: int = 5
+    sequence_neighbours: int = 50
     candidates: int = 300
     # "time": the latest test_fraction of all interactions is the test slice (no future leaks into
     # training; on MovieLens few users are active on both sides); "leave-last": each user's latest
@@ -77,6 +80,8 @@ class TrainConfig:
             "als_iterations": self.als_iterations >= 1,
             "als_regularization": self.als_regularization >= 0,
             "als_alpha": self.als_alpha >= 0,
+            "sequence_window": self.sequence_window >= 1,
+            "sequence_neighbours": self.sequence_neighbours >= 1,
             "candidates": 10 <= self.candidates <= 10000,
             "protocol": self.protocol in PROTOCOLS,
             "test_fraction": 0 < self.test_fraction < 1,
@@ -150,6 +155,27 @@ class Snapshot:
     user_features: F32
     history: dict[str, list[int]]  # user -> item rows, most recent first
     index: Any  # faiss.IndexFlatIP over item vectors, ids = rows
+    neighbours: rf.ItemNeighbours
+
+
+def sequence_neighbours(log_slice: Log, item_ids: list[str], window: int, keep: int) -> rf.ItemNeighbours:
+    """Each item's `keep` strongest sequence neighbours in the slice (`sources.sequence_weights`: pairs
+    rated within `window` positions by one user, popularity-normalised)."""
+    x = S.Interactions.build(log_slice, sorted(set(log_slice.users.tolist())), item_ids)
+    weights = S.sequence_weights(x, log_slice, window).tocsr()
+    indptr = np.zeros(len(item_ids) + 1, dtype=np.int64)
+    indices: list[npt.NDArray[np.int32]] = []
+    values: list[F32] = []
+    for row in range(len(item_ids)):
+        lo, hi = weights.indptr[row], weights.indptr[row + 1]
+        cols, data = weights.indices[lo:hi], weights.data[lo:hi]
+        if hi - lo > keep:
+            top = np.argpartition(-data, keep - 1)[:keep]
+            cols, data = cols[top], data[top]
+        indices.append(cols.astype(np.int32))
+        values.append(data.astype(np.float32))
+        indptr[row + 1] = indptr[row] + len(cols)
+    return rf.ItemNeighbours(indptr, np.concatenate(indices), np.concatenate(values))
 
 
 def build_snapshot(
@@ -168,8 +194,17 @@ def build_snapshot(
         history.setdefault(user, []).append(item_row[item])
     index = faiss.IndexFlatIP(emb.item_vectors.shape[1])
     index.add(emb.item_vectors)
+    neighbours = sequence_neighbours(log_slice, item_ids, config.sequence_window, config.sequence_neighbours)
     return Snapshot(
-        item_ids, item_row, emb, {u: i for i, u in enumerate(emb.user_ids)}, items, users, history, index
+        item_ids,
+        item_row,
+        emb,
+        {u: i for i, u in enumerate(emb.user_ids)},
+        items,
+        users,
+        history,
+        index,
+        neighbours,
     )
 
 
@@ -200,6 +235,7 @@ def ranker_inputs(snap: Snapshot, user: str, rows: I64, scores: F32) -> F32:
         scores,
         candidate_embeddings=vectors[rows],
         recent=recent,
+        recent_sequence=snap.neighbours.scores(recent_rows, rows),
     )
 
 
@@ -394,6 +430,7 @@ def write_files(staging: Path, data: Dataset, snap: Snapshot, booster: Any, trai
     np.save(staging / "item_features.npy", snap.item_features.astype(np.float32))
     np.save(staging / "user_features.npy", snap.user_features.astype(np.float32))
     faiss.write_index(snap.index, str(staging / "item_index.faiss"))
+    snap.neighbours.save(staging / rf.NEIGHBOURS_FILE)
     counts = np.bincount(
         np.fromiter((snap.item_row[i] for i in train_log.items.tolist()), np.int64, len(train_log)),
         minlength=len(snap.item_ids),

@@ -125,7 +125,11 @@ def test_ranker_matches_offline_scores(trained: ArtifactVersion, served: Served)
         np.array(request.candidates.scores, dtype=np.float32),
         candidate_embeddings=served.items[rows],
         recent=rf.recent_profile(served.items[recent_rows], served.items.shape[1]),
+        recent_sequence=rf.ItemNeighbours.load(trained.file(rf.NEIGHBOURS_FILE), len(served.item_ids)).scores(
+            recent_rows, rows
+        ),
     )
+    assert np.isfinite(matrix[:, rf.RANKER_FEATURES.index("recent_sequence")]).all()
     expected = lgb.Booster(model_file=str(trained.file("ranker.txt"))).predict(matrix)
 
     async def scenario(stub: Stub) -> None:
@@ -212,6 +216,11 @@ def test_corrupt_or_mismatched_ranker_is_refused(trained: ArtifactVersion, tmp_p
         lgb.Dataset(x, label=x[:, 0]),
         num_boost_round=2,
     ).save_model(str(narrow.file("ranker.txt")))
+    # Neighbours of another catalogue size: refused by name, like the ranker itself.
+    misfit = copy_version(trained, tmp_path / "misfit")
+    rf.ItemNeighbours(np.zeros(4, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)).save(
+        misfit.file(rf.NEIGHBOURS_FILE)
+    )
     renamed = ArtifactVersion(
         trained.version,
         trained.path,
@@ -226,6 +235,8 @@ def test_corrupt_or_mismatched_ranker_is_refused(trained: ArtifactVersion, tmp_p
             await component.load(narrow)
         with pytest.raises(ArtifactError, match=r"features\.ranker"):
             await component.load(renamed)
+        with pytest.raises(ArtifactError, match=r"item_neighbours.npz has 3 item rows, expected \d+"):
+            await component.load(misfit)
         assert component.version is None
         await component.load(trained)
         with pytest.raises(ArtifactError):

@@ -23,6 +23,7 @@ ARTIFACT_FILES = {
     "item_embeddings.npy",
     "item_index.faiss",
     "item_features.npy",
+    "item_neighbours.npz",
     "popular.json",
     "user_ids.json",
     "user_embeddings.npy",
@@ -68,6 +69,16 @@ def test_matrices_line_up(trained: ArtifactVersion) -> None:
     assert set(history) == set(user_ids)
     popular = json.loads(trained.file("popular.json").read_text())
     assert len(popular) == len(set(popular)) > 100 and set(popular) <= set(item_ids)
+
+
+def test_sequence_neighbours_cover_the_catalogue(trained: ArtifactVersion) -> None:
+    items = json.loads(trained.file("item_ids.json").read_text())
+    neighbours = rf.ItemNeighbours.load(trained.file(rf.NEIGHBOURS_FILE), len(items))
+    per_item = np.diff(neighbours.indptr)
+    assert per_item.max() == trained.manifest["params"]["sequence_neighbours"] == 50
+    assert (per_item > 0).mean() > 0.5 and (neighbours.weights > 0).all()
+    rows = np.repeat(np.arange(len(items)), per_item)
+    assert not (rows == neighbours.indices).any()  # an item is not its own neighbour
 
 
 def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> None:
