@@ -18,7 +18,7 @@ _HELP = {
     "als_regularization": "ALS L2 regularization",
     "als_alpha": "ALS confidence slope: confidence = 1 + alpha * rating",
     "sequence_window": "positions apart two items may be rated to count as sequence neighbours",
-    "sequence_neighbours": "sequence neighbours kept per item (the ranker's recent_sequence feature)",
+    "sequence_neighbours": "sequence neighbours kept per item (the ranker's recent_sequence feature; 0: off)",
     "candidates": "retrieval candidates per user (ranker training and evaluation)",
     "protocol": "evaluation hold-out: time (the latest test-fraction of all interactions) or leave-last "
     "(each user's latest leave-n)",

@@ -81,7 +81,7 @@ class TrainConfig:
             "als_regularization": self.als_regularization >= 0,
             "als_alpha": self.als_alpha >= 0,
             "sequence_window": self.sequence_window >= 1,
-            "sequence_neighbours": self.sequence_neighbours >= 1,
+            "sequence_neighbours": self.sequence_neighbours >= 0,
             "candidates": 10 <= self.candidates <= 10000,
             "protocol": self.protocol in PROTOCOLS,
             "test_fraction": 0 < self.test_fraction < 1,
@@ -160,7 +160,8 @@ class Snapshot:
 
 def sequence_neighbours(log_slice: Log, item_ids: list[str], window: int, keep: int) -> rf.ItemNeighbours:
     """Each item's `keep` strongest sequence neighbours in the slice (`sources.sequence_weights`: pairs
-    rated within `window` positions by one user, popularity-normalised)."""
+    rated within `window` positions by one user, popularity-normalised); keep 0 switches the
+    recent_sequence feature off (no neighbours: it is 0 for every candidate)."""
     x = S.Interactions.build(log_slice, sorted(set(log_slice.users.tolist())), item_ids)
     weights = S.sequence_weights(x, log_slice, window).tocsr()
     indptr = np.zeros(len(item_ids) + 1, dtype=np.int64)
@@ -170,7 +171,7 @@ def sequence_neighbours(log_slice: Log, item_ids: list[str], window: int, keep: 
         lo, hi = weights.indptr[row], weights.indptr[row + 1]
         cols, data = weights.indices[lo:hi], weights.data[lo:hi]
         if hi - lo > keep:
-            top = np.argpartition(-data, keep - 1)[:keep]
+            top = np.argsort(-data, kind="stable")[:keep]
             cols, data = cols[top], data[top]
         indices.append(cols.astype(np.int32))
         values.append(data.astype(np.float32))

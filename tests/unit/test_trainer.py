@@ -14,7 +14,7 @@ from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactVersion, open_current, open_version
 from services.trainer.cli import add_arguments, config_from_args, main
 from services.trainer.data import Log, load
-from services.trainer.pipeline import TrainConfig, label_windows, train
+from services.trainer.pipeline import TrainConfig, label_windows, sequence_neighbours, train
 from tests.support import BUNDLED_DATA
 
 ARTIFACT_FILES = {
@@ -79,6 +79,23 @@ def test_sequence_neighbours_cover_the_catalogue(trained: ArtifactVersion) -> No
     assert (per_item > 0).mean() > 0.5 and (neighbours.weights > 0).all()
     rows = np.repeat(np.arange(len(items)), per_item)
     assert not (rows == neighbours.indices).any()  # an item is not its own neighbour
+
+
+def test_sequence_neighbours_keep_the_strongest_and_zero_switches_them_off() -> None:
+    # u0 rates a, b, c; u1 rates a, b; u2 rates c, d: within one position, a-b twice, b-c and c-d once.
+    rows = [("u0", "a"), ("u0", "b"), ("u0", "c"), ("u1", "a"), ("u1", "b"), ("u2", "c"), ("u2", "d")]
+    log = Log(
+        np.array([u for u, _ in rows]),
+        np.array([i for _, i in rows]),
+        np.ones(len(rows), dtype=np.float32),
+        np.arange(len(rows), dtype=np.float64),
+    )
+    items = ["a", "b", "c", "d", "e"]
+    one = sequence_neighbours(log, items, window=1, keep=1)
+    assert np.diff(one.indptr).tolist() == [1, 1, 1, 1, 0]
+    assert [items[j] for j in one.indices] == ["b", "a", "d", "c"]  # b's strongest is a (2 pairs)
+    off = sequence_neighbours(log, items, window=1, keep=0)
+    assert off.indptr.tolist() == [0] * 6 and off.scores([0, 1], [2, 3]).tolist() == [0.0, 0.0]
 
 
 def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> None:
@@ -187,6 +204,7 @@ def test_main_stops_on_a_malformed_row_and_writes_nothing(
         (["--test-fraction", "1.5"], "test_fraction=1.5"),
         (["--protocol", "random"], "protocol='random'"),
         (["--leave-n", "0"], "leave_n=0"),
+        (["--sequence-neighbours", "-1"], "sequence_neighbours=-1"),
     ],
 )
 def test_main_rejects_bad_parameters(
