@@ -164,19 +164,15 @@ def sequence_neighbours(log_slice: Log, item_ids: list[str], window: int, keep: 
     recent_sequence feature off (no neighbours: it is 0 for every candidate)."""
     x = S.Interactions.build(log_slice, sorted(set(log_slice.users.tolist())), item_ids)
     weights = S.sequence_weights(x, log_slice, window).tocsr()
-    indptr = np.zeros(len(item_ids) + 1, dtype=np.int64)
-    indices: list[npt.NDArray[np.int32]] = []
-    values: list[F32] = []
-    for row in range(len(item_ids)):
-        lo, hi = weights.indptr[row], weights.indptr[row + 1]
-        cols, data = weights.indices[lo:hi], weights.data[lo:hi]
-        if hi - lo > keep:
-            top = np.argsort(-data, kind="stable")[:keep]
-            cols, data = cols[top], data[top]
-        indices.append(cols.astype(np.int32))
-        values.append(data.astype(np.float32))
-        indptr[row + 1] = indptr[row] + len(cols)
-    return rf.ItemNeighbours(indptr, np.concatenate(indices), np.concatenate(values))
+    per_row = np.diff(weights.indptr)
+    rows = np.repeat(np.arange(len(item_ids)), per_row)
+    # Within each row, strongest first (lexsort is stable: ties keep column order); keep the first `keep`.
+    order = np.lexsort((-weights.data, rows))
+    kept = order[np.arange(order.size) - weights.indptr[rows[order]] < keep]
+    indptr = np.concatenate([[0], np.cumsum(np.minimum(per_row, keep))]).astype(np.int64)
+    return rf.ItemNeighbours(
+        indptr, weights.indices[kept].astype(np.int32), weights.data[kept].astype(np.float32)
+    )
 
 
 def build_snapshot(
