@@ -3,9 +3,9 @@
 Everything here uses only what the ranking service has at serve time: the user's feature values (a row
 of user_features.npy, from the features service), the candidates' item feature rows (rows of
 item_features.npy), the retrieval scores in retrieval order, and the item embeddings and sequence
-neighbours of the artifact version (for how close each candidate is to the user's recent items). The feature schema is fixed
-here; the trainer writes these names into the manifest and the ranking service refuses a version whose
-names differ, so training and serving cannot drift.
+neighbours of the artifact version (for how close each candidate is to the user's recent items). The
+feature schema is fixed here; the trainer writes these names into the manifest and the ranking service
+refuses a version whose names differ, so training and serving cannot drift.
 """
 
 from __future__ import annotations
