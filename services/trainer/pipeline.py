@@ -275,6 +275,35 @@ def label_windows(train_log: Log, config: TrainConfig) -> list[Window]:
     return windows
 
 
+def split_summary(windows: list[Window], reference: float, config: TrainConfig) -> dict[str, Any]:
+    """The manifest's account of the split. "time": the test slice's start and each label window's
+    [start, end). "leave-last" has no global windows (each user's are their own latest interactions):
+    the snapshot's reference time and each window's interactions and users instead."""
+    if config.protocol == "time":
+        return {
+            "strategy": "time",
+            "test_fraction": config.test_fraction,
+            "label_fraction": config.label_fraction,
+            "test_start": reference,
+            "label_windows": [
+                {
+                    "start": w.start,
+                    "end": w.end if w.end != float("inf") else reference,
+                    "interactions": len(w.label),
+                }
+                for w in windows
+            ],
+        }
+    return {
+        "strategy": "leave-last",
+        "leave_n": config.leave_n,
+        "reference": reference,
+        "label_windows": [
+            {"interactions": len(w.label), "users": len(set(w.label.users.tolist()))} for w in windows
+        ],
+    }
+
+
 def window_groups(
     data: Dataset, window: Window, item_ids: list[str], config: TrainConfig
 ) -> tuple[list[F32], list[npt.NDArray[np.float64]]]:
@@ -495,18 +524,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
                         "train_users": len(snap.embeddings.user_ids),
                     },
                     "split": {
-                        "strategy": config.protocol,
-                        **(
-                            {"test_fraction": config.test_fraction}
-                            if config.protocol == "time"
-                            else {"leave_n": config.leave_n}
-                        ),
-                        "label_fraction": config.label_fraction,
-                        "test_start": test_start,
-                        "label_windows": [
-                            {"start": w.start, "end": w.end if w.end != float("inf") else test_start}
-                            for w in windows
-                        ],
+                        **split_summary(windows, test_start, config),
                         "first": float(data.log.timestamps[0]),
                         "last": float(data.log.timestamps[-1]),
                     },

@@ -107,7 +107,9 @@ def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> 
     assert data["counts"]["interactions"] == 100836
     assert data["counts"]["train"] + data["counts"]["test"] == 100836
     assert data["split"]["strategy"] == "time"
-    assert all(w["end"] <= data["split"]["test_start"] for w in data["split"]["label_windows"])
+    windows = data["split"]["label_windows"]
+    assert all(w["start"] < w["end"] <= data["split"]["test_start"] for w in windows)
+    assert sum(w["interactions"] for w in windows) == data["counts"]["ranker_label"]
     for stage in ("popularity", "retrieval", "ranking"):
         assert set(manifest["metrics"][stage]) == {"recall@10", "precision@10", "ndcg@10", "map@10"}
     assert manifest["params"]["embedding_dim"] == manifest["embedding_dim"]
@@ -142,6 +144,11 @@ def test_leave_last_evaluates_every_user_and_the_ranker_beats_retrieval(
     assert manifest["data"]["split"]["strategy"] == "leave-last"
     assert manifest["data"]["split"]["leave_n"] == 5
     assert manifest["data"]["counts"]["test"] == 5 * evaluated
+    # No global time window to report: each label window is every user's own latest 5 of what remains.
+    windows = manifest["data"]["split"]["label_windows"]
+    assert windows and all(w["interactions"] == 5 * w["users"] for w in windows)
+    assert windows[0]["users"] == evaluated
+    assert "test_start" not in manifest["data"]["split"]
     assert manifest["metrics"]["evaluation"]["users"] == evaluated == len(users)
     metrics = manifest["metrics"]
     for metric in ("ndcg@10", "map@10"):
