@@ -53,44 +53,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one service in the foreground",
         description="`recsys serve NAME --help` lists its flags",
     )
-    serve.add_argument("service", choices=sorted(SERVICE_MODULES))
+    serve.add_argument("service", choices=sorted(SERVICE_MODULES), help="the service to run")
     serve.add_argument("flags", nargs=argparse.REMAINDER, help="the service's flags (RECSYS_* env vars too)")
 
     up = commands.add_parser("up", help="run all four services on loopback until Ctrl-C")
-    up.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    up.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="artifact root to serve")
     up.add_argument("--redis-url", default=None, help="features store in Redis (default: embedded)")
-    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--host", default="127.0.0.1", help="address every service listens on")
     up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
     up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
     up.add_argument("--replicas", type=int, default=1, help="processes per backend service (round_robin)")
 
     recommend = commands.add_parser("recommend", help="ask the gateway for a user's top k")
-    recommend.add_argument("--user", required=True)
-    recommend.add_argument("-k", type=int, default=10)
-    recommend.add_argument("--exclude", nargs="*", default=[])
-    recommend.add_argument("--gateway", default="127.0.0.1:50051")
+    recommend.add_argument("--user", required=True, help="user id")
+    recommend.add_argument("-k", type=int, default=10, help="items to return")
+    recommend.add_argument("--exclude", nargs="*", default=[], help="item ids never to return")
+    recommend.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT")
     recommend.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="for titles")
 
     feedback = commands.add_parser("feedback", help="send one event through the gateway")
-    feedback.add_argument("--user", required=True)
-    feedback.add_argument("--item", required=True)
-    feedback.add_argument("--type", choices=["impression", "click", "rating"], default="click")
-    feedback.add_argument("--rating", type=float, default=0.0)
-    feedback.add_argument("--gateway", default="127.0.0.1:50051")
+    feedback.add_argument("--user", required=True, help="user id")
+    feedback.add_argument("--item", required=True, help="item id")
+    feedback.add_argument(
+        "--type", choices=["impression", "click", "rating"], default="click", help="event type"
+    )
+    feedback.add_argument("--rating", type=float, default=0.0, help="the rating of a rating event")
+    feedback.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT")
 
     bench = commands.add_parser("bench", help="benchmarks against a running platform").add_subparsers(
         dest="bench", required=True
     )
     load = bench.add_parser("load", help="bounded closed- or open-loop load on the gateway (loopback only)")
-    load.add_argument("--gateway", default="127.0.0.1:50051")
-    load.add_argument("--mode", choices=["closed", "open"], default="closed")
+    load.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT (loopback only)")
+    load.add_argument(
+        "--mode",
+        choices=["closed", "open"],
+        default="closed",
+        help="closed: a fixed number in flight; open: a fixed start rate",
+    )
     load.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
     load.add_argument("--rps", type=float, default=100.0, help="open loop: requests started per second")
     load.add_argument("--duration", type=float, default=10.0, help="seconds (at most 600)")
-    load.add_argument("--max-requests", type=int, default=10_000)
+    load.add_argument("--max-requests", type=int, default=10_000, help="stop after this many requests")
     load.add_argument("--users", type=int, default=1000, help="distinct user ids to cycle through")
     load.add_argument("--users-from", type=Path, default=None, help="artifact root: use its trained user ids")
-    load.add_argument("-k", type=int, default=10)
+    load.add_argument("-k", type=int, default=10, help="items per request")
     load.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
 
     budget = commands.add_parser("budget", help="latency budgets").add_subparsers(
@@ -104,22 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--spans", nargs="+", type=Path, help="OTLP JSON lines files (OTEL_TRACES_EXPORTER=file)"
     )
     source.add_argument("--listen", help="HOST:PORT to receive OTLP/gRPC on for --duration seconds instead")
-    report.add_argument("--duration", type=float, default=60.0)
+    report.add_argument("--duration", type=float, default=60.0, help="seconds to listen with --listen")
 
     synth = commands.add_parser(
         "synth", help="a synthetic catalogue at scale (e.g. 1M items) for performance work"
     )
     synth.add_argument("--out", type=Path, required=True, help="artifact root to publish the version into")
-    synth.add_argument("--items", type=int, default=1_000_000)
-    synth.add_argument("--users", type=int, default=20_000)
+    synth.add_argument("--items", type=int, default=1_000_000, help="catalogue size")
+    synth.add_argument("--users", type=int, default=20_000, help="users with embeddings and features")
     synth.add_argument("--trees", type=int, default=300, help="ranker trees")
     synth.add_argument("--candidates", type=int, default=500, help="k of the index's recall target")
     synth.add_argument("--recall", type=float, default=0.95, help="recall@candidates target vs exact search")
 
     demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
-    demo.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
-    demo.add_argument("--work-dir", type=Path, default=Path("var/demo"))
-    demo.add_argument("--redis-url", default=None)
+    demo.add_argument(
+        "--artifacts-dir", type=Path, default=Path("artifacts"), help="artifact root; trained into if empty"
+    )
+    demo.add_argument(
+        "--work-dir", type=Path, default=Path("var/demo"), help="logs and the embedded event log"
+    )
+    demo.add_argument("--redis-url", default=None, help="features store in Redis (default: embedded)")
     demo.add_argument("--users", type=int, default=3, help="warm users to show (a cold one is added)")
     demo.add_argument("--requests", type=int, default=200, help="sequential requests for the latency table")
 

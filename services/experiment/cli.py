@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--event-log", type=Path, default=Path("var/events.jsonl"), help="embedded store's log"
         )
         p.add_argument("--redis-url", default=None, help="read the Redis store's event stream instead")
-        p.add_argument("--redis-prefix", default="recsys")
+        p.add_argument("--redis-prefix", default="recsys", help="key namespace of the features service")
 
     def experiments_file(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -39,22 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sim = sub.add_parser("simulate", help="synthetic users with a known true lift, then the report")
-    sim.add_argument("--users", type=int, default=20_000)
+    sim.add_argument("--users", type=int, default=20_000, help="simulated users")
     sim.add_argument("--lift", type=float, default=0.05, help="true relative lift of the treatment")
-    sim.add_argument("--base-ctr", type=float, default=0.1)
+    sim.add_argument("--base-ctr", type=float, default=0.1, help="the control arm's click-through rate")
     sim.add_argument("--split", type=float, default=None, help="inject a broken split, e.g. 0.52 (SRM)")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--experiment", default="sim")
+    sim.add_argument("--seed", type=int, default=0, help="random seed of the simulated clicks")
+    sim.add_argument("--experiment", default="sim", help="experiment id")
     sim.add_argument(
         "--gateway", default=None, help="drive a running gateway instead (exposures come from it)"
     )
-    sim.add_argument("--control", default="control")
+    sim.add_argument("--control", default="control", help="control arm")
     experiments_file(sim)
     sim.add_argument(
         "--wait-s", type=float, default=10.0, help="--gateway: how long to wait for its exposures in the log"
     )
     log_source(sim)
-    sim.add_argument("--plot", type=Path, default=None)
+    sim.add_argument("--plot", type=Path, default=None, help="PNG path (default: <experiment>.png)")
 
 
 def _events(args: argparse.Namespace) -> list:  # type: ignore[type-arg]

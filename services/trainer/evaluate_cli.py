@@ -25,9 +25,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", type=Path, default=DEFAULT_CACHE, help="dataset (any `recsys train` input, or u.data dir)"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/evaluate"), help="report directory")
-    parser.add_argument("--protocol", choices=["stratified", "time", "leave-last"], default="stratified")
+    parser.add_argument(
+        "--protocol",
+        choices=["stratified", "time", "leave-last"],
+        default="stratified",
+        help="split: stratified by item (the published comparison), global time, or each user's latest",
+    )
     parser.add_argument("--ratio", type=float, default=0.75, help="train share (stratified/time)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42, 43, 44], help="split seeds, one run each"
+    )
     # None = the benchmark's default (OfflineConfig), so `recsys evaluate` and bench/ run the same pipeline
     # (tests/unit/test_offline.py checks that the help text states those defaults)
     parser.add_argument("--candidates", type=int, help="ranker candidates per user (default 100)")
@@ -36,7 +43,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["rank_xendcg", "lambdarank", "binary"],
         help="LightGBM ranker objective (default rank_xendcg)",
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads for the sources and LightGBM")
 
 
 def evaluate_main(ns: argparse.Namespace) -> int:
@@ -66,9 +73,9 @@ def evaluate_main(ns: argparse.Namespace) -> int:
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True)
     fetch = sub.add_parser("fetch", help="download a dataset and check its sha256")
-    fetch.add_argument("dataset", choices=["movielens-100k"])
+    fetch.add_argument("dataset", choices=["movielens-100k"], help="the dataset to download")
     fetch.add_argument("--url", default=ML100K_URL, help="zip URL (file:// works; GroupLens by default)")
-    fetch.add_argument("--dest", type=Path, default=DEFAULT_CACHE)
+    fetch.add_argument("--dest", type=Path, default=DEFAULT_CACHE, help="directory to unpack it into")
     fetch.add_argument("--sha256", default=ML100K_UDATA_SHA256, help="expected sha256 of u.data")
 
 
