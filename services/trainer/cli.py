@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifact root (default: artifacts)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they are drawn on a terminal only)"
+    )
     for f in _TUNABLE:
         parser.add_argument(
             "--" + f.name.replace("_", "-"),

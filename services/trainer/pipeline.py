@@ -17,11 +17,11 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 K = 10
+T = TypeVar("T")
 PROTOCOLS = ("time", "leave-last")
 
 
@@ -158,6 +159,12 @@ class Snapshot:
     neighbours: rf.ItemNeighbours
 
 
+def _bar(items: Iterable[T], desc: str, progress: bool) -> Iterable[T]:
+    """A transient progress bar, only on a terminal: in a log file its redraws would be noise (the
+    stage lines of `Stages` still show progress there)."""
+    return tqdm(items, desc=desc, disable=None if progress else True, leave=False)
+
+
 def sequence_neighbours(log_slice: Log, item_ids: list[str], window: int, keep: int) -> rf.ItemNeighbours:
     """Each item's `keep` strongest sequence neighbours in the slice (`sources.sequence_weights`: pairs
     rated within `window` positions by one user, popularity-normalised); keep 0 switches the
@@ -209,7 +216,7 @@ def retrieve(snap: Snapshot, users: Sequence[str], n: int, progress: bool) -> di
     """Top-n items by inner product per user, excluding the items the user has seen."""
     out: dict[str, tuple[I64, F32]] = {}
     batch = 256
-    for start in tqdm(range(0, len(users), batch), desc="retrieve", disable=not progress, leave=False):
+    for start in _bar(range(0, len(users), batch), "retrieve", progress):
         chunk = list(users[start : start + batch])
         seen = [np.unique(np.asarray(snap.history.get(u, []), dtype=np.int64)) for u in chunk]
         k = min(snap.index.ntotal, n + max(len(s) for s in seen))
@@ -322,7 +329,7 @@ def window_groups(
     candidates = retrieve(snap, users, config.candidates, config.progress)
     blocks: list[F32] = []
     labels: list[npt.NDArray[np.float64]] = []
-    for user in tqdm(users, desc="ranker features", disable=not config.progress, leave=False):
+    for user in _bar(users, "ranker features", config.progress):
         rows, scores = candidates[user]
         y = np.array([grades[user].get(int(r), 0.0) for r in rows], dtype=np.float64)
         if y.sum() == 0 or len(rows) < 2:
@@ -399,7 +406,7 @@ def evaluate(snap: Snapshot, test_log: Log, booster: Any, config: TrainConfig) -
     retrieval: dict[str, list[str]] = {}
     ranking: dict[str, list[str]] = {}
     candidate_recall: list[float] = []
-    for user in tqdm(users, desc="evaluate", disable=not config.progress, leave=False):
+    for user in _bar(users, "evaluate", config.progress):
         rows, scores = candidates[user]
         ids = [snap.item_ids[r] for r in rows]
         retrieval[user] = ids
