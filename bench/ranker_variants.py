@@ -1,0 +1,215 @@
+"""Paired comparison of ranker settings on the validation protocol, with the sources computed once.
+
+Each validation split is an outer seed's train split again with an inner seed, so no test split is
+read. On each split, the tool computes once the stage-A groups and stage-B candidates, with their
+features, and caches them under --cache; after that a variant costs one LightGBM fit per split.
+Variants change only the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
+min_data_in_leaf). Fields that change the sources or the candidates are refused: the cache would not
+reflect them (`bench/accuracy_ml100k.py --validate --set ...` runs those).
+
+Each variant is compared with the defaults, user by user, on the same splits. The table gives the mean
+difference in AP@10 (the comparison's MAP) and nDCG@10, its standard error over users, and on how
+many splits the variant is ahead. This is the method of the validation rounds in docs/evaluation.md.
+
+    .venv/bin/python bench/ranker_variants.py --variant rounds250:max_rounds=250 \\
+        --variant lambdarank:objective=lambdarank [--splits 42:9999 43:9999 44:9999]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.trainer.data import Dataset, load  # noqa: E402
+from services.trainer.evaluate_cli import DEFAULT_CACHE  # noqa: E402
+from services.trainer.metrics import average_precision_at_k, ndcg_at_k  # noqa: E402
+from services.trainer.offline import (  # noqa: E402
+    K,
+    OfflineConfig,
+    RankerData,
+    Timer,
+    candidate_features,
+    fit_sources,
+    make_context,
+    ranker_training_data,
+    relevant_sets,
+    split_log,
+    train_ranker,
+)
+from services.trainer.splits import stratified_split  # noqa: E402
+
+#: OfflineConfig fields a variant may set: they act on the ranker alone, not on what is cached.
+RANKER_FIELDS = frozenset(
+    {"objective", "max_rounds", "learning_rate", "num_leaves", "min_data_in_leaf", "early_stopping_rounds"}
+)
+DEFAULT_SPLITS = tuple(f"{outer}:{inner}" for inner in (9999, 9998, 9997) for outer in (42, 43, 44))
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """'NAME:FIELD=VALUE,FIELD=VALUE' -> (NAME, changes), each value parsed as its field's type."""
+    name, sep, body = text.partition(":")
+    if not sep or not name or not body:
+        sys.exit(f"--variant {text!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE...]")
+    defaults = OfflineConfig()
+    changes: dict[str, Any] = {}
+    for pair in body.split(","):
+        field, sep, raw = pair.partition("=")
+        if not sep or field not in RANKER_FIELDS:
+            sys.exit(f"--variant {text!r}: {field!r} is not one of {', '.join(sorted(RANKER_FIELDS))}")
+        try:
+            changes[field] = type(getattr(defaults, field))(raw)
+        except ValueError as error:
+            sys.exit(f"--variant {text!r}: {field}: {error}")
+    return name, changes
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    outer, sep, inner = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(outer), int(inner)
+    except ValueError:
+        sys.exit(f"--splits {text!r}: expected OUTER:INNER seeds, e.g. 42:9999")
+
+
+def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> dict[str, Any]:
+    """Stage A's groups and stage B's candidates of one validation split, computed once."""
+    path = cache / f"split-{outer}-{inner}.npz"
+    if not path.exists():
+        train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
+        inner_data = dataclasses.replace(data, log=train0)
+        train, holdout = split_log(inner_data, config, inner)
+        ctx = make_context(inner_data, train)
+        timer = Timer()
+        stage_a = ranker_training_data(ctx, train, config, inner, timer)
+        fitted = fit_sources(ctx, train, config, inner)
+        relevant = relevant_sets(holdout, ctx.user_ids)
+        users = sorted(relevant)
+        index = {u: r for r, u in enumerate(ctx.user_ids)}
+        rows = np.array([index[u] for u in users], dtype=np.int64)
+        _, items, features = candidate_features(ctx, fitted, train, rows, config)
+        item_ids = np.array(ctx.item_ids)
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(
+            partial,
+            a_features=stage_a.features,
+            a_labels=stage_a.labels,
+            per_user=stage_a.per_user,
+            b_features=features,
+            b_items=item_ids[items].reshape(len(users), -1),
+            relevant=np.array([json.dumps(sorted(relevant[u])) for u in users]),
+        )
+        partial.replace(path)  # a cache file is whole or absent
+    with np.load(path) as z:
+        return {key: z[key] for key in z.files}
+
+
+def per_user_metrics(
+    split: dict[str, Any], predicted: np.ndarray[Any, Any]
+) -> tuple[list[float], list[float]]:
+    candidates = split["b_items"]
+    order = np.argsort(-predicted.reshape(candidates.shape), axis=1, kind="stable")[:, :K]
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    ap, ndcg = [], []
+    for row, relevant_json in zip(ranked.tolist(), split["relevant"].tolist(), strict=True):
+        relevant = set(json.loads(relevant_json))
+        ap.append(average_precision_at_k(row, relevant, K))
+        ndcg.append(ndcg_at_k(row, relevant, K))
+    return ap, ndcg
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_CACHE, help="MovieLens 100k directory (u.data)")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...", help="a setting to compare"
+    )
+    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="OUTER:INNER seed pairs")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "bench" / "results" / "ranker_variants_cache",
+        help="cached splits",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ranker_variants.json")
+    args = parser.parse_args()
+    variants = dict([("defaults", {})] + [parse_variant(v) for v in args.variant])
+    splits = [parse_split(s) for s in args.splits]
+    base = OfflineConfig()
+    if not (args.data / "u.data").is_file():
+        sys.exit(f"no {args.data}/u.data: run bench/accuracy_ml100k.py or `recsys data fetch movielens-100k`")
+    data = load(args.data)
+    started = time.perf_counter()
+    scores: dict[str, dict[str, list[list[float]]]] = {name: {"ap": [], "ndcg": []} for name in variants}
+    for outer, inner in splits:
+        t0 = time.perf_counter()
+        split = cached_split(data, outer, inner, base, args.cache)
+        print(f"split {outer}:{inner}: groups ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        stage_a = RankerData(split["a_features"], split["a_labels"], int(split["per_user"]), {})
+        for name, changes in variants.items():
+            config = dataclasses.replace(base, **changes)
+            booster, _ = train_ranker(stage_a, config, inner, Timer())
+            split_ap, split_ndcg = per_user_metrics(
+                split, booster.predict(split["b_features"], num_threads=config.threads)
+            )
+            scores[name]["ap"].append(split_ap)
+            scores[name]["ndcg"].append(split_ndcg)
+        print(
+            f"split {outer}:{inner}: "
+            + "  ".join(f"{name} MAP {np.mean(s['ap'][-1]):.4f}" for name, s in scores.items()),
+            file=sys.stderr,
+        )
+    rows = []
+    base_ap, base_ndcg = (np.concatenate(scores["defaults"][m]) for m in ("ap", "ndcg"))
+    for name, s in scores.items():
+        ap, ndcg = np.concatenate(s["ap"]), np.concatenate(s["ndcg"])
+        d_ap, d_ndcg = ap - base_ap, ndcg - base_ndcg
+        ahead = sum(np.mean(v) > np.mean(b) for v, b in zip(s["ap"], scores["defaults"]["ap"], strict=True))
+        rows.append(
+            {
+                "variant": name,
+                "changes": variants[name],
+                "map@10": round(float(ap.mean()), 5),
+                "ndcg@10": round(float(ndcg.mean()), 5),
+                "map_diff": round(float(d_ap.mean()), 5),
+                "map_diff_se": round(float(d_ap.std(ddof=1) / np.sqrt(len(d_ap))), 5),
+                "ndcg_diff": round(float(d_ndcg.mean()), 5),
+                "ndcg_diff_se": round(float(d_ndcg.std(ddof=1) / np.sqrt(len(d_ndcg))), 5),
+                "splits_ahead": int(ahead),
+            }
+        )
+    result = {
+        "splits": args.splits,
+        "users": len(base_ap),
+        "table": rows,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{'variant':<20} {'MAP@10':>8} {'diff ± se':>18} {'nDCG@10':>8} {'diff ± se':>18} ahead")
+    for r in rows:
+        print(
+            f"{r['variant']:<20} {r['map@10']:>8.4f} {r['map_diff']:>+9.5f} ± {r['map_diff_se']:.5f}"
+            f" {r['ndcg@10']:>8.4f} {r['ndcg_diff']:>+9.5f} ± {r['ndcg_diff_se']:.5f}"
+            f" {r['splits_ahead']}/{len(splits)}"
+        )
+    print(f"wall time {result['wall_seconds']:.0f} s; written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
