@@ -2,7 +2,8 @@
 
 Each validation split is an outer seed's train split again with an inner seed, so no test split is
 read. On each split, the tool computes once the stage-A groups and stage-B candidates, with their
-features, and caches them under --cache; after that a variant costs one LightGBM fit per split.
+features, and caches them under --cache, keyed by the trainer's code and the data (a change to either
+starts a new cache). After that, a variant costs one LightGBM fit per split.
 Variants change only the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
 min_data_in_leaf). Fields that change the sources or the candidates are refused: the cache would not
 reflect them (`bench/accuracy_ml100k.py --validate --set ...` runs those).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -83,9 +85,18 @@ def parse_split(text: str) -> tuple[int, int]:
         sys.exit(f"--splits {text!r}: expected OUTER:INNER seeds, e.g. 42:9999")
 
 
+def code_fingerprint() -> str:
+    """Of the code that computes what is cached: a change to it starts a new cache, never a stale hit."""
+    digest = hashlib.sha256()
+    for name in ("offline.py", "sources.py", "features.py", "splits.py", "data.py"):
+        digest.update((ROOT / "services" / "trainer" / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> dict[str, Any]:
-    """Stage A's groups and stage B's candidates of one validation split, computed once."""
-    path = cache / f"split-{outer}-{inner}.npz"
+    """Stage A's groups and stage B's candidates of one validation split, computed once per version of
+    the code and the data."""
+    path = cache / f"{code_fingerprint()}-{data.fingerprint[:12]}" / f"split-{outer}-{inner}.npz"
     if not path.exists():
         train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
         inner_data = dataclasses.replace(data, log=train0)
@@ -100,7 +111,7 @@ def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, c
         rows = np.array([index[u] for u in users], dtype=np.int64)
         _, items, features = candidate_features(ctx, fitted, train, rows, config)
         item_ids = np.array(ctx.item_ids)
-        cache.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npz")
         np.savez(
             partial,
