@@ -225,8 +225,6 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
         )
         scores["als"] = als.scores()
     with timer("bpr"):
-        # One thread: implicit's BPR updates in parallel without locks (Hogwild), so with more
-        # threads two runs of the same seed differ and so would every number downstream.
         bpr = S.bpr(
             x,
             config.bpr_factors,
@@ -234,7 +232,6 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
             config.bpr_regularization,
             config.bpr_iterations,
             seed,
-            threads=1,
         )
         scores["bpr"] = bpr.scores()
     with timer("content"):

@@ -163,16 +163,17 @@ def bpr(
     regularization: float = 0.001,
     iterations: int = 200,
     seed: int = 42,
-    threads: int = 2,
 ) -> Factors:
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
+    # One thread: implicit's BPR updates in parallel without locks (Hogwild), so with more threads
+    # two fits of the same seed differ, and so would every number computed from them.
     model = BayesianPersonalizedRanking(
         factors=factors,
         learning_rate=learning_rate,
         regularization=regularization,
         iterations=iterations,
-        num_threads=threads,
+        num_threads=1,
         random_state=seed,
     )
     model.fit(x.binary.astype(np.float32), show_progress=False)
