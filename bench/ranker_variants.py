@@ -94,9 +94,9 @@ def code_fingerprint() -> str:
 
 
 def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> dict[str, Any]:
-    """Stage A's groups and stage B's candidates of one validation split, computed once per version of
-    the code and the data."""
-    path = cache / f"{code_fingerprint()}-{data.fingerprint[:12]}" / f"split-{outer}-{inner}.npz"
+    """Stage A's groups and stage B's candidates of one validation split, computed once into `cache`
+    (a directory per version of the code and the data)."""
+    path = cache / f"split-{outer}-{inner}.npz"
     if not path.exists():
         train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
         inner_data = dataclasses.replace(data, log=train0)
@@ -164,11 +164,12 @@ def main() -> int:
     if not (args.data / "u.data").is_file():
         sys.exit(f"no {args.data}/u.data: run bench/accuracy_ml100k.py or `recsys data fetch movielens-100k`")
     data = load(args.data)
+    cache = args.cache / f"{code_fingerprint()}-{data.fingerprint[:12]}"
     started = time.perf_counter()
     scores: dict[str, dict[str, list[list[float]]]] = {name: {"ap": [], "ndcg": []} for name in variants}
     for outer, inner in splits:
         t0 = time.perf_counter()
-        split = cached_split(data, outer, inner, base, args.cache)
+        split = cached_split(data, outer, inner, base, cache)
         print(f"split {outer}:{inner}: groups ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         stage_a = RankerData(split["a_features"], split["a_labels"], int(split["per_user"]), {})
         for name, changes in variants.items():
