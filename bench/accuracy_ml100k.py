@@ -54,7 +54,10 @@ def overrides(pairs: list[str]) -> OfflineConfig:
                 changes[name] = type(current)(raw)
         except ValueError as error:
             sys.exit(f"--set {pair!r}: {error}")
-    return dataclasses.replace(defaults, **changes)  # type: ignore[arg-type]
+    try:
+        return dataclasses.replace(defaults, **changes)  # type: ignore[arg-type]
+    except ValueError as error:
+        sys.exit(f"--set {' '.join(pairs)}: {error}")
 
 
 def ensure_data(path: Path) -> Path:

@@ -3,10 +3,10 @@
 Each validation split is an outer seed's train split again with an inner seed, so no test split is
 read. On each split, the tool computes once the stage-A groups and stage-B candidates, with their
 features, and caches them under --cache, keyed by the trainer's code and the data (a change to either
-starts a new cache). After that, a variant costs one LightGBM fit per split.
+starts a new cache). After that, a variant costs only its LightGBM fits on each split.
 Variants change only the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
-min_data_in_leaf). Fields that change the sources or the candidates are refused: the cache would not
-reflect them (`bench/accuracy_ml100k.py --validate --set ...` runs those).
+min_data_in_leaf, the number of seeded models). Fields that change the sources or the candidates are
+refused: the cache would not reflect them (`bench/accuracy_ml100k.py --validate --set ...` runs those).
 
 Each variant is compared with the defaults, user by user, on the same splits. The table gives the mean
 difference in AP@10 (the comparison's MAP) and nDCG@10, its standard error over users, and on how
@@ -52,7 +52,15 @@ from services.trainer.splits import stratified_split  # noqa: E402
 
 #: OfflineConfig fields a variant may set: they act on the ranker alone, not on what is cached.
 RANKER_FIELDS = frozenset(
-    {"objective", "max_rounds", "learning_rate", "num_leaves", "min_data_in_leaf", "early_stopping_rounds"}
+    {
+        "objective",
+        "max_rounds",
+        "learning_rate",
+        "num_leaves",
+        "min_data_in_leaf",
+        "early_stopping_rounds",
+        "ranker_seeds",
+    }
 )
 DEFAULT_SPLITS = tuple(f"{outer}:{inner}" for inner in (9999, 9998, 9997) for outer in (42, 43, 44))
 
@@ -72,6 +80,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             changes[field] = type(getattr(defaults, field))(raw)
         except ValueError as error:
             sys.exit(f"--variant {text!r}: {field}: {error}")
+    try:
+        dataclasses.replace(defaults, **changes)
+    except ValueError as error:
+        sys.exit(f"--variant {text!r}: {error}")
     return name, changes
 
 
@@ -174,9 +186,9 @@ def main() -> int:
         stage_a = RankerData(split["a_features"], split["a_labels"], int(split["per_user"]), {})
         for name, changes in variants.items():
             config = dataclasses.replace(base, **changes)
-            booster, _ = train_ranker(stage_a, config, inner, Timer())
+            ranker, _ = train_ranker(stage_a, config, inner, Timer())
             split_ap, split_ndcg = per_user_metrics(
-                split, booster.predict(split["b_features"], num_threads=config.threads)
+                split, ranker.predict(split["b_features"], stage_a.per_user, config.threads)
             )
             scores[name]["ap"].append(split_ap)
             scores[name]["ndcg"].append(split_ndcg)

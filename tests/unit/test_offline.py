@@ -12,12 +12,15 @@ from services.cli import main
 from services.trainer.data import Dataset, Item, Log
 from services.trainer.offline import (
     OfflineConfig,
+    Ranker,
+    RankerData,
     Timer,
     feature_names,
     fit_sources,
     make_context,
     ranker_slices,
     run,
+    train_ranker,
 )
 from services.trainer.sources import (
     Interactions,
@@ -241,8 +244,29 @@ def test_fixed_rounds_ranker_and_list_normalised_features() -> None:
     assert {"rp3_log_rank", "rp3_list_z", "ease_list_z", "seq_list_z", "seqease_list_z"} <= set(names)
     result = run(synthetic(), config, [1])
     run0 = result["per_seed"][0]
-    assert run0["ranker"]["best_iteration"] == 20
+    assert run0["ranker"]["best_iteration"] == [20, 20, 20]  # ranker_seeds = 3 by default
     assert {"rp3", "seq", "seqease"} <= set(run0["accuracy"])
+
+
+def test_ranker_sums_its_models_per_list_z_scores() -> None:
+    """One model ranks by its raw scores; several count alike whatever their scale, list by list."""
+    rng = np.random.default_rng(0)
+    per_user, features = 4, rng.normal(size=(200, len(feature_names()))).astype(np.float32)
+    labels = (features[:, 0] + rng.normal(size=200) > 0.5).astype(np.float64)
+    data = RankerData(features, labels, per_user, {})
+    config = OfflineConfig(max_rounds=5, min_data_in_leaf=5, ranker_seeds=2)
+    ranker, info = train_ranker(data, config, seed=3, timer=Timer())
+    assert info["models"] == 2 and len(ranker.boosters) == 2
+    raw = [b.predict(features).reshape(-1, per_user) for b in ranker.boosters]
+    z = sum((r - r.mean(axis=1, keepdims=True)) / r.std(axis=1, keepdims=True) for r in raw)
+    np.testing.assert_allclose(ranker.predict(features, per_user, threads=1), z.reshape(-1), atol=1e-6)
+    single = Ranker(ranker.boosters[:1])
+    np.testing.assert_array_equal(
+        np.argsort(-single.predict(features, per_user, 1).reshape(-1, per_user), axis=1),
+        np.argsort(-raw[0], axis=1),
+    )
+    with pytest.raises(ValueError, match="ranker_seeds must be >= 1, got 0"):
+        OfflineConfig(ranker_seeds=0)
 
 
 def test_sources_are_reproducible_for_a_seed() -> None:
