@@ -666,6 +666,9 @@ def train_booster(
     valid, fit = np.sort(shuffled[:n_valid]), np.sort(shuffled[n_valid:])
     names = feature_names(config.overlap_units)
 
+    # One Dataset per model, never shared between the seeded models: LightGBM's `seed` also samples the
+    # rows its bin boundaries come from, and on the validation splits about half of the three models'
+    # gain came from their own bins (one shared Dataset: +0.0003 MAP over one model, against +0.0007).
     def dataset(group_rows: I64) -> Any:
         rows = (group_rows[:, None] * per_user + np.arange(per_user)[None, :]).reshape(-1)
         return lgb.Dataset(
