@@ -12,10 +12,15 @@ SERVICES = {"recsys-gateway", "recsys-features", "recsys-retrieval", "recsys-ran
 
 
 def spans_of(otlp: OtlpReceiver, trace_id: str, want: set[str], timeout_s: float = 15) -> list[ReceivedSpan]:
+    """The trace's spans once every service in `want` has exported its gRPC server span.
+
+    A process's server span ends after all its other spans of the request, and its batch exporter
+    sends spans in the order they ended; so seeing the server span means the process's part is whole.
+    Waiting only for any span of each service raced a later batch of the gateway (seen in CI)."""
     deadline = time.monotonic() + timeout_s
     while True:
         spans = [s for s in otlp.spans if s.trace_id == trace_id]
-        if {s.service for s in spans} >= want or time.monotonic() > deadline:
+        if {s.service for s in spans if s.kind == SERVER_KIND} >= want or time.monotonic() > deadline:
             return spans
         time.sleep(0.2)
 
