@@ -137,7 +137,10 @@ class PopularCache:
                 "popular list not refreshed", extra={"code": e.code().name, "cached": len(self.items)}
             )
             return
+        changed = not self.items or reply.artifact_version != self.version
         self.items, self.version = candidates.head(reply.candidates, self.SIZE), reply.artifact_version
+        if changed:
+            log.info("popular list refreshed", extra={"items": len(self.items), "version": self.version})
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
