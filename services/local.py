@@ -146,6 +146,17 @@ class LocalPlatform:
                     )
                 time.sleep(0.1)
 
+    def wait_logged(self, service: str, text: str, timeout_s: float = 30.0) -> None:
+        """Wait until `text` appears in the log of `service` (a replica name or a service)."""
+        path = self.log_dir / f"{service}.log"
+        deadline = time.monotonic() + timeout_s
+        while not (path.exists() and text in path.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise ServiceFailed(
+                    f"{text!r} not in {service}'s log after {timeout_s:.0f}s:\n{self.log_tail(service)}"
+                )
+            time.sleep(0.1)
+
     def log_tail(self, service: str, lines: int = 15) -> str:
         path = self.log_dir / f"{service}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

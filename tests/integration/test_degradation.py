@@ -98,10 +98,7 @@ def test_killed_retrieval_falls_back_to_the_cached_popular_list_and_recovers(
         wait_until_healthy(client, "1")
         # The gateway fetches its popular list in the background (retrying each second until retrieval
         # answers), so wait for it rather than sleep: a fixed sleep races a slow machine.
-        deadline = time.monotonic() + 30
-        while "popular list refreshed" not in platform.log_tail("gateway", 200):
-            assert time.monotonic() < deadline, platform.log_tail("gateway")
-            time.sleep(0.1)
+        platform.wait_logged("gateway", "popular list refreshed")
         platform.stop_service("retrieval")
         for user in ("1", "cold-user"):
             response = client.recommend(user, k=10)

@@ -89,10 +89,7 @@ def test_corrupt_artifacts_at_start_keep_the_service_not_serving(
     platform = LocalPlatform.on_free_ports(root, tmp_path / "logs")
     try:
         platform.start_service("retrieval")
-        deadline = time.monotonic() + 30
-        while "corrupt" not in platform.log_tail("retrieval"):
-            assert time.monotonic() < deadline, platform.log_tail("retrieval")
-            time.sleep(0.2)
+        platform.wait_logged("retrieval", "corrupt")
         assert health_status(platform.address("retrieval")) == NOT_SERVING
     finally:
         platform.stop()
