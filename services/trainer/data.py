@@ -31,6 +31,7 @@ USER_COLUMNS = ("user", "userid", "user_id")
 ITEM_COLUMNS = ("item", "itemid", "item_id", "movieid", "movie_id")
 RATING_COLUMNS = ("rating", "value", "score")
 TIME_COLUMNS = ("timestamp", "ts", "time")
+TAG_COLUMNS = ("tag",)
 YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
@@ -79,6 +80,27 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Tags:
+    """Free-text tags users gave items (MovieLens tags.csv), in file order."""
+
+    users: npt.NDArray[np.str_]
+    items: npt.NDArray[np.str_]
+    texts: npt.NDArray[np.str_]  # stripped and lower-cased: "Pixar" and "pixar " are one tag
+    timestamps: npt.NDArray[np.float64]
+
+    @classmethod
+    def empty(cls) -> Tags:
+        none = np.empty(0, dtype=str)
+        return cls(none, none, none, np.empty(0, dtype=np.float64))
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    def take(self, mask: npt.NDArray[np.bool_]) -> Tags:
+        return Tags(self.users[mask], self.items[mask], self.texts[mask], self.timestamps[mask])
+
+
+@dataclass(frozen=True)
 class Dataset:
     source: str  # the input's file or directory name, never a machine path
     fingerprint: str  # sha256 over the input files
@@ -87,8 +109,7 @@ class Dataset:
     catalog: dict[str, Item]  # every known item (metadata file first, then items only in the log)
     # Optional user attributes (MovieLens 100k: age, gender, occupation), as text.
     user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
-    tag_items: npt.NDArray[np.str_] = field(default_factory=lambda: np.empty(0, dtype=str))
-    tag_timestamps: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    tags: Tags = field(default_factory=Tags.empty)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -214,23 +235,36 @@ def read_movies(path: Path) -> dict[str, Item]:
     return catalog
 
 
-def read_tags(path: Path) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.float64]]:
+def read_tags(path: Path) -> Tags:
     rows = _rows(path)
     first = next(rows, None)
     if first is None:
-        return np.empty(0, dtype=str), np.empty(0, dtype=np.float64)
+        return Tags.empty()
     line, header = first
-    item_col, time_col = _column(header, ITEM_COLUMNS), _column(header, TIME_COLUMNS)
-    if item_col is None or time_col is None:
-        raise DataError(f"{path.name} line {line}: expected a header with movieId and timestamp")
+    columns = [_column(header, names) for names in (USER_COLUMNS, ITEM_COLUMNS, TAG_COLUMNS, TIME_COLUMNS)]
+    if any(c is None for c in columns):
+        raise DataError(f"{path.name} line {line}: expected a header with userId, movieId, tag and timestamp")
+    user_col, item_col, tag_col, time_col = (c for c in columns if c is not None)
+    users: list[str] = []
     items: list[str] = []
+    texts: list[str] = []
     stamps: list[float] = []
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(f"{path.name} line {line}: expected {len(header)} columns, got {len(row)}")
+        text = row[tag_col].strip().lower()
+        if not text:
+            raise DataError(f"{path.name} line {line}: empty tag")
+        users.append(row[user_col].strip())
         items.append(row[item_col].strip())
+        texts.append(text)
         stamps.append(_timestamp(row[time_col], f"{path.name} line {line}"))
-    return np.asarray(items, dtype=str), np.asarray(stamps, dtype=np.float64)
+    return Tags(
+        np.asarray(users, dtype=str),
+        np.asarray(items, dtype=str),
+        np.asarray(texts, dtype=str),
+        np.asarray(stamps, dtype=np.float64),
+    )
 
 
 def _text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
@@ -510,12 +544,8 @@ def load(path: Path) -> Dataset:
     files, fingerprint = _fingerprint(inputs)
     log = read_interactions(ratings)
     catalog = read_movies(path / "movies.csv") if path.is_dir() and (path / "movies.csv").is_file() else {}
-    tag_items, tag_ts = (
-        read_tags(path / "tags.csv")
-        if path.is_dir() and (path / "tags.csv").is_file()
-        else (np.empty(0, dtype=str), np.empty(0, dtype=np.float64))
-    )
-    return Dataset(path.name, fingerprint, files, log, _with_log_items(catalog, log), {}, tag_items, tag_ts)
+    tags = read_tags(path / "tags.csv") if path.is_dir() and (path / "tags.csv").is_file() else Tags.empty()
+    return Dataset(path.name, fingerprint, files, log, _with_log_items(catalog, log), {}, tags)
 
 
 def time_split(log: Log, fraction: float) -> tuple[Log, Log, float]:

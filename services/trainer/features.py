@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.ranking_features import GENRES, ITEM_FEATURES, USER_FEATURES
-from services.trainer.data import Item, Log
+from services.trainer.data import Item, Log, Tags
 
 DAY = 86400.0
 BAYES_PRIOR = 10.0
@@ -75,8 +75,7 @@ def item_features(
     item_ids: Sequence[str],
     catalog: dict[str, Item],
     reference: float,
-    tag_items: npt.NDArray[np.str_] | None = None,
-    tag_timestamps: npt.NDArray[np.float64] | None = None,
+    tags: Tags | None = None,
 ) -> F32:
     """(len(item_ids), len(ITEM_FEATURES)) from the interactions in `log` (all before `reference`)."""
     n = len(item_ids)
@@ -92,10 +91,10 @@ def item_features(
     pop30 = np.bincount(codes, weights=np.exp(-age / 30.0), minlength=n)
     pop365 = np.bincount(codes, weights=np.exp(-age / 365.0), minlength=n)
     first, last = _first_last(codes, ts, n)
-    tags = np.zeros(n)
-    if tag_items is not None and tag_timestamps is not None and tag_items.size:
-        tag_codes = _codes(tag_items[tag_timestamps < reference], item_ids)
-        tags = np.bincount(tag_codes[tag_codes >= 0], minlength=n).astype(np.float64)
+    tag_count = np.zeros(n)
+    if tags is not None and len(tags):
+        tag_codes = _codes(tags.items[tags.timestamps < reference], item_ids)
+        tag_count = np.bincount(tag_codes[tag_codes >= 0], minlength=n).astype(np.float64)
     genres = genre_matrix(item_ids, catalog)
     columns = [
         np.log1p(count),
@@ -107,7 +106,7 @@ def item_features(
         _log_days(reference - first),
         _log_days(reference - last),
         item_years(item_ids, catalog),
-        np.log1p(tags),
+        np.log1p(tag_count),
         genres.sum(axis=1),
     ]
     out = np.empty((n, len(ITEM_FEATURES)), dtype=np.float32)

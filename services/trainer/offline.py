@@ -10,9 +10,9 @@ For one (train, test) split:
     Test     only users in train and test; every test interaction is relevant; train items removed.
 
 Candidate sources (services.trainer.sources): EASE, item-item co-occurrence, RP3beta, sequence neighbours,
-sequence EASE, ALS, BPR, content (genres) and popularity. Retrieval merges EASE, co-occurrence, ALS and
-sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps
-the top `candidates`; every source's score and rank become ranker features, with user, item, context
+sequence EASE, ALS, BPR, content (genres and tags) and popularity. Retrieval merges EASE, co-occurrence,
+ALS and sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps the top
+`candidates`; every source's score and rank become ranker features, with user, item, context
 (time of day, recency) and cross features. Hyper-parameters are fixed in `OfflineConfig` a priori (the
 ALS/BPR/EASE settings were compared on the inner split of seed 42, never on a test split).
 
@@ -34,7 +34,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from services.trainer import sources as S
-from services.trainer.data import Dataset, Log
+from services.trainer.data import Dataset, Log, Tags
 from services.trainer.metrics import coverage, intra_list_diversity, mean_metrics, popularity_bias
 from services.trainer.ranker_params import lightgbm_params
 from services.trainer.splits import leave_last_n, stratified_folds, stratified_split, time_split
@@ -150,6 +150,9 @@ class Context:
     user_age: F64
     user_gender: F64  # 1 = M, 0 = F, NaN unknown
     user_occupation: F64  # category code, NaN unknown
+    tags: Tags
+    # every (user, item) of the dataset's log, held-out ratings included: only to leave their tags out
+    rated: frozenset[tuple[str, str]]
 
 
 def make_context(data: Dataset, train: Log) -> Context:
@@ -177,7 +180,24 @@ def make_context(data: Dataset, train: Log) -> Context:
             [1.0 if a.get("gender") == "M" else 0.0 if a.get("gender") == "F" else np.nan for a in attrs]
         ),
         np.array([float(occ[a["occupation"]]) if a.get("occupation") else np.nan for a in attrs]),
+        data.tags,
+        frozenset(zip(data.log.users.tolist(), data.log.items.tolist(), strict=True))
+        if len(data.tags)
+        else frozenset(),
     )
+
+
+def known_tags(ctx: Context, fit_log: Log) -> Tags:
+    """The tags a model fitted on `fit_log` may know: those on its own interactions and those on pairs
+    nobody rated (item metadata), given by its last interaction. A tag on a held-out interaction would
+    reveal that interaction."""
+    if not len(ctx.tags):
+        return ctx.tags
+    fitted = set(zip(fit_log.users.tolist(), fit_log.items.tolist(), strict=True))
+    pairs = zip(ctx.tags.users.tolist(), ctx.tags.items.tolist(), strict=True)
+    keep = np.fromiter((p in fitted or p not in ctx.rated for p in pairs), dtype=bool, count=len(ctx.tags))
+    keep &= ctx.tags.timestamps <= fit_log.timestamps.max()
+    return ctx.tags.take(keep)
 
 
 # ---------------------------------------------------------------- sources on one fitting slice
@@ -243,7 +263,8 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
         )
         scores["bpr"] = bpr.scores()
     with timer("content"):
-        scores["content"] = S.content(x, ctx.genres)
+        tags = S.tag_vectors(ctx.item_ids, known_tags(ctx, fit_log))
+        scores["content"] = S.content(x, S.content_vectors(ctx.genres, tags))
     with timer("ranks"):
         ranks = {name: S.ranks(s, x.binary) for name, s in scores.items()}
         fused = np.zeros(x.shape, dtype=np.float32)

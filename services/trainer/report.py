@@ -26,7 +26,7 @@ ROWS = {
     "als": "ALS, implicit (baseline)",
     "bpr": "BPR, implicit (baseline)",
     "pop": "popularity (baseline)",
-    "content": "content / genres (baseline)",
+    "content": "content / genres and tags (baseline)",
 }
 METRICS = (
     ("map@10", "map"),

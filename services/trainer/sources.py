@@ -11,7 +11,8 @@ candidate lists with the user's training items removed. Sources:
 - sequence neighbours: item-item counts of pairs rated within a few positions of each other in the same
   user's time-ordered history, summed over the user's items (the order people rate in carries a signal
   the order-free sources cannot see); sequence EASE: EASE fitted on those counts;
-- content: the user's genre profile against the item's genres (the only source that scores cold items).
+- content: the user's profile against the item's genres and tags (`content_vectors`; the only source
+  that scores items nobody has interacted with).
 
 The embedding sources (ALS, BPR, and EASE seen as user = history row, item = column of B) are served
 by inner-product search; `build_index` picks exact search (IndexFlatIP) below `ANN_THRESHOLD` items and
@@ -29,7 +30,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
-from services.trainer.data import Item, Log
+from services.trainer.data import Item, Log, Tags
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -289,6 +290,38 @@ def genre_vectors(item_ids: Sequence[str], catalog: dict[str, Item]) -> tuple[li
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     normalised: F32 = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     return names, normalised
+
+
+def tag_vectors(item_ids: Sequence[str], tags: Tags) -> F32:
+    """(items, tags) TF-IDF of the tags each item was given (tf: how many times), rows L2-normalised and
+    zero for an untagged item. Only tags given to at least two items are columns: a tag on a single
+    item links it to no other."""
+    index = {item: row for row, item in enumerate(item_ids)}
+    rows = np.fromiter((index.get(i, -1) for i in tags.items.tolist()), dtype=np.int64, count=len(tags))
+    names, cols = np.unique(tags.texts[rows >= 0], return_inverse=True)
+    counts = sp.csr_matrix(
+        (np.ones(len(cols), dtype=np.float32), (rows[rows >= 0], cols)), shape=(len(item_ids), len(names))
+    )
+    counts.sum_duplicates()
+    items_per_tag = np.diff(counts.tocsc().indptr)
+    shared = np.flatnonzero(items_per_tag >= 2)
+    tagged = int((counts.getnnz(axis=1) > 0).sum())
+    # smoothed idf (as scikit-learn's): a tag on every tagged item still counts
+    idf = (np.log((1 + tagged) / (1 + items_per_tag[shared])) + 1.0).astype(np.float32)
+    out = np.asarray((counts[:, shared] @ sp.diags(idf)).todense(), dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    normalised: F32 = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return normalised
+
+
+def content_vectors(genres: F32, tags: F32) -> F32:
+    """Genres and tags side by side (each part already L2-normalised), rows L2-normalised: an item with
+    both is compared on both with equal weight, an item without tags on its genres alone (its row is
+    left exactly as it was, so a dataset without tags scores as before tags existed)."""
+    out: F32 = np.hstack([genres, tags]).astype(np.float32)
+    tagged = np.flatnonzero(np.linalg.norm(tags, axis=1) > 0)
+    out[tagged] /= np.linalg.norm(out[tagged], axis=1, keepdims=True)
+    return out
 
 
 def content(x: Interactions, item_vectors: F32) -> F32:

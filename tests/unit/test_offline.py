@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.cli import main
-from services.trainer.data import Dataset, Item, Log
+from services.trainer.data import Dataset, Item, Log, Tags
 from services.trainer.offline import (
     OfflineConfig,
     Ranker,
@@ -25,12 +25,14 @@ from services.trainer.offline import (
 from services.trainer.sources import (
     Interactions,
     build_index,
+    content_vectors,
     ease,
     index_recall,
     rp3beta_weights,
     sequence_ease_weights,
     sequence_pairs,
     sequence_weights,
+    tag_vectors,
     top_n,
 )
 from services.trainer.splits import stratified_folds
@@ -143,6 +145,36 @@ def test_top_n_removes_training_items_and_ease_scores_cluster_items() -> None:
     top = top_n(ease(x, 10.0), x.binary, 5)
     seen = x.binary.toarray() > 0
     assert not seen[np.arange(len(users))[:, None], top].any()
+
+
+def test_content_links_items_by_tags_a_fitted_model_may_know() -> None:
+    """u1's only item, a, shares the tag "heist" with c through a tagger who rated neither (metadata).
+    The same tag on d comes with u1's held-out rating of d, and on e after the last fitted interaction:
+    neither may count, so d and e score as their genres alone, like b."""
+
+    def log(rows: list[tuple[str, str, float]]) -> Log:
+        users, items, stamps = zip(*rows, strict=True)
+        return Log(np.array(users), np.array(items), np.full(len(rows), 4.0, np.float32), np.array(stamps))
+
+    fitted_rows = [("u1", "a", 1.0), ("u2", "a", 2.0), ("u2", "b", 3.0)] + [("u3", i, 4.0) for i in "bcde"]
+    fit, full = log(fitted_rows), log([*fitted_rows, ("u1", "d", 5.0)])
+    tags = Tags(
+        np.array(["u2", "u9", "u1", "u9"]),
+        np.array(["a", "c", "d", "e"]),
+        np.array(["heist"] * 4),
+        np.array([1.0, 1.0, 2.0, 9.0]),
+    )
+    genre = {"a": ("Action",)} | {i: ("Drama",) for i in "bcde"}
+    data = Dataset(
+        "tags", "0" * 64, {}, full, {i: Item(title=i, genres=g) for i, g in genre.items()}, {}, tags
+    )
+    ctx = make_context(data, fit)
+    content = fit_sources(ctx, fit, SMALL, seed=0).scores["content"][ctx.user_ids.index("u1")]
+    score = dict(zip(ctx.item_ids, content.tolist(), strict=True))
+    assert score["c"] == pytest.approx(0.5)  # half of a's and of c's vector is the shared tag
+    assert score["b"] == score["d"] == score["e"] == 0.0
+    no_tags = tag_vectors(ctx.item_ids, Tags.empty())
+    assert np.array_equal(content_vectors(ctx.genres, no_tags), ctx.genres)  # untagged data scores as before
 
 
 def test_stratified_folds_cover_every_row_once_and_spread_each_item() -> None:

@@ -46,6 +46,35 @@ def test_movielens_directory_with_metadata(tmp_path: Path) -> None:
     assert set(data.files) == {"ratings.csv", "movies.csv"}
 
 
+def test_movielens_tags_are_read_with_their_user_and_normalised_text(tmp_path: Path) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,100\n")
+    write(tmp_path / "tags.csv", 'userId,movieId,tag,timestamp\n1,10, Pixar ,150\n7,30,"dark, funny",90\n')
+    tags = load(tmp_path).tags
+    assert tags.users.tolist() == ["1", "7"]
+    assert tags.items.tolist() == ["10", "30"]
+    assert tags.texts.tolist() == ["pixar", "dark, funny"]
+    assert tags.timestamps.tolist() == [150.0, 90.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "userId,movieId,timestamp\n1,10,150\n",
+            "tags.csv line 1: expected a header with userId, movieId, tag",
+        ),
+        ("userId,movieId,tag,timestamp\n1,10,pixar,150\n1,11,\n", "tags.csv line 3: expected 4 columns"),
+        ("userId,movieId,tag,timestamp\n1,10,pixar,150\n1,11,,150\n", "tags.csv line 3: empty tag"),
+        ("userId,movieId,tag,timestamp\n1,10,pixar,soon\n", "tags.csv line 2: timestamp 'soon'"),
+    ],
+)
+def test_malformed_tags_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.0,100\n")
+    write(tmp_path / "tags.csv", text)
+    with pytest.raises(DataError, match=message):
+        load(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
