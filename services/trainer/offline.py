@@ -583,7 +583,12 @@ class RankerData:
 
 
 def ranker_training_data(
-    ctx: Context, train: Log, config: OfflineConfig, seed: int, timer: Timer
+    ctx: Context,
+    train: Log,
+    config: OfflineConfig,
+    seed: int,
+    timer: Timer,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> RankerData:
     """Candidates, features and labels of every (fitting slice, labelling slice) pair, pooled."""
     blocks: list[F32] = []
@@ -591,7 +596,11 @@ def ranker_training_data(
     recalls: list[float] = []
     seconds: dict[str, float] = {}
     sizes: list[tuple[int, int]] = []
+    slices = (
+        config.ranker_folds * config.ranker_fold_repeats if config.ranker_folds >= 2 else config.inner_folds
+    )
     for fold, (inner_train, holdout) in enumerate(ranker_slices(train, config, seed, timer)):
+        progress(f"seed {seed}: stage A slice {fold + 1}/{slices}: sources on {len(inner_train)} rows")
         with timer("stage_a_sources"):
             fitted = fit_sources(ctx, inner_train, config, seed + fold)
         seconds = fitted.seconds
@@ -649,10 +658,18 @@ class Ranker:
 
 
 def fit_ranker(
-    ctx: Context, train: Log, config: OfflineConfig, seed: int, timer: Timer
+    ctx: Context,
+    train: Log,
+    config: OfflineConfig,
+    seed: int,
+    timer: Timer,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Stage A: ranker training data (`ranker_training_data`), then the LightGBM models."""
-    data = ranker_training_data(ctx, train, config, seed, timer)
+    data = ranker_training_data(ctx, train, config, seed, timer, progress)
+    progress(
+        f"seed {seed}: stage A ranker: {config.ranker_seeds} LightGBM model(s) on {len(data.labels)} rows"
+    )
     ranker, info = train_ranker(data, config, seed, timer)
     return ranker, {**info, **data.info}
 
@@ -790,7 +807,7 @@ def run_split(
     progress(
         f"seed {seed}: {len(train)} train / {len(test)} test; stage A (ranker on K-fold stacked slices of train)"
     )
-    ranker, ranker_info = fit_ranker(ctx, train, config, seed, timer)
+    ranker, ranker_info = fit_ranker(ctx, train, config, seed, timer, progress)
     progress(f"seed {seed}: stage B (sources on all of train, ranking test users)")
     with timer("stage_b_sources"):
         fitted = fit_sources(ctx, train, config, seed)

@@ -72,7 +72,12 @@ SMALL = OfflineConfig(candidates=30, bpr_iterations=20, als_iterations=5, max_ro
 
 
 def test_offline_run_reports_every_stage_and_beats_popularity() -> None:
-    result = run(synthetic(), SMALL, [1, 2])
+    messages: list[str] = []
+    result = run(synthetic(), SMALL, [1, 2], progress=messages.append)
+    slices = SMALL.ranker_folds * SMALL.ranker_fold_repeats
+    for seed in (1, 2):  # stage A shows each slice: on latest-small it runs for minutes
+        shown = [m.split(": ")[1] for m in messages if m.startswith(f"seed {seed}: stage A")]
+        assert shown == [f"stage A slice {k}/{slices}" for k in range(1, slices + 1)] + ["stage A ranker"]
     summary = result["summary"]["accuracy"]
     assert set(summary) >= {"pipeline", "retrieval", "ease", "als", "bpr", "pop", "cooc", "content"}
     assert set(summary["pipeline"]) == {"recall@10", "precision@10", "ndcg@10", "map@10"}
