@@ -188,9 +188,9 @@ def make_context(data: Dataset, train: Log) -> Context:
 
 
 def known_tags(ctx: Context, fit_log: Log) -> Tags:
-    """The tags a model fitted on `fit_log` may know: those on its own interactions and those on pairs
-    nobody rated (item metadata), given by its last interaction. A tag on a held-out interaction would
-    reveal that interaction."""
+    """The tags a model fitted on `fit_log` may know: those made no later than its last interaction,
+    on its own interactions or on pairs nobody rated (item metadata). A tag on a held-out interaction
+    would reveal that interaction."""
     if not len(ctx.tags):
         return ctx.tags
     fitted = set(zip(fit_log.users.tolist(), fit_log.items.tolist(), strict=True))
