@@ -4,9 +4,11 @@ Each validation split is an outer seed's train split again with an inner seed, s
 read. On each split, the tool computes once the stage-A groups and stage-B candidates, with their
 features, and caches them under --cache, keyed by the trainer's code and the data (a change to either
 starts a new cache). After that, a variant costs only its LightGBM fits on each split.
-Variants change only the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
-min_data_in_leaf, the number of seeded models). Fields that change the sources or the candidates are
-refused: the cache would not reflect them (`bench/accuracy_ml100k.py --validate --set ...` runs those).
+Variants change the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
+min_data_in_leaf, the number of seeded models) or the stacking that makes its training groups (folds,
+repeats): a stacking variant's stage-A groups are computed once too and cached beside the defaults'.
+Fields that change the sources or the candidates are refused: the cache would not reflect them
+(`bench/accuracy_ml100k.py --validate --set ...` runs those).
 
 Each variant is compared with the defaults, user by user, on the same splits. The table gives the mean
 difference in AP@10 (the comparison's MAP) and nDCG@10, its standard error over users, and on how
@@ -50,8 +52,10 @@ from services.trainer.offline import (  # noqa: E402
 )
 from services.trainer.splits import stratified_split  # noqa: E402
 
+#: OfflineConfig fields that change only stage A's groups, not stage B's candidates: cached per setting.
+STACKING_FIELDS = frozenset({"ranker_folds", "ranker_fold_repeats"})
 #: OfflineConfig fields a variant may set: they act on the ranker alone, not on what is cached.
-RANKER_FIELDS = frozenset(
+RANKER_FIELDS = STACKING_FIELDS | frozenset(
     {
         "objective",
         "max_rounds",
@@ -139,6 +143,22 @@ def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, c
         return {key: z[key] for key in z.files}
 
 
+def cached_stage_a(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> RankerData:
+    """Stage A's groups of one validation split under `config`'s stacking, computed once into `cache`."""
+    path = cache / f"stage-a-{outer}-{inner}-{config.ranker_folds}x{config.ranker_fold_repeats}.npz"
+    if not path.exists():
+        train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
+        inner_data = dataclasses.replace(data, log=train0)
+        train, _ = split_log(inner_data, config, inner)
+        stage_a = ranker_training_data(make_context(inner_data, train), train, config, inner, Timer())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, a_features=stage_a.features, a_labels=stage_a.labels, per_user=stage_a.per_user)
+        partial.replace(path)  # a cache file is whole or absent
+    with np.load(path) as z:
+        return RankerData(z["a_features"], z["a_labels"], int(z["per_user"]), {})
+
+
 def per_user_metrics(
     split: dict[str, Any], predicted: np.ndarray[Any, Any]
 ) -> tuple[list[float], list[float]]:
@@ -186,7 +206,10 @@ def main() -> int:
         stage_a = RankerData(split["a_features"], split["a_labels"], int(split["per_user"]), {})
         for name, changes in variants.items():
             config = dataclasses.replace(base, **changes)
-            ranker, _ = train_ranker(stage_a, config, inner, Timer())
+            groups = stage_a
+            if any(getattr(config, f) != getattr(base, f) for f in STACKING_FIELDS):
+                groups = cached_stage_a(data, outer, inner, config, cache)
+            ranker, _ = train_ranker(groups, config, inner, Timer())
             split_ap, split_ndcg = per_user_metrics(
                 split, ranker.predict(split["b_features"], stage_a.per_user, config.threads)
             )
