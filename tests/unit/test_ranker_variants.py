@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ranker_variants.py"
     [
         (["--variant", "more:candidates=200"], "'candidates' is not one of"),  # changes what is cached
         (["--variant", "fast:max_rounds=many"], "max_rounds: invalid literal"),
+        (["--variant", "k3:ranker_folds=three"], "ranker_folds: invalid literal"),  # a stacking field
         (["--variant", "max_rounds=250"], "expected NAME:FIELD=VALUE"),
         (["--variant", "none:ranker_seeds=0"], "ranker_seeds must be >= 1, got 0"),
         (["--splits", "42"], "expected OUTER:INNER seeds"),
