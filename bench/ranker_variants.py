@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.trainer.data import Dataset, load  # noqa: E402
+from services.trainer.data import Dataset, Log, load  # noqa: E402
 from services.trainer.evaluate_cli import DEFAULT_CACHE  # noqa: E402
 from services.trainer.metrics import average_precision_at_k, ndcg_at_k  # noqa: E402
 from services.trainer.offline import (  # noqa: E402
@@ -54,7 +54,8 @@ from services.trainer.splits import stratified_split  # noqa: E402
 
 #: OfflineConfig fields that change only stage A's groups, not stage B's candidates: cached per setting.
 STACKING_FIELDS = frozenset({"ranker_folds", "ranker_fold_repeats"})
-#: OfflineConfig fields a variant may set: they act on the ranker alone, not on what is cached.
+#: OfflineConfig fields a variant may set: the ranker's own, which the cache does not depend on, and the
+#: stacking fields, whose groups are cached per setting.
 RANKER_FIELDS = STACKING_FIELDS | frozenset(
     {
         "objective",
@@ -109,17 +110,32 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def validation_split(
+    data: Dataset, outer: int, inner: int, config: OfflineConfig
+) -> tuple[Dataset, Log, Log]:
+    """(data restricted to outer seed's train, inner train, inner holdout): the test split is never read."""
+    train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
+    inner_data = dataclasses.replace(data, log=train0)
+    train, holdout = split_log(inner_data, config, inner)
+    return inner_data, train, holdout
+
+
+def save_whole(path: Path, **arrays: Any) -> None:
+    """Write an .npz so that a cache file is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    partial.replace(path)
+
+
 def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> dict[str, Any]:
     """Stage A's groups and stage B's candidates of one validation split, computed once into `cache`
     (a directory per version of the code and the data)."""
     path = cache / f"split-{outer}-{inner}.npz"
     if not path.exists():
-        train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
-        inner_data = dataclasses.replace(data, log=train0)
-        train, holdout = split_log(inner_data, config, inner)
+        inner_data, train, holdout = validation_split(data, outer, inner, config)
         ctx = make_context(inner_data, train)
-        timer = Timer()
-        stage_a = ranker_training_data(ctx, train, config, inner, timer)
+        stage_a = ranker_training_data(ctx, train, config, inner, Timer())
         fitted = fit_sources(ctx, train, config, inner)
         relevant = relevant_sets(holdout, ctx.user_ids)
         users = sorted(relevant)
@@ -127,10 +143,8 @@ def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, c
         rows = np.array([index[u] for u in users], dtype=np.int64)
         _, items, features = candidate_features(ctx, fitted, train, rows, config)
         item_ids = np.array(ctx.item_ids)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(
-            partial,
+        save_whole(
+            path,
             a_features=stage_a.features,
             a_labels=stage_a.labels,
             per_user=stage_a.per_user,
@@ -138,7 +152,6 @@ def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, c
             b_items=item_ids[items].reshape(len(users), -1),
             relevant=np.array([json.dumps(sorted(relevant[u])) for u in users]),
         )
-        partial.replace(path)  # a cache file is whole or absent
     with np.load(path) as z:
         return {key: z[key] for key in z.files}
 
@@ -147,14 +160,9 @@ def cached_stage_a(data: Dataset, outer: int, inner: int, config: OfflineConfig,
     """Stage A's groups of one validation split under `config`'s stacking, computed once into `cache`."""
     path = cache / f"stage-a-{outer}-{inner}-{config.ranker_folds}x{config.ranker_fold_repeats}.npz"
     if not path.exists():
-        train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
-        inner_data = dataclasses.replace(data, log=train0)
-        train, _ = split_log(inner_data, config, inner)
+        inner_data, train, _ = validation_split(data, outer, inner, config)
         stage_a = ranker_training_data(make_context(inner_data, train), train, config, inner, Timer())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, a_features=stage_a.features, a_labels=stage_a.labels, per_user=stage_a.per_user)
-        partial.replace(path)  # a cache file is whole or absent
+        save_whole(path, a_features=stage_a.features, a_labels=stage_a.labels, per_user=stage_a.per_user)
     with np.load(path) as z:
         return RankerData(z["a_features"], z["a_labels"], int(z["per_user"]), {})
 
