@@ -99,6 +99,19 @@ class Tags:
     def take(self, mask: npt.NDArray[np.bool_]) -> Tags:
         return Tags(self.users[mask], self.items[mask], self.texts[mask], self.timestamps[mask])
 
+    def known_to(self, fit_log: Log, rated: frozenset[tuple[str, str]]) -> Tags:
+        """The tags a model fitted on `fit_log` may know: those made no later than its last interaction,
+        on its own interactions or on pairs nobody rated (item metadata). `rated` holds every rated
+        (user, item) of the dataset, held-out ones included: a tag on a held-out interaction would
+        reveal that interaction."""
+        if not len(self) or not len(fit_log):
+            return self.take(np.zeros(len(self), dtype=bool))
+        fitted = set(zip(fit_log.users.tolist(), fit_log.items.tolist(), strict=True))
+        pairs = zip(self.users.tolist(), self.items.tolist(), strict=True)
+        keep = np.fromiter((p in fitted or p not in rated for p in pairs), dtype=bool, count=len(self))
+        keep &= self.timestamps <= fit_log.timestamps.max()
+        return self.take(keep)
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -110,6 +123,10 @@ class Dataset:
     # Optional user attributes (MovieLens 100k: age, gender, occupation), as text.
     user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     tags: Tags = field(default_factory=Tags.empty)
+
+    def rated_pairs(self) -> frozenset[tuple[str, str]]:
+        """Every (user, item) of the log: what `Tags.known_to` needs to leave out tags on held-out pairs."""
+        return frozenset(zip(self.log.users.tolist(), self.log.items.tolist(), strict=True))
 
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:

@@ -181,23 +181,8 @@ def make_context(data: Dataset, train: Log) -> Context:
         ),
         np.array([float(occ[a["occupation"]]) if a.get("occupation") else np.nan for a in attrs]),
         data.tags,
-        frozenset(zip(data.log.users.tolist(), data.log.items.tolist(), strict=True))
-        if len(data.tags)
-        else frozenset(),
+        data.rated_pairs() if len(data.tags) else frozenset(),
     )
-
-
-def known_tags(ctx: Context, fit_log: Log) -> Tags:
-    """The tags a model fitted on `fit_log` may know: those made no later than its last interaction,
-    on its own interactions or on pairs nobody rated (item metadata). A tag on a held-out interaction
-    would reveal that interaction."""
-    if not len(ctx.tags):
-        return ctx.tags
-    fitted = set(zip(fit_log.users.tolist(), fit_log.items.tolist(), strict=True))
-    pairs = zip(ctx.tags.users.tolist(), ctx.tags.items.tolist(), strict=True)
-    keep = np.fromiter((p in fitted or p not in ctx.rated for p in pairs), dtype=bool, count=len(ctx.tags))
-    keep &= ctx.tags.timestamps <= fit_log.timestamps.max()
-    return ctx.tags.take(keep)
 
 
 # ---------------------------------------------------------------- sources on one fitting slice
@@ -263,7 +248,7 @@ def fit_sources(ctx: Context, fit_log: Log, config: OfflineConfig, seed: int) ->
         )
         scores["bpr"] = bpr.scores()
     with timer("content"):
-        tags = S.tag_vectors(ctx.item_ids, known_tags(ctx, fit_log))
+        tags = S.tag_vectors(ctx.item_ids, ctx.tags.known_to(fit_log, ctx.rated))
         scores["content"] = S.content(x, S.content_vectors(ctx.genres, tags))
     with timer("ranks"):
         ranks = {name: S.ranks(s, x.binary) for name, s in scores.items()}

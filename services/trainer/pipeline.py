@@ -189,7 +189,8 @@ def build_snapshot(
 
     item_row = {item: i for i, item in enumerate(item_ids)}
     emb = fit_als(log_slice, item_ids, config.als(), show_progress=False)
-    items = features.item_features(log_slice, item_ids, data.catalog, reference, data.tags)
+    tags = data.tags.known_to(log_slice, data.rated_pairs()) if len(data.tags) else data.tags
+    items = features.item_features(log_slice, item_ids, data.catalog, reference, tags)
     users = features.user_features(log_slice, emb.user_ids, item_ids, items, reference)
     history: dict[str, list[int]] = {}
     for user, item in zip(log_slice.users[::-1].tolist(), log_slice.items[::-1].tolist(), strict=True):

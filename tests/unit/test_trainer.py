@@ -13,8 +13,14 @@ import pytest
 from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactVersion, open_current, open_version
 from services.trainer.cli import add_arguments, config_from_args, main
-from services.trainer.data import Log, load
-from services.trainer.pipeline import TrainConfig, label_windows, sequence_neighbours, train
+from services.trainer.data import Dataset, Item, Log, Tags, load
+from services.trainer.pipeline import (
+    TrainConfig,
+    build_snapshot,
+    label_windows,
+    sequence_neighbours,
+    train,
+)
 from tests.support import BUNDLED_DATA
 
 ARTIFACT_FILES = {
@@ -96,6 +102,31 @@ def test_sequence_neighbours_keep_the_strongest_and_zero_switches_them_off() -> 
     assert [items[j] for j in one.indices] == ["b", "a", "d", "c"]  # b's strongest is a (2 pairs)
     off = sequence_neighbours(log, items, window=1, keep=0)
     assert off.indptr.tolist() == [0] * 6 and off.scores([0, 1], [2, 3]).tolist() == [0.0, 0.0]
+
+
+def test_served_tag_counts_leave_out_tags_a_slice_may_not_know() -> None:
+    """Before the reference time u1 rated a and u2 rated b; u1 rates b after it. Of the tags given before
+    it, u2's on b (its own rating) and a non-rater's on a (metadata) count; u1's on b would reveal u1's
+    later rating, and a tag given after the slice's last rating is not known yet."""
+    full = Log(
+        np.array(["u1", "u2", "u1"]),
+        np.array(["a", "b", "b"]),
+        np.full(3, 4.0, np.float32),
+        np.array([1.0, 2.0, 10.0]),
+    )
+    fit = Log(full.users[:2], full.items[:2], full.ratings[:2], full.timestamps[:2])
+    tags = Tags(
+        np.array(["u2", "u9", "u1", "u9"]),
+        np.array(["b", "a", "b", "a"]),
+        np.array(["heist"] * 4),
+        np.array([1.5, 1.5, 1.5, 3.0]),
+    )
+    catalog = {i: Item(title=i, genres=("Drama",)) for i in "ab"}
+    data = Dataset("tags", "0" * 64, {}, full, catalog, {}, tags)
+    config = TrainConfig(data=Path("unused"), out=Path("unused"), embedding_dim=2, progress=False)
+    snap = build_snapshot(data, fit, ["a", "b"], 5.0, config)
+    counts = np.expm1(snap.item_features[:, rf.ITEM_FEATURES.index("item_log_tags")])
+    assert counts == pytest.approx([1.0, 1.0])
 
 
 def test_manifest_describes_data_split_and_metrics(trained: ArtifactVersion) -> None:
