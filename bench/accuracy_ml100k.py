@@ -43,15 +43,12 @@ def overrides(pairs: list[str]) -> OfflineConfig:
     changes: dict[str, object] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
-        if not sep or name not in {f.name for f in dataclasses.fields(OfflineConfig)}:
-            sys.exit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of OfflineConfig")
-        current = getattr(defaults, name)
         try:
-            if isinstance(current, tuple):
-                kind = type(current[0]) if current else str
-                changes[name] = tuple(kind(v) for v in raw.split(",") if v)
-            else:
-                changes[name] = type(current)(raw)
+            if not sep:
+                raise KeyError(name)
+            changes[name] = OfflineConfig.parse_field(name, raw)
+        except KeyError:
+            sys.exit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of OfflineConfig")
         except ValueError as error:
             sys.exit(f"--set {pair!r}: {error}")
     try:

@@ -1,21 +1,23 @@
-"""Paired comparison of ranker settings on the validation protocol, with the sources computed once.
+"""Paired comparison of pipeline settings on the validation protocol, each setting's sources computed once.
 
 Each validation split is an outer seed's train split again with an inner seed, so no test split is
 read. On each split, the tool computes once the stage-A groups and stage-B candidates, with their
 features, and caches them under --cache, keyed by the trainer's code and the data (a change to either
-starts a new cache). After that, a variant costs only its LightGBM fits on each split.
-Variants change the ranker's fields of OfflineConfig (objective, rounds, learning rate, leaves,
-min_data_in_leaf, the number of seeded models) or the stacking that makes its training groups (folds,
-repeats): a stacking variant's stage-A groups are computed once too and cached beside the defaults'.
-Fields that change the sources or the candidates are refused: the cache would not reflect them
-(`bench/accuracy_ml100k.py --validate --set ...` runs those).
+starts a new cache). A variant may set any field of OfflineConfig but those that define the validation
+split or do not change the ranking. A variant of the ranker's own fields (objective, rounds, learning
+rate, leaves, min_data_in_leaf, the number of seeded models) reuses the defaults' cache, so it costs
+only its LightGBM fits; any other (sources, fusion, candidates, stacking) gets groups and candidates of
+its own, computed once per split and setting and cached beside the defaults'.
 
 Each variant is compared with the defaults, user by user, on the same splits. The table gives the mean
 difference in AP@10 (the comparison's MAP) and nDCG@10, its standard error over users, and on how
 many splits the variant is ahead. This is the method of the validation rounds in docs/evaluation.md.
 
     .venv/bin/python bench/ranker_variants.py --variant rounds250:max_rounds=250 \\
-        --variant lambdarank:objective=lambdarank [--splits 42:9999 43:9999 44:9999]
+        --variant fusion:fused=ease,cooc,als,seq,seqease [--splits 42:9999 43:9999 44:9999]
+
+A tuple field's items are separated by commas, as are a variant's fields: a comma followed by FIELD=
+starts the next field.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,11 +55,16 @@ from services.trainer.offline import (  # noqa: E402
 )
 from services.trainer.splits import stratified_split  # noqa: E402
 
-#: OfflineConfig fields that change only stage A's groups, not stage B's candidates: cached per setting.
-STACKING_FIELDS = frozenset({"ranker_folds", "ranker_fold_repeats"})
-#: OfflineConfig fields a variant may set: the ranker's own, which the cache does not depend on, and the
-#: stacking fields, whose groups are cached per setting.
-RANKER_FIELDS = STACKING_FIELDS | frozenset(
+#: OfflineConfig fields a variant may not set, and why.
+FIXED_FIELDS = {
+    "protocol": "it defines the validation split",
+    "ratio": "it defines the validation split",
+    "leave_n": "it defines the validation split",
+    "mmr_lambdas": "the table compares the ranker's own order",
+    "threads": "it does not change the ranking",
+}
+#: OfflineConfig fields of the ranker itself: a variant of only these reuses the defaults' cached split.
+RANKER_FIELDS = frozenset(
     {
         "objective",
         "max_rounds",
@@ -65,6 +73,7 @@ RANKER_FIELDS = STACKING_FIELDS | frozenset(
         "min_data_in_leaf",
         "early_stopping_rounds",
         "ranker_seeds",
+        "validation_fraction",
     }
 )
 DEFAULT_SPLITS = tuple(f"{outer}:{inner}" for inner in (9999, 9998, 9997) for outer in (42, 43, 44))
@@ -77,12 +86,16 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         sys.exit(f"--variant {text!r}: expected NAME:FIELD=VALUE[,FIELD=VALUE...]")
     defaults = OfflineConfig()
     changes: dict[str, Any] = {}
-    for pair in body.split(","):
+    for pair in re.split(r",(?=\w+=)", body):
         field, sep, raw = pair.partition("=")
-        if not sep or field not in RANKER_FIELDS:
-            sys.exit(f"--variant {text!r}: {field!r} is not one of {', '.join(sorted(RANKER_FIELDS))}")
+        if field in FIXED_FIELDS:
+            sys.exit(f"--variant {text!r}: {field!r} cannot vary: {FIXED_FIELDS[field]}")
         try:
-            changes[field] = type(getattr(defaults, field))(raw)
+            if not sep:
+                raise KeyError(field)
+            changes[field] = OfflineConfig.parse_field(field, raw)
+        except KeyError:
+            sys.exit(f"--variant {text!r}: {field!r} is not a field of OfflineConfig")
         except ValueError as error:
             sys.exit(f"--variant {text!r}: {field}: {error}")
     try:
@@ -128,10 +141,23 @@ def save_whole(path: Path, **arrays: Any) -> None:
     partial.replace(path)
 
 
+def setting_key(config: OfflineConfig) -> str:
+    """'' for the defaults' groups and candidates, else a short digest of the fields that change them."""
+    defaults = OfflineConfig()
+    changed = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in RANKER_FIELDS and getattr(config, f.name) != getattr(defaults, f.name)
+    }
+    if not changed:
+        return ""
+    return "-" + hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> dict[str, Any]:
-    """Stage A's groups and stage B's candidates of one validation split, computed once into `cache`
-    (a directory per version of the code and the data)."""
-    path = cache / f"split-{outer}-{inner}.npz"
+    """Stage A's groups and stage B's candidates of one validation split under `config`, computed once
+    into `cache` (a directory per version of the code and the data)."""
+    path = cache / f"split-{outer}-{inner}{setting_key(config)}.npz"
     if not path.exists():
         inner_data, train, holdout = validation_split(data, outer, inner, config)
         ctx = make_context(inner_data, train)
@@ -154,17 +180,6 @@ def cached_split(data: Dataset, outer: int, inner: int, config: OfflineConfig, c
         )
     with np.load(path) as z:
         return {key: z[key] for key in z.files}
-
-
-def cached_stage_a(data: Dataset, outer: int, inner: int, config: OfflineConfig, cache: Path) -> RankerData:
-    """Stage A's groups of one validation split under `config`'s stacking, computed once into `cache`."""
-    path = cache / f"stage-a-{outer}-{inner}-{config.ranker_folds}x{config.ranker_fold_repeats}.npz"
-    if not path.exists():
-        inner_data, train, _ = validation_split(data, outer, inner, config)
-        stage_a = ranker_training_data(make_context(inner_data, train), train, config, inner, Timer())
-        save_whole(path, a_features=stage_a.features, a_labels=stage_a.labels, per_user=stage_a.per_user)
-    with np.load(path) as z:
-        return RankerData(z["a_features"], z["a_labels"], int(z["per_user"]), {})
 
 
 def per_user_metrics(
@@ -211,15 +226,13 @@ def main() -> int:
         t0 = time.perf_counter()
         split = cached_split(data, outer, inner, base, cache)
         print(f"split {outer}:{inner}: groups ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        stage_a = RankerData(split["a_features"], split["a_labels"], int(split["per_user"]), {})
         for name, changes in variants.items():
             config = dataclasses.replace(base, **changes)
-            groups = stage_a
-            if any(getattr(config, f) != getattr(base, f) for f in STACKING_FIELDS):
-                groups = cached_stage_a(data, outer, inner, config, cache)
+            own = split if not setting_key(config) else cached_split(data, outer, inner, config, cache)
+            groups = RankerData(own["a_features"], own["a_labels"], int(own["per_user"]), {})
             ranker, _ = train_ranker(groups, config, inner, Timer())
             split_ap, split_ndcg = per_user_metrics(
-                split, ranker.predict(split["b_features"], stage_a.per_user, config.threads)
+                own, ranker.predict(own["b_features"], groups.per_user, config.threads)
             )
             scores[name]["ap"].append(split_ap)
             scores[name]["ndcg"].append(split_ndcg)

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,18 @@ class OfflineConfig:
     def __post_init__(self) -> None:
         if self.ranker_seeds < 1:
             raise ValueError(f"ranker_seeds must be >= 1, got {self.ranker_seeds}")
+
+    @classmethod
+    def parse_field(cls, name: str, raw: str) -> Any:
+        """A field's value from text, as the field's type: a tuple field takes comma-separated items.
+        Raises KeyError for an unknown field and ValueError for a value of the wrong type."""
+        if name not in {f.name for f in fields(cls)}:
+            raise KeyError(name)
+        current = getattr(cls(), name)
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            return tuple(kind(v) for v in raw.split(",") if v)
+        return type(current)(raw)
 
     def lgb_params(self, seed: int) -> dict[str, Any]:
         return lightgbm_params(

@@ -1,20 +1,48 @@
-"""bench/ranker_variants.py refuses what its cache cannot answer, before any work."""
+"""bench/ranker_variants.py: what a variant may set, how it is read, and which cache it shares."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from services.trainer.offline import OfflineConfig
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ranker_variants.py"
+
+
+def tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ranker_variants", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_read_tuple_fields_and_only_ranker_fields_share_the_defaults_cache() -> None:
+    rv = tool()
+    name, changes = rv.parse_variant("fusion:fused=ease,cooc,seqease,ranker_seeds=1,fusion_k=30")
+    assert name == "fusion"
+    assert changes == {"fused": ("ease", "cooc", "seqease"), "ranker_seeds": 1, "fusion_k": 30.0}
+    defaults = OfflineConfig()
+    assert rv.setting_key(defaults) == ""
+    assert rv.setting_key(OfflineConfig(max_rounds=250, ranker_seeds=1)) == ""  # the ranker's own fields
+    fused = rv.setting_key(OfflineConfig(fused=("ease", "cooc", "seqease")))
+    folds = rv.setting_key(OfflineConfig(ranker_folds=3, max_rounds=250))
+    assert fused and folds and fused != folds
+    assert folds == rv.setting_key(OfflineConfig(ranker_folds=3))  # the ranker's fields never split a cache
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--variant", "more:candidates=200"], "'candidates' is not one of"),  # changes what is cached
+        (["--variant", "split:ratio=0.8"], "'ratio' cannot vary: it defines the validation split"),
+        (["--variant", "typo:max_round=250"], "'max_round' is not a field of OfflineConfig"),
+        (["--variant", "k:fusion_k=wide"], "fusion_k: could not convert"),
         (["--variant", "fast:max_rounds=many"], "max_rounds: invalid literal"),
         (["--variant", "k3:ranker_folds=three"], "ranker_folds: invalid literal"),  # a stacking field
         (["--variant", "max_rounds=250"], "expected NAME:FIELD=VALUE"),
