@@ -94,6 +94,19 @@ def users_in(cfg: ex.Config, arm: str, warm: list[str], n: int) -> list[str]:
     return [u for u in warm if ex.assign(cfg, u)[0].arm.name == arm][:n]
 
 
+def restore_experiments(platform: LocalPlatform, exp_file: Path, good: str) -> None:
+    """Put the module's experiments file back and wait until the gateway serves it again, so the next
+    test starts from it."""
+    exp_file.write_text(good)
+    os.utime(exp_file)
+    expected = yaml.safe_load(good)["experiments"][0]["id"]
+    deadline = time.monotonic() + 10
+    with Client(platform.address("gateway")) as client:
+        while client.recommend("a", k=3).assignments[0].experiment != expected:
+            assert time.monotonic() < deadline, f"the gateway did not reload {exp_file.name}"
+            time.sleep(0.1)
+
+
 def exposures(log: Path) -> list[Any]:
     if not log.exists():
         return []
@@ -250,9 +263,7 @@ def test_a_bad_experiments_file_is_refused_and_the_old_config_serves(
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
     finally:
-        exp_file.write_text(good)
-        os.utime(exp_file)
-        time.sleep(0.5)
+        restore_experiments(platform, exp_file, good)
 
 
 def test_two_gateway_replicas_agree(running: tuple[LocalPlatform, Path, Path]) -> None:
@@ -361,6 +372,4 @@ def test_pipeline_variants_diversity_sources_and_interleaving_over_the_wire(
         assert il.wins_a + il.wins_b == 12 and il.ties == 0  # every click landed on one team's item
         assert 0 <= il.p_value <= 1
     finally:
-        exp_file.write_text(good)
-        os.utime(exp_file)
-        time.sleep(0.5)
+        restore_experiments(platform, exp_file, good)
