@@ -14,7 +14,8 @@ sequence EASE, ALS, BPR, content (genres and tags) and popularity. Retrieval mer
 ALS and sequence neighbours (`OfflineConfig.fused`) by reciprocal-rank fusion and keeps the top
 `candidates`; every source's score and rank become ranker features, with user, item, context
 (time of day, recency) and cross features. Hyper-parameters are fixed in `OfflineConfig` a priori (the
-ALS/BPR/EASE settings were compared on the inner split of seed 42, never on a test split).
+BPR/EASE settings were compared on the inner split of seed 42, ALS's on the validation holdouts of three
+trains with bench/sources_alone.py; never on a test split).
 
 Offline-only: the multi-source candidates and their features exist here, not in the served path (the
 served ranker uses services.common.ranking_features over ALS/FAISS candidates).
