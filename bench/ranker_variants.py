@@ -29,6 +29,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,26 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     except ValueError as error:
         sys.exit(f"--variant {text!r}: {error}")
     return name, changes
+
+
+def read_variants(texts: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The defaults (no changes) and each --variant, by name."""
+    return dict([("defaults", {})] + [parse_variant(v) for v in texts])
+
+
+def add_validation_arguments(parser: argparse.ArgumentParser, splits: Sequence[str]) -> None:
+    """--data, --variant and --splits, shared by the tools that compare settings on validation splits."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_CACHE, help="MovieLens 100k directory (u.data)")
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...", help="a setting to compare"
+    )
+    parser.add_argument("--splits", nargs="+", default=list(splits), help="OUTER:INNER seed pairs")
+
+
+def load_ml100k(path: Path) -> Dataset:
+    if not (path / "u.data").is_file():
+        sys.exit(f"no {path}/u.data: run bench/accuracy_ml100k.py or `recsys data fetch movielens-100k`")
+    return load(path)
 
 
 def parse_split(text: str) -> tuple[int, int]:
@@ -200,11 +221,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_CACHE, help="MovieLens 100k directory (u.data)")
-    parser.add_argument(
-        "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...", help="a setting to compare"
-    )
-    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="OUTER:INNER seed pairs")
+    add_validation_arguments(parser, DEFAULT_SPLITS)
     parser.add_argument(
         "--cache",
         type=Path,
@@ -213,12 +230,10 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ranker_variants.json")
     args = parser.parse_args()
-    variants = dict([("defaults", {})] + [parse_variant(v) for v in args.variant])
+    variants = read_variants(args.variant)
     splits = [parse_split(s) for s in args.splits]
     base = OfflineConfig()
-    if not (args.data / "u.data").is_file():
-        sys.exit(f"no {args.data}/u.data: run bench/accuracy_ml100k.py or `recsys data fetch movielens-100k`")
-    data = load(args.data)
+    data = load_ml100k(args.data)
     cache = args.cache / f"{code_fingerprint()}-{data.fingerprint[:12]}"
     started = time.perf_counter()
     scores: dict[str, dict[str, list[list[float]]]] = {name: {"ap": [], "ndcg": []} for name in variants}

@@ -25,11 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ranker_variants import parse_split, parse_variant, validation_split  # noqa: E402
+from ranker_variants import (  # noqa: E402
+    add_validation_arguments,
+    load_ml100k,
+    parse_split,
+    read_variants,
+    validation_split,
+)
 
 from services.trainer import sources as S  # noqa: E402
-from services.trainer.data import load  # noqa: E402
-from services.trainer.evaluate_cli import DEFAULT_CACHE  # noqa: E402
 from services.trainer.metrics import average_precision_at_k  # noqa: E402
 from services.trainer.offline import SOURCES, K, OfflineConfig, fit_sources, make_context, relevant_sets  # noqa: E402
 
@@ -40,18 +44,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_CACHE, help="MovieLens 100k directory (u.data)")
-    parser.add_argument(
-        "--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...", help="a setting to compare"
-    )
-    parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), help="OUTER:INNER seed pairs")
+    add_validation_arguments(parser, DEFAULT_SPLITS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sources_alone.json")
     args = parser.parse_args()
-    variants = dict([("defaults", {})] + [parse_variant(v) for v in args.variant])
+    variants = read_variants(args.variant)
     splits = [parse_split(s) for s in args.splits]
-    if not (args.data / "u.data").is_file():
-        sys.exit(f"no {args.data}/u.data: run bench/accuracy_ml100k.py or `recsys data fetch movielens-100k`")
-    data = load(args.data)
+    data = load_ml100k(args.data)
     started = time.perf_counter()
     scores: dict[str, dict[str, list[float]]] = {name: {s: [] for s in SOURCES} for name in variants}
     for outer, inner in splits:
