@@ -34,7 +34,7 @@ from ranker_variants import (  # noqa: E402
 )
 
 from services.trainer import sources as S  # noqa: E402
-from services.trainer.metrics import average_precision_at_k  # noqa: E402
+from services.trainer.metrics import mean_metrics  # noqa: E402
 from services.trainer.offline import SOURCES, K, OfflineConfig, fit_sources, make_context, relevant_sets  # noqa: E402
 
 DEFAULT_SPLITS = ("42:9999", "43:9999", "44:9999")
@@ -64,11 +64,10 @@ def main() -> int:
             rows = np.array([index[u] for u in users], dtype=np.int64)
             for source in SOURCES:
                 top = S.top_n(fitted.scores[source][rows], fitted.x.binary[rows], K)
-                ap = [
-                    average_precision_at_k([ctx.item_ids[j] for j in items], relevant[u], K)
-                    for items, u in zip(top.tolist(), users, strict=True)
-                ]
-                scores[name][source].append(float(np.mean(ap)))
+                ranked = {
+                    u: [ctx.item_ids[j] for j in row] for u, row in zip(users, top.tolist(), strict=True)
+                }
+                scores[name][source].append(mean_metrics(ranked, relevant, K)[f"map@{K}"])
             print(
                 f"split {outer}:{inner} {name}: "
                 + " ".join(f"{s} {scores[name][s][-1]:.4f}" for s in SOURCES),
