@@ -1,60 +1,52 @@
-"""MovieLens 100k accuracy benchmark on the published comparison's protocol (issue 3).
+"""MovieLens 100k accuracy, served: the published comparison's protocol scored through the running
+services, as a user would get it.
 
-Fetches the data with ../shared/scripts/get-ml100k.sh when it is missing (never committed), runs the
-two-stage pipeline and the baselines for three seeds of python_stratified_split(ratio=0.75, by item),
-prints the table against the published rows, and writes bench/results/accuracy_ml100k.json plus the
-full report (report.md, PNGs) under bench/results/accuracy_ml100k/.
+For each seed (42, 43, 44) of python_stratified_split(ratio=0.75, by item):
+  1. write the train split as a MovieLens 100k directory (u.data, and the item and user metadata of the
+     train split's items and users: an item only in the test split stays unknown, as the protocol's
+     models know only train items);
+  2. run `recsys train --protocol stratified` on it (the CLI, in a subprocess: the same training a user
+     runs; its own metrics come from an inner holdout of the train split);
+  3. start the four services on the exported version (services.local.LocalPlatform, budgets relaxed so
+     a busy machine does not degrade answers), wait for the compiled ranker, and ask the gateway over
+     gRPC for the top 10 of every test user; score against the test split;
+  4. score the same artifacts in-process (the services' handlers called directly, LightGBM trees), and
+     each source alone and the fused retrieval order from the same loaded sources.
+
+Writes bench/results/accuracy_ml100k.json and bench/results/accuracy_ml100k/ (report.md, PNGs).
+MovieLens 100k is fetched with ../shared/scripts/get-ml100k.sh when missing (never committed).
 
     .venv/bin/python bench/accuracy_ml100k.py [--seeds 42 43 44] [--data DIR] [--set NAME=VALUE ...]
-
-`--validate` runs the validation protocol settings are chosen on instead: each seed's train split again
-with seed 9999 (the pipeline, stacking included, runs inside that train; no test split is read).
-Earlier rounds validated on seed 42's train only (`--validate --seeds 42`).
-`--set` overrides an `OfflineConfig` field (e.g. `--set candidates=300 --set fused=ease,cooc`) to compare
-variants on it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.trainer import report  # noqa: E402
-from services.trainer.data import load  # noqa: E402
-from services.trainer.offline import OfflineConfig, run, summarize  # noqa: E402
+from bench.served import METRICS, recsys_train, relevant_sets, serve_and_score  # noqa: E402
+from services.common.artifacts import open_current  # noqa: E402
+from services.trainer.benchmark import aggregate  # noqa: E402
+from services.trainer.data import Dataset, Log, load  # noqa: E402
+from services.trainer.report import ANCHOR  # noqa: E402
 from services.trainer.splits import stratified_split  # noqa: E402
 
 SCRIPT = ROOT.parent / "shared" / "scripts" / "get-ml100k.sh"
 CACHE = Path.home() / ".cache" / "recsys" / "ml-100k"
-VALIDATION_SEED = 9999
-
-
-def overrides(pairs: list[str]) -> OfflineConfig:
-    """OfflineConfig with NAME=VALUE pairs applied, each value parsed as its field's type."""
-    defaults = OfflineConfig()
-    changes: dict[str, object] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        try:
-            if not sep:
-                raise KeyError(name)
-            changes[name] = OfflineConfig.parse_field(name, raw)
-        except KeyError:
-            sys.exit(f"--set {pair!r}: expected NAME=VALUE with NAME a field of OfflineConfig")
-        except ValueError as error:
-            sys.exit(f"--set {pair!r}: {error}")
-    try:
-        return dataclasses.replace(defaults, **changes)  # type: ignore[arg-type]
-    except ValueError as error:
-        sys.exit(f"--set {' '.join(pairs)}: {error}")
+MUST = {"map@10": 0.160, "ndcg@10": 0.505, "precision@10": 0.438, "recall@10": 0.237}
+AIM = {"map@10": 0.165, "ndcg@10": 0.515}
 
 
 def ensure_data(path: Path) -> Path:
@@ -66,6 +58,141 @@ def ensure_data(path: Path) -> Path:
     return path
 
 
+def write_train_split(source: Path, train: Log, out: Path) -> None:
+    """`train` as u.data (in the input file's order), with the metadata of its items and users."""
+    out.mkdir(parents=True)
+    order = train.file_order()
+    with (out / "u.data").open("w") as f:
+        for i in order.tolist():
+            f.write(f"{train.users[i]}\t{train.items[i]}\t{train.ratings[i]:g}\t{int(train.timestamps[i])}\n")
+    keep = {"item": set(train.items.tolist()), "user": set(train.users.tolist())}
+    for kind in ("item", "user"):
+        path = source / f"ml-100k.{kind}"
+        if not path.is_file():
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [lines[0], *(line for line in lines[1:] if line.split("\t", 1)[0] in keep[kind])]
+        (out / path.name).write_text("\n".join(kept) + "\n", encoding="utf-8")
+
+
+def run_seed(data: Dataset, source: Path, seed: int, settings: list[str], work: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    train, test = stratified_split(data.log, 0.75, filter_by="item", seed=seed)
+    split_dir, artifacts = work / "train-split", work / "artifacts"
+    write_train_split(source, train, split_dir)
+    print(f"seed {seed}:", file=sys.stderr, flush=True)
+    flags = [
+        "--protocol",
+        "stratified",
+        "--seed",
+        str(seed),
+        *(arg for s in settings for arg in ("--set", s)),
+    ]
+    trained = recsys_train(split_dir, artifacts, flags, work / "train.log")
+    manifest = open_current(artifacts).manifest
+    scored = serve_and_score(artifacts, relevant_sets(train, test), work)
+    result = {
+        "seed": seed,
+        "version": manifest["version"],
+        "sizes": {"train": len(train), "test": len(test)},
+        **scored,
+        "trainer_holdout": manifest["metrics"]["accuracy"]["pipeline"],
+        "seconds": {"train": round(trained, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    print(
+        f"seed {seed}: served {result['served']}  in-process {result['in_process']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for name in ("served", "in_process"):
+        rows[name] = {m: aggregate([r[name][m] for r in per_seed]) for m in METRICS}
+    for name in per_seed[0]["baselines"]:
+        rows[name] = {m: aggregate([r["baselines"][name][m] for r in per_seed]) for m in METRICS}
+    gap = [r["served"]["ndcg@10"] - r["in_process"]["ndcg@10"] for r in per_seed]
+    return {
+        "rows": rows,
+        "served_minus_in_process_ndcg@10": aggregate(gap),
+        "must": {m: rows["served"][m]["mean"] >= v for m, v in MUST.items()},
+        "aim": {m: rows["served"][m]["mean"] >= v for m, v in AIM.items()},
+        "within_0.005_ndcg_of_in_process": abs(float(np.mean(gap))) <= 0.005,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    lines = [
+        "# MovieLens 100k, served",
+        "",
+        f"Stratified 75/25 split by item, seeds {', '.join(str(x) for x in result['seeds'])}; `recsys train` on each "
+        "train split, then Recommend(k=10) through the gateway for every test user. Mean ± sample std over seeds.",
+        "",
+        "| | MAP@10 | nDCG@10 | P@10 | R@10 |",
+        "|---|---|---|---|---|",
+    ]
+    labels = {"served": "**served (gateway, gRPC)**", "in_process": "in-process, same artifacts"}
+    for name, row in s["rows"].items():
+        label = labels.get(name, f"{name} alone" if name != "retrieval" else "retrieval (fused, no ranker)")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{row[m]['mean']:.4f} ± {row[m]['std']:.4f}" for m in METRICS)
+            + " |"
+        )
+    for name, values in ANCHOR.items():
+        cells = [values["map"], values["ndcg@10"], values["precision@10"], values["recall@10"]]
+        lines.append(f"| *{name} (published)* | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
+    lines.append("| must (served mean) | " + " | ".join(f"≥ {MUST[m]:.3f}" for m in METRICS) + " |")
+    lines += [
+        "",
+        "| seed | served MAP | nDCG | P | R | in-process nDCG | same top 10 | degraded | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["per_seed"]:
+        sv, ip, agree = r["served"], r["in_process"], r["served_vs_in_process"]
+        lines.append(
+            f"| {r['seed']} | {sv['map@10']:.4f} | {sv['ndcg@10']:.4f} | {sv['precision@10']:.4f} | {sv['recall@10']:.4f} "
+            f"| {ip['ndcg@10']:.4f} | {agree['same_top10']}/{agree['users']} | {agree['degraded']} | {r['seconds']['train']:.0f} |"
+        )
+    gap = s["served_minus_in_process_ndcg@10"]
+    lines += ["", f"Served minus in-process nDCG@10: {gap['mean']:+.5f} (must be within ±0.005).", ""]
+    lines.append("Must: " + ", ".join(f"{m} {'met' if ok else 'NOT met'}" for m, ok in s["must"].items()))
+    lines.append("Aim: " + ", ".join(f"{m} {'met' if ok else 'not met'}" for m, ok in s["aim"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["summary"]["rows"]
+    names = list(rows)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 0.35 * (len(names) + len(ANCHOR)) + 1.5))
+    anchor_key = {
+        "map@10": "map",
+        "ndcg@10": "ndcg@10",
+        "precision@10": "precision@10",
+        "recall@10": "recall@10",
+    }
+    for ax, metric in zip(axes, METRICS, strict=True):
+        labels = names + [f"{n} (published)" for n in ANCHOR]
+        values = [rows[n][metric]["mean"] for n in names] + [ANCHOR[n][anchor_key[metric]] for n in ANCHOR]
+        errors = [rows[n][metric]["std"] for n in names] + [0.0] * len(ANCHOR)
+        colors = ["tab:red" if n == "served" else "tab:blue" for n in names] + ["tab:gray"] * len(ANCHOR)
+        ax.barh(labels, values, xerr=errors, color=colors)
+        ax.axvline(MUST[metric], color="black", linestyle="--", linewidth=1)
+        ax.invert_yaxis()
+        ax.set_title(metric)
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,32 +200,58 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=CACHE)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--validate", action="store_true", help="the validation protocol (see above)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a pipeline setting passed to `recsys train`",
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep each seed's split, artifacts and logs here"
+    )
     args = parser.parse_args()
-    config = overrides(args.overrides)
+    from services.trainer.pipeline import PipelineConfig
+
+    config = PipelineConfig()
+    for pair in args.settings:  # refuse a bad setting before any data is read
+        name, sep, raw = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError(f"expected NAME=VALUE, got {pair!r}")
+            config = config.with_setting(name, raw)
+            config.check()
+        except ValueError as error:
+            sys.exit(f"--set {pair!r}: {error}")
     started = time.perf_counter()
-    data = load(ensure_data(args.data))
-    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    if args.validate:
-        name = "accuracy_ml100k_validation"
-        runs = []
-        for outer in args.seeds:
-            train, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
-            runs.append(run(dataclasses.replace(data, log=train), config, [VALIDATION_SEED], progress))
-            runs[-1]["per_seed"][0]["outer_seed"] = outer
-        result = {**runs[0], "per_seed": [r["per_seed"][0] for r in runs], "outer_seeds": args.seeds}
-        result["summary"] = summarize(result["per_seed"])
-    else:
-        name = "accuracy_ml100k"
-        result = run(data, config, args.seeds, progress)
-    result["wall_seconds"] = round(time.perf_counter() - started, 1)
-    result["overrides"] = args.overrides
+    source = ensure_data(args.data)
+    data = load(source)
+    per_seed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = args.keep or Path(tmp)
+        for seed in args.seeds:
+            work = base / f"seed-{seed}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            per_seed.append(run_seed(data, source, seed, args.settings, work))
+    result = {
+        "benchmark": "accuracy_ml100k (served)",
+        "protocol": "python_stratified_split(ratio=0.75, filter_by='item'); every test interaction relevant",
+        "seeds": args.seeds,
+        "settings": args.settings,
+        "per_seed": per_seed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    result["summary"] = summary(per_seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    report.write(result, args.out / name)
-    print(report.markdown(result))
-    print(f"wall time {result['wall_seconds']:.0f} s; written {args.out / f'{name}.json'}")
+    (args.out / "accuracy_ml100k.json").write_text(json.dumps(result, indent=1) + "\n")
+    report_dir = args.out / "accuracy_ml100k"
+    report_dir.mkdir(exist_ok=True)
+    (report_dir / "report.md").write_text(markdown(result))
+    plot(result, report_dir)
+    print(markdown(result))
+    print(f"wall time {result['wall_seconds']:.0f} s; written {args.out / 'accuracy_ml100k.json'}")
     return 0
 
 

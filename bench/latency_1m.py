@@ -1,5 +1,6 @@
-"""Latency and throughput at scale: a synthetic 1M-item catalogue, 500 candidates, a 300-tree ranker,
-the four services as separate processes on loopback.
+"""Latency and throughput at scale: a synthetic 1M-item catalogue (`recsys synth`: every source of the
+default pipeline, item-item tables included), 500 fused candidates, a 300-tree ranker, the four
+services as separate processes on loopback.
 
 Measures, in one run:
   1. end-to-end latency at 1 request in flight (closed loop, sequential);
@@ -56,6 +57,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cpu_snapshot(platform: LocalPlatform) -> dict[str, float]:
     """CPU seconds of every service process and of this process (the load generator)."""
     out = {name: cpu_seconds(proc.pid) for name, proc in platform.processes.items()}
@@ -86,7 +95,8 @@ def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str
             await ranking.load(version)
             model = ranking.versions.current
             assert model is not None
-            await asyncio.to_thread(model.scorer.compile, default_cache_dir())
+            for scorer in model.scorers:
+                await asyncio.to_thread(scorer.compile, default_cache_dir())
             times: dict[str, list[float]] = {"features": [], "retrieval": [], "ranking": []}
             context: Any = None  # valid requests never touch the context
             for i in range(requests):
@@ -98,14 +108,7 @@ def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str
                 ).user
                 t1 = time.perf_counter()
                 retrieved = await retrieval.Retrieve(
-                    retrieval_pb2.RetrieveRequest(
-                        user_id=user.user_id,
-                        user_embedding=user.embedding,
-                        recent_item_ids=user.recent_item_ids,
-                        exclude_item_ids=user.seen_item_ids,
-                        n=CANDIDATES,
-                    ),
-                    context,
+                    retrieval_pb2.RetrieveRequest(user_id=user.user_id, user=user, min_n=10), context
                 )
                 t2 = time.perf_counter()
                 await ranking.Rank(
@@ -149,8 +152,7 @@ def main() -> None:
             redis_url=args.redis_url,
             event_log=Path(work) / "events.jsonl",
             replicas={b: args.replicas for b in BACKENDS},
-            # Budgets sized for this scale; what a request may spend before degrading.
-            extra_args={"gateway": ["--candidates", str(CANDIDATES)]},
+            # the version's own candidate count (CANDIDATES, set by `recsys synth`)
         )
         with platform:
             wait_compiled(platform)
@@ -163,6 +165,7 @@ def main() -> None:
             cpu_ms = {k: (after[k] - before[k]) * 1000 / sequential.requests for k in before}
             result["cpu_ms_per_request"] = cpu_ms
             result["cpu_bound_rps"] = (os.cpu_count() or 1) * 1000 / sum(cpu_ms.values())
+            result["rss_mib"] = {name: rss_mib(proc.pid) for name, proc in platform.processes.items()}
             rates: list[LoadResult] = []
             for rate in [float(r) for r in args.rates.split(",")]:
                 rates.append(
@@ -197,6 +200,7 @@ def main() -> None:
         + f"  (sum {sum(result['cpu_ms_per_request'].values()):.2f}: at most "
         f"{result['cpu_bound_rps']:.0f} req/s on {os.cpu_count()} cores)"
     )
+    print("resident memory MiB: " + "  ".join(f"{k}={v:.0f}" for k, v in result["rss_mib"].items()))
     print("in-process stage p50 ms: " + "  ".join(f"{k}={v:.2f}" for k, v in stages.items()))
     print(f"platform overhead at p50: {result['overhead_p50_ms']:.2f} ms   (wrote {args.out})")
 

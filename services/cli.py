@@ -118,9 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--out", type=Path, required=True, help="artifact root to publish the version into")
     synth.add_argument("--items", type=int, default=1_000_000, help="catalogue size")
-    synth.add_argument("--users", type=int, default=20_000, help="users with embeddings and features")
-    synth.add_argument("--trees", type=int, default=300, help="ranker trees")
-    synth.add_argument("--candidates", type=int, default=500, help="k of the index's recall target")
+    synth.add_argument("--users", type=int, default=20_000, help="users with histories and feature rows")
+    synth.add_argument("--trees", type=int, default=300, help="ranker trees, over its seeded models")
+    synth.add_argument("--neighbours", type=int, default=20, help="links per item in each item-item table")
+    synth.add_argument(
+        "--candidates", type=int, default=500, help="fused candidates (and the index's recall k)"
+    )
     synth.add_argument("--recall", type=float, default=0.95, help="recall@candidates target vs exact search")
 
     demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
@@ -284,6 +287,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         items=args.items,
         users=args.users,
         trees=args.trees,
+        neighbours=args.neighbours,
         candidates=args.candidates,
         recall_target=args.recall,
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from services.common.artifacts import ArtifactVersion
-from tests.support import BUNDLED_DATA, redis_server
+from tests.support import BUNDLED_DATA, light_pipeline, redis_server
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +18,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> ArtifactVersion:
-    """One real training run on the bundled MovieLens latest-small, shared by the whole session."""
-    from services.trainer.pipeline import TrainConfig, train
+    """One real `recsys train` on the bundled MovieLens latest-small (every source and stage, the test
+    pipeline's sizes), shared by the whole session."""
+    from services.trainer.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("artifacts")
-    return train(TrainConfig(data=BUNDLED_DATA, out=root))
+    return train(TrainConfig(data=BUNDLED_DATA, out=root, pipeline=light_pipeline(), progress=False))
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,18 @@ import grpc
 
 from services.common.server import Component
 from services.local import free_port
+from services.trainer.pipeline import PipelineConfig
 
-__all__ = ["BUNDLED_DATA", "RELAXED_BUDGETS", "REPO", "free_port", "redis_server", "serving"]
+__all__ = [
+    "BUNDLED_DATA",
+    "RELAXED_BUDGETS",
+    "REPO",
+    "TEST_SETTINGS",
+    "free_port",
+    "light_pipeline",
+    "redis_server",
+    "serving",
+]
 
 #: Gateway flags for tests about behaviour, not speed: budgets a loaded CI machine cannot overrun, so a
 #: response degrades only when a test makes it.
@@ -31,7 +41,36 @@ RELAXED_BUDGETS = [
     "2000",
 ]
 
+#: The pipeline the tests train: every source and every stage (two label windows, two seeded ranker
+#: models), sized for a 2-core CI machine. Tests check behaviour; the benchmarks measure quality with the
+#: defaults.
+TEST_SETTINGS = (
+    "protocol.windows=2",
+    "ranker.seeds=2",
+    "ranker.rounds=40",
+    "ranker.min_data_in_leaf=50",
+    "ease.max_items=1500",
+    "seqease.max_items=1500",
+    "rp3.max_items=1500",
+    "ease.neighbours=200",
+    "seqease.neighbours=200",
+    "rp3.neighbours=200",
+    "seq.neighbours=200",
+    "als.factors=32",
+    "als.iterations=8",
+)
+
 S = TypeVar("S")
+
+
+def light_pipeline(*more: str) -> PipelineConfig:
+    """The default pipeline with TEST_SETTINGS (and `more` NAME=VALUE settings) applied."""
+    config = PipelineConfig()
+    for pair in (*TEST_SETTINGS, *more):
+        name, _, value = pair.partition("=")
+        config = config.with_setting(name, value)
+    return config
+
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_DATA = REPO / "data" / "ml-latest-small"

@@ -1,7 +1,9 @@
 """The `Candidates` message (candidates in columns) built and read the same way by every stage.
 
-Retrieval builds one from blocks of (item ids, scores, source); ranking and the gateway turn chosen
-positions back into `ScoredItem`s for the response. Only the few returned items ever become messages.
+Retrieval turns its fused `CandidateColumns` (services.common.fusion) into one (`to_proto`); ranking
+reads it back (`from_proto`) over its own item rows, so both sides hold exactly the same float32
+columns; ranking and the gateway turn chosen positions into `ScoredItem`s for the response. Only the
+few returned items ever become messages.
 """
 
 from __future__ import annotations
@@ -12,26 +14,42 @@ import numpy as np
 import numpy.typing as npt
 
 from recsys.v1 import common_pb2
+from services.common.fusion import CandidateColumns, SourceColumn
 from services.common.rpc import MAX_ID_LENGTH, require, require_id
 
-Block = tuple[Sequence[str], npt.ArrayLike, str]
 
-
-def build(blocks: Iterable[Block]) -> common_pb2.Candidates:
-    """Candidates from consecutive blocks of (item ids, scores, source name), in that order."""
-    out = common_pb2.Candidates()
-    for item_ids, scores, source in blocks:
-        values = np.asarray(scores, dtype=np.float32).reshape(-1)
-        if len(item_ids) != values.shape[0]:
-            raise ValueError(f"{len(item_ids)} item ids but {values.shape[0]} scores for source {source!r}")
-        if not item_ids:
-            continue
-        if source not in out.source_names:
-            out.source_names.append(source)
-        out.item_ids.extend(item_ids)
-        out.scores.extend(values.tolist())
-        out.sources.extend([list(out.source_names).index(source)] * len(item_ids))
+def to_proto(candidates: CandidateColumns, item_ids: npt.NDArray[np.object_]) -> common_pb2.Candidates:
+    """`candidates` as a message; `item_ids[row]` is the id of item row `row`."""
+    names = list(dict.fromkeys(candidates.origin))
+    index = {name: i for i, name in enumerate(names)}
+    out = common_pb2.Candidates(
+        item_ids=item_ids[candidates.rows].tolist(),
+        scores=candidates.fused.tolist(),
+        source_names=names,
+        sources=[index[o] for o in candidates.origin],
+    )
+    for name, column in candidates.columns.items():
+        out.columns.append(
+            common_pb2.SourceColumn(
+                source=name, scores=column.scores.tolist(), ranks=column.ranks.tolist(), best=column.best
+            )
+        )
     return out
+
+
+def from_proto(message: common_pb2.Candidates, rows: npt.NDArray[np.int64]) -> CandidateColumns:
+    """The columns of a (validated) message; `rows` are its items' rows on the reading side."""
+    return CandidateColumns(
+        rows,
+        np.asarray(message.scores, dtype=np.float32),
+        [source_of(message, i) for i in range(len(message.item_ids))],
+        {
+            c.source: SourceColumn(
+                np.asarray(c.scores, dtype=np.float32), np.asarray(c.ranks, dtype=np.float32), float(c.best)
+            )
+            for c in message.columns
+        },
+    )
 
 
 def validate(candidates: common_pb2.Candidates, field: str = "candidates") -> None:
@@ -52,6 +70,15 @@ def validate(candidates: common_pb2.Candidates, field: str = "candidates") -> No
             f"{field}.sources",
             f"refers to source_names[{largest}], which does not exist",
         )
+    seen: set[str] = set()
+    for i, column in enumerate(candidates.columns):
+        where = f"{field}.columns[{i}]"
+        require(
+            bool(column.source) and column.source not in seen, f"{where}.source", "must be set and distinct"
+        )
+        seen.add(column.source)
+        require(len(column.scores) == n, f"{where}.scores", f"{len(column.scores)} values for {n} item_ids")
+        require(len(column.ranks) == n, f"{where}.ranks", f"{len(column.ranks)} values for {n} item_ids")
     ids = candidates.item_ids
     # C-speed scans first; the per-id check only runs to name the first bad id
     if ids and ("" in ids or any(map(str.isspace, ids)) or max(map(len, ids)) > MAX_ID_LENGTH):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+import threadpoolctl  # type: ignore[import-untyped, unused-ignore]
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -155,6 +156,9 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
     """Process entry point: logging and tracing first (so gRPC is instrumented), then the component."""
     telemetry.setup_logging(name, config.log_level)
     provider = telemetry.setup_tracing(name)
+    # One BLAS thread: a request's small products (a user's vector, a few hundred rows) finish before a
+    # team of threads would start, and replicas, not threads, use the cores (as FAISS, services.common.ann).
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
     async def main() -> None:
         await serve(create(), config)

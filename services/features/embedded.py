@@ -50,21 +50,19 @@ class _Snapshot:
     item_row: dict[str, int]
     item_features: FloatArray
     user_row: dict[str, int]
-    user_embeddings: FloatArray
     user_features: FloatArray
     history: dict[str, list[str]]
 
 
 def _build(version: ArtifactVersion) -> _Snapshot:
     t = read_tables(version)
-    for array in (t.item_features, t.user_embeddings, t.user_features):
+    for array in (t.item_features, t.user_features):
         array.flags.writeable = False
     return _Snapshot(
         version=t.version,
         item_row={item: i for i, item in enumerate(t.item_ids)},
         item_features=t.item_features,
         user_row={user: i for i, user in enumerate(t.user_ids)},
-        user_embeddings=t.user_embeddings,
         user_features=t.user_features,
         history=t.user_history,
     )
@@ -142,7 +140,6 @@ class EmbeddedStore:
         return UserProfile(
             user_id=user_id,
             known=row is not None,
-            embedding=snap.user_embeddings[row] if snap is not None and row is not None else EMPTY,
             values=snap.user_features[row] if snap is not None and row is not None else EMPTY,
             recent_item_ids=merge_recent(live, history, self.config.recent_max),
             seen_item_ids=seen,

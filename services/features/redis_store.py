@@ -3,7 +3,7 @@
 Keys (`p` = the configured prefix, default "recsys"; `V` = an artifact version):
 
     p:v:V:item:<item_id>   item feature row: packed little-endian float32 (`np.float32.tobytes()`)
-    p:v:V:user:<user_id>   user vector: packed float32, the embedding then the user features
+    p:v:V:user:<user_id>   the user's feature row: packed float32
     p:v:V:hist:<user_id>   the user's training history, JSON list, most recent first
     p:v:V:meta             hash: dims and counts; written LAST, so it is the version's completion marker
     p:current              the version materialized last (informational)
@@ -128,7 +128,6 @@ def _glob_escape(text: str) -> str:
 class _Served:
     version: str
     item_dim: int
-    embedding_dim: int
     feature_dim: int
 
 
@@ -238,7 +237,6 @@ class RedisStore:
             served = _Served(
                 name,
                 int(tables.item_features.shape[1]),
-                int(tables.user_embeddings.shape[1]),
                 int(tables.user_features.shape[1]),
             )
             log.info(
@@ -254,7 +252,6 @@ class RedisStore:
             served = _Served(
                 name,
                 int(meta[b"item_dim"]),
-                int(meta[b"embedding_dim"]),
                 int(meta[b"feature_dim"]),
             )
         return served, written
@@ -264,7 +261,7 @@ class RedisStore:
         features = tables.item_features.astype("<f4", copy=False)
         for i, item in enumerate(tables.item_ids):
             yield self._vkey(name, "item", item), features[i].tobytes()
-        users = np.hstack([tables.user_embeddings, tables.user_features]).astype("<f4", copy=False)
+        users = tables.user_features.astype("<f4", copy=False)
         for i, user in enumerate(tables.user_ids):
             yield self._vkey(name, "user", user), users[i].tobytes()
         for user, items in tables.user_history.items():
@@ -290,7 +287,6 @@ class RedisStore:
         await pipe.execute()
         meta: dict[Any, Any] = {
             "item_dim": tables.item_features.shape[1],
-            "embedding_dim": tables.user_embeddings.shape[1],
             "feature_dim": tables.user_features.shape[1],
             "items": len(tables.item_ids),
             "users": len(tables.user_ids),
@@ -336,16 +332,14 @@ class RedisStore:
         live: list[bytes] = replies[-2]
         live_seen: set[bytes] = replies[-1]
         history: list[str] = json.loads(history_json) if history_json is not None else []
-        embedding = values = EMPTY
+        values = EMPTY
         if served is not None and vector is not None:
-            packed = np.frombuffer(vector, dtype="<f4")
-            if packed.size != served.embedding_dim + served.feature_dim:
-                raise RuntimeError(f"user {user_id!r}: stored vector has {packed.size} values")
-            embedding, values = packed[: served.embedding_dim], packed[served.embedding_dim :]
+            values = np.frombuffer(vector, dtype="<f4")
+            if values.size != served.feature_dim:
+                raise RuntimeError(f"user {user_id!r}: stored feature row has {values.size} values")
         return UserProfile(
             user_id=user_id,
             known=vector is not None,
-            embedding=embedding,
             values=values,
             recent_item_ids=merge_recent((b.decode() for b in live), history, limit),
             seen_item_ids=frozenset(history).union(b.decode() for b in live_seen),

@@ -135,7 +135,6 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             user=common_pb2.UserFeatures(
                 user_id=profile.user_id,
                 known=profile.known,
-                embedding=profile.embedding.tolist(),
                 values=profile.values.tolist(),
                 recent_item_ids=profile.recent_item_ids,
                 seen_item_ids=sorted(profile.seen_item_ids),

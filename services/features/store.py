@@ -27,13 +27,15 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.sources.base import HISTORY_LIMIT
 
-#: How many recent items a profile holds by default (live feedback first, then training history).
-RECENT_MAX = 50
+#: How many recent items a profile holds by default (live feedback first, then training history): as
+#: many as the candidate sources score from, so the retrieval service sees them in the trainer's order.
+RECENT_MAX = HISTORY_LIMIT
 
 #: Files of an artifact version that the store reads.
 ITEM_FILES = ("item_ids.json", "item_features.npy")
-USER_FILES = ("user_ids.json", "user_embeddings.npy", "user_features.npy", "user_history.json")
+USER_FILES = ("user_ids.json", "user_features.npy", "user_history.json")
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -115,8 +117,6 @@ class UserProfile:
     user_id: str
     #: True when the served version holds a trained profile for the user.
     known: bool
-    #: The user's vector (empty when unknown).
-    embedding: FloatArray
     #: Numeric user features, names in manifest.features.user (empty when unknown).
     values: FloatArray
     #: Live feedback first (newest first), then the training history; deduplicated, capped.
@@ -197,7 +197,6 @@ class ArtifactTables:
     item_ids: list[str]
     item_features: FloatArray
     user_ids: list[str]
-    user_embeddings: FloatArray
     user_features: FloatArray
     user_history: dict[str, list[str]]
 
@@ -236,7 +235,6 @@ def read_tables(version: ArtifactVersion) -> ArtifactTables:
         item_ids=item_ids,
         item_features=_matrix(version, "item_features.npy", len(item_ids)),
         user_ids=user_ids,
-        user_embeddings=_matrix(version, "user_embeddings.npy", len(user_ids)),
         user_features=_matrix(version, "user_features.npy", len(user_ids)),
         user_history={str(k): list(v) for k, v in history.items()},
     )

@@ -31,7 +31,8 @@ Overrides (each parameter belongs to ONE layer, so arms of different layers neve
 `version` (the artifact version the whole pipeline uses, features + retrieval + ranking, listed in
 <artifacts>/PINNED), `candidates` (1..2000), `ranking` (false: retrieval order), `interleave` (a second
 artifact version: the response is a team-draft interleaving of the arm's pipeline and that version's),
-`sources` (the retrieval sources allowed, a non-empty subset of ann, recent, popular), `diversity` (the
+`sources` (the retrieval sources allowed to run, a non-empty subset of services.common.sources.SOURCE_NAMES;
+sources the served version lacks are skipped), `diversity` (the
 MMR lambda in (0, 1) the ranker re-ranks with; unset = relevance alone).
 """
 
@@ -49,6 +50,7 @@ from typing import Any
 import yaml
 
 from services.common.config import ConfigError
+from services.common.sources import SOURCE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ HOLDOUT_ARMS = ("holdout", "exposed")
 #: Request context key / gRPC metadata header a QA user forces arms with: "exp=arm[,exp=arm]".
 FORCE_KEY = "x-recsys-force-arms"
 OVERRIDE_KEYS = ("version", "candidates", "ranking", "interleave", "sources", "diversity")
-RETRIEVAL_SOURCES = ("ann", "recent", "popular")
 
 
 def hash64(salt: str, user_id: str) -> int:
@@ -201,6 +202,7 @@ def assign(config: Config, user_id: str, forced: Mapping[str, str] | None = None
 class Settings:
     """The pipeline settings for one request, after the arms' overrides."""
 
+    #: Candidates retrieval returns (0 = as many as the served version was trained with).
     candidates: int
     ranking: bool = True
     #: Artifact version of every stage ("" = CURRENT).
@@ -270,10 +272,16 @@ def _overrides(raw: Any, where: str) -> Overrides:
         _require(
             isinstance(sources, list)
             and bool(sources)
-            and set(sources) <= set(RETRIEVAL_SOURCES)
+            and all(isinstance(s, str) for s in sources)
             and len(set(sources)) == len(sources),
             f"{where}.sources",
-            f"must be a non-empty list of distinct {', '.join(RETRIEVAL_SOURCES)}, got {sources!r}",
+            f"must be a non-empty list of distinct source names, got {sources!r}",
+        )
+        strangers = sorted(set(sources) - set(SOURCE_NAMES))
+        _require(
+            not strangers,
+            f"{where}.sources",
+            f"unknown source(s) {strangers}; known: {', '.join(SOURCE_NAMES)}",
         )
         sources = tuple(sources)
     diversity = raw.get("diversity")

@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 
 def _valid_candidates(value: int) -> str | None:
-    return None if 1 <= value <= 2000 else "must be in 1..2000"
+    return None if 0 <= value <= 2000 else "must be in 0..2000"
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,11 @@ class Config(ServerConfig):
     retrieval_addr: str = option("127.0.0.1:50053", "retrieval service address")
     ranking_addr: str = option("127.0.0.1:50054", "ranking service address")
     experiments: Path = option(experiments.DEFAULT_FILE, "experiments YAML file")
-    candidates: int = option(500, "candidates retrieval returns for ranking", _valid_candidates)
+    candidates: int = option(
+        0,
+        "candidates retrieval returns for ranking (0: as many as the served version was trained with)",
+        _valid_candidates,
+    )
     total_budget_ms: float = option(100.0, "latency budget of a whole Recommend", positive)
     features_budget_ms: float = option(25.0, "budget of the features call (the user's profile)", positive)
     retrieval_budget_ms: float = option(30.0, "budget of the retrieval call", positive)
@@ -128,7 +132,7 @@ class PopularCache:
 
     async def refresh(self) -> None:
         try:
-            # No vector and no recent items: retrieval answers with its popular list.
+            # No history: retrieval answers with its popular items.
             reply = await self.retrieval.Retrieve(
                 retrieval_pb2.RetrieveRequest(user_id="recsys-gateway-popular", n=self.SIZE), timeout=5.0
             )
@@ -262,7 +266,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             trip.degraded.append(str(e))
             user = common_pb2.UserFeatures(user_id=request.user_id)
 
-        exclude = list(dict.fromkeys([*request.exclude_item_ids, *user.seen_item_ids]))
         try:
             retrieved = await self._stage(
                 trip,
@@ -271,10 +274,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 lambda timeout: self.retrieval.Retrieve(
                     retrieval_pb2.RetrieveRequest(
                         user_id=request.user_id,
-                        user_embedding=user.embedding,
-                        recent_item_ids=user.recent_item_ids,
-                        exclude_item_ids=exclude,
-                        n=max(settings.candidates, request.k),
+                        user=user,
+                        exclude_item_ids=request.exclude_item_ids,
+                        n=settings.candidates,
+                        min_n=request.k,
                         artifact_version=version,
                         sources=settings.sources,
                     ),
@@ -284,7 +287,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         except StageFailed as e:
             if e.version_not_served(version):
                 raise
-            return await self._popular(trip, set(exclude), request.k, e)
+            exclude = {*request.exclude_item_ids, *user.seen_item_ids}
+            return await self._popular(trip, exclude, request.k, e)
         found = retrieved.candidates
         count = len(found.item_ids)
         trace.get_current_span().set_attribute("recsys.candidates", count)

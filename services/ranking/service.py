@@ -1,10 +1,11 @@
-"""RankingService: LightGBM LambdaRank over the retrieval candidates -> top k.
+"""RankingService: the version's ranker over the retrieval candidates -> top k.
 
-The ranker's input is built by services.common.ranking_features.assemble, the same function the trainer
-used, from the request (user features, candidates and their retrieval scores) plus the artifact
-version's item feature rows and item embeddings, which this service holds in memory: the item rows of
-500 candidates cost no round trip and no serialisation. Items the user has seen are never returned;
-duplicate candidates count once.
+The ranker's input is built by services.common.ranker_features.assemble, the function the trainer used,
+from the request (the user's feature row, the candidates and their source columns) and the version's
+item feature rows, which this service holds: the rows of 500 candidates cost no round trip. The models
+(services.common.ranker) score with compiled trees once they are proven equal to LightGBM's. Items the
+user has seen are never returned; duplicate candidates count once; `mmr_lambda` diversifies the top
+over the version's content vectors.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import numpy.typing as npt
 
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 from services.common import candidates
-from services.common import ranking_features as rf
 from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.common.config import option, port_number
+from services.common.diversity import POOL_FACTOR, mmr
+from services.common.fusion import CandidateColumns
+from services.common.ranker import Ensemble, model_file
+from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, assemble, ranker_features
 from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
 from services.common.versions import ServedVersions
-from services.ranking.diversity import POOL_FACTOR, mmr
 from services.ranking.trees import TreeScorer, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -54,68 +57,73 @@ class Model:
     """Everything one artifact version contributes; replaced as a whole on reload."""
 
     version: str
-    scorer: TreeScorer
+    sources: list[str]
+    feature_names: list[str]
+    scorers: list[TreeScorer]
+    ranker: Ensemble
     item_row: dict[str, int]
-    item_vectors: npt.NDArray[np.float32]
-    item_features: npt.NDArray[np.float32]  # (items, len(rf.ITEM_FEATURES)), rows as item_ids.json
-    neighbours: rf.ItemNeighbours  # sequence neighbours, rows as item_ids.json
+    item_features: npt.NDArray[np.float32]  # (items, len(ITEM_FEATURES)), rows as item_ids.json
+    diversity: npt.NDArray[np.float32]  # (items, d) the vectors MMR compares items by
 
     @classmethod
     def load(cls, version: ArtifactVersion) -> Model:
         import lightgbm as lgb
 
-        features = version.manifest.get("features") or {}
+        what = f"artifact {version.version}"
+        manifest = version.manifest
+        features = manifest.get("features") or {}
+        sources = list((manifest.get("pipeline") or {}).get("sources") or [])
+        names = ranker_features(sources)
         for key, expected in (
-            ("user", rf.USER_FEATURES),
-            ("item", rf.ITEM_FEATURES),
-            ("ranker", rf.RANKER_FEATURES),
+            ("user", list(USER_FEATURES)),
+            ("item", list(ITEM_FEATURES)),
+            ("ranker", names),
         ):
-            if list(features.get(key) or []) != list(expected):
+            if list(features.get(key) or []) != expected:
                 raise ArtifactError(
-                    f"artifact {version.version}: manifest features.{key} differ from what this ranking "
-                    "service assembles (train and serve versions disagree)"
+                    f"{what}: manifest features.{key} differ from what this ranking service assembles "
+                    "(train and serve versions disagree)"
                 )
-        try:
-            booster = lgb.Booster(model_file=str(version.file("ranker.txt")))
-        except lgb.basic.LightGBMError as e:
-            raise ArtifactError(
-                f"artifact {version.version}: ranker.txt is not a LightGBM model ({e})"
-            ) from e
-        if booster.num_feature() != len(rf.RANKER_FEATURES):
-            raise ArtifactError(
-                f"artifact {version.version}: ranker.txt takes {booster.num_feature()} features, "
-                f"the manifest lists {len(rf.RANKER_FEATURES)}"
-            )
+        count = int((manifest.get("ranker") or {}).get("models") or 0)
+        if count < 1:
+            raise ArtifactError(f"{what}: manifest ranker.models names no model")
+        scorers = []
+        for i in range(count):
+            path = version.file(model_file(i))
+            try:
+                booster = lgb.Booster(model_file=str(path))
+            except lgb.basic.LightGBMError as e:
+                raise ArtifactError(f"{what}: {path.name} is not a LightGBM model ({e})") from e
+            if booster.num_feature() != len(names):
+                raise ArtifactError(
+                    f"{what}: {path.name} takes {booster.num_feature()} features, the manifest lists {len(names)}"
+                )
+            scorers.append(TreeScorer(booster, path))
         item_ids = json.loads(version.file("item_ids.json").read_text())
-        vectors = np.load(version.file("item_embeddings.npy"), allow_pickle=False).astype(np.float32)
-        if not isinstance(item_ids, list) or vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
-            raise ArtifactError(
-                f"artifact {version.version}: item_embeddings.npy has shape {vectors.shape}, "
-                f"item_ids.json {len(item_ids)} ids"
-            )
         item_features = np.load(version.file("item_features.npy"), allow_pickle=False)
-        if item_features.shape != (len(item_ids), len(rf.ITEM_FEATURES)):
+        if not isinstance(item_ids, list) or item_features.shape != (len(item_ids), len(ITEM_FEATURES)):
             raise ArtifactError(
-                f"artifact {version.version}: item_features.npy has shape {item_features.shape}, "
-                f"expected ({len(item_ids)}, {len(rf.ITEM_FEATURES)})"
+                f"{what}: item_features.npy has shape {item_features.shape}, expected ({len(item_ids)}, {len(ITEM_FEATURES)})"
             )
-        try:
-            neighbours = rf.ItemNeighbours.load(version.file(rf.NEIGHBOURS_FILE), len(item_ids))
-        except (OSError, ValueError) as e:
-            raise ArtifactError(f"artifact {version.version}: {e}") from e
-        # One scoring call proves the model and the assembly agree before the version is served.
-        probe = rf.assemble(
-            np.empty(0, np.float32), np.zeros((2, len(rf.ITEM_FEATURES)), np.float32), np.zeros(2, np.float32)
-        )
-        scorer = TreeScorer(booster, version.file("ranker.txt"))
-        scorer.predict(probe)
+        diversity_file = str((manifest.get("diversity") or {}).get("file") or "")
+        diversity = np.load(version.file(diversity_file), allow_pickle=False) if diversity_file else None
+        if diversity is None or diversity.ndim != 2 or diversity.shape[0] != len(item_ids):
+            raise ArtifactError(
+                f"{what}: no diversity vectors of {len(item_ids)} items (manifest diversity.file)"
+            )
+        ranker = Ensemble(scorers)
+        # One scoring call proves the models and the assembly agree before the version is served.
+        probe = CandidateColumns(np.zeros(2, np.int64), np.zeros(2, np.float32), ["", ""], {})
+        ranker.score(assemble(sources, np.empty(0, np.float32), np.zeros((2, len(ITEM_FEATURES))), probe))
         return cls(
             version.version,
-            scorer,
+            sources,
+            names,
+            scorers,
+            ranker,
             {str(item): i for i, item in enumerate(item_ids)},
-            vectors,
             np.ascontiguousarray(item_features, dtype=np.float32),
-            neighbours,
+            np.ascontiguousarray(diversity, dtype=np.float32),
         )
 
     def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
@@ -123,29 +131,22 @@ class Model:
         return np.fromiter(map(self.item_row.get, item_ids, repeat(-1)), dtype=np.int64, count=len(item_ids))
 
     @staticmethod
-    def _take(matrix: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    def take(matrix: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """matrix[rows]; NaN rows for unknown items (-1)."""
         out = matrix[np.maximum(rows, 0)]
         out[rows < 0] = np.nan
         return out
 
-    def embeddings(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        return self._take(self.item_vectors, rows)
-
-    def score(self, request: ranking_pb2.RankRequest, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-        """The ranker's score of every candidate; `rows` are the candidates' rows (`self.rows`)."""
-        recent_rows = self.rows(list(request.user.recent_item_ids[: rf.RECENT_ITEMS * 2]))
-        recent_rows = recent_rows[recent_rows >= 0][: rf.RECENT_ITEMS]
-        recent = rf.recent_profile(self.item_vectors[recent_rows], self.item_vectors.shape[1])
-        matrix = rf.assemble(
+    def features(
+        self, request: ranking_pb2.RankRequest, rows: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """The ranker's input for the request's candidates (`rows`: their rows, `self.rows`)."""
+        return assemble(
+            self.sources,
             np.asarray(request.user.values, dtype=np.float32),
-            self._take(self.item_features, rows),
-            np.asarray(request.candidates.scores, dtype=np.float32),
-            candidate_embeddings=self.embeddings(rows),
-            recent=recent,
-            recent_sequence=self.neighbours.scores(recent_rows, rows),
+            self.take(self.item_features, rows),
+            candidates.from_proto(request.candidates, rows),
         )
-        return self.scorer.predict(matrix)
 
 
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
@@ -179,7 +180,10 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         model = await asyncio.to_thread(Model.load, version)
         previous = self.version
         self.versions.current = model
-        log.info("ranker loaded", extra={"version": version.version, "previous": previous})
+        log.info(
+            "ranker loaded",
+            extra={"version": version.version, "previous": previous, "models": len(model.scorers)},
+        )
         self._compile_later(model)
 
     def _compile_later(self, model: Model) -> None:
@@ -190,8 +194,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         async def compile_trees() -> None:
             cache = self.config.compile_cache or default_cache_dir()
             try:
-                if await asyncio.to_thread(model.scorer.compile, cache):
-                    log.info("ranker compiled", extra={"version": model.version, "scorer": model.scorer.kind})
+                compiled = [await asyncio.to_thread(s.compile, cache) for s in model.scorers]
+                if all(compiled):
+                    log.info("ranker compiled", extra={"version": model.version, "models": len(compiled)})
             except Exception as e:  # LightGBM keeps scoring; the service stays up
                 log.error("ranker compilation failed", extra={"version": model.version, "reason": str(e)})
 
@@ -234,17 +239,18 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         )
         values = len(request.user.values)
         require(
-            values in (0, len(rf.USER_FEATURES)),
+            values in (0, len(USER_FEATURES)),
             "user.values",
-            f"must be empty or hold {len(rf.USER_FEATURES)} values, got {values}",
+            f"must be empty or hold {len(USER_FEATURES)} values, got {values}",
         )
         n = len(cands.item_ids)
         if n == 0:
             return ranking_pb2.RankResponse(artifact_version=model.version)
         ids = list(cands.item_ids)
         rows = model.rows(ids)
+        matrix = model.features(request, rows)
         scores = (
-            await asyncio.to_thread(model.score, request, rows) if n > 2000 else model.score(request, rows)
+            await asyncio.to_thread(model.ranker.score, matrix) if n > 2000 else model.ranker.score(matrix)
         )
         first: dict[str, int] = {}
         for position, item in enumerate(ids):
@@ -255,14 +261,21 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         final = scores
         if 0 < request.mmr_lambda < 1:
             pool = order[: request.k * POOL_FACTOR]
-            picked, marginal = mmr(scores[pool], model.embeddings(rows[pool]), request.k, request.mmr_lambda)
+            picked, marginal = mmr(
+                scores[pool], model.take(model.diversity, rows[pool]), request.k, request.mmr_lambda
+            )
             order = pool[picked]
             final = np.empty_like(scores)
             final[order] = marginal
-        return ranking_pb2.RankResponse(
-            items=candidates.scored_items(cands, order[: request.k].tolist(), final.tolist()),
+        top = order[: request.k]
+        response = ranking_pb2.RankResponse(
+            items=candidates.scored_items(cands, top.tolist(), final.tolist()),
             artifact_version=model.version,
         )
+        if request.debug:
+            response.features = matrix[top].astype("<f4").tobytes()
+            response.feature_names.extend(model.feature_names)
+        return response
 
 
 def create(config: Config) -> RankingService:

@@ -1,41 +1,65 @@
-"""`recsys train`: flags -> TrainConfig, run the job, print the metrics and the version path."""
+"""`recsys train`: flags -> TrainConfig, run the job, print the holdout metrics and the version path.
+
+Every pipeline setting is one `--set NAME=VALUE` away (`recsys train --set ease.lam=500 --set
+fusion.candidates=150`; names in services/trainer/pipeline.py); the common ones have flags of their own.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
+from services.common.sources import SOURCE_NAMES
+from services.common.sources.base import FitError
 from services.trainer.data import BUNDLED_DATA, DataError
-from services.trainer.pipeline import TrainConfig, train
+from services.trainer.pipeline import PipelineConfig
+from services.trainer.protocols import PROTOCOLS
+from services.trainer.train import TrainConfig, train
 
-_HELP = {
-    "embedding_dim": "ALS factors (embedding dimension)",
-    "als_iterations": "ALS iterations",
-    "als_regularization": "ALS L2 regularization",
-    "als_alpha": "ALS confidence slope: confidence = 1 + alpha * rating",
-    "sequence_window": "positions apart two items may be rated to count as sequence neighbours",
-    "sequence_neighbours": "sequence neighbours kept per item (the ranker's recent_sequence feature; 0: off)",
-    "candidates": "retrieval candidates per user (ranker training and evaluation)",
-    "protocol": "evaluation hold-out: time (the latest test-fraction of all interactions) or leave-last "
-    "(each user's latest leave-n)",
-    "test_fraction": "share of the latest interactions held out for evaluation (protocol time)",
-    "leave_n": "interactions held out per user for evaluation (protocol leave-last)",
-    "label_fraction": "share of train's interactions in each ranker label window",
-    "ranker_windows": "number of consecutive label windows the ranker learns from",
-    "learning_rate": "LightGBM learning rate",
-    "num_leaves": "LightGBM leaves per tree",
-    "min_data_in_leaf": "LightGBM minimum rows per leaf",
-    "max_rounds": "LightGBM boosting rounds at most (early stopping picks fewer)",
-    "early_stopping_rounds": "rounds without validation gain before stopping",
-    "validation_fraction": "share of ranker user groups held out for early stopping",
-    "seed": "random seed (ALS, LightGBM, validation split)",
-    "threads": "threads for ALS, FAISS and LightGBM",
-}
-_TUNABLE = [f for f in dataclasses.fields(TrainConfig) if f.name in _HELP]
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pipeline flags `recsys train` and `recsys evaluate` share."""
+    defaults = PipelineConfig()
+    parser.add_argument(
+        "--sources",
+        help=f"comma-separated candidate sources (default: {','.join(defaults.sources)}; known: {','.join(SOURCE_NAMES)})",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        help=f"fused candidates per user, trained and served (default {defaults.fusion.candidates})",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=defaults.threads, help="threads for the fits and LightGBM"
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any pipeline setting, e.g. ease.lam=500, fusion.depth=500, ranker.rounds=100, protocol.folds=3",
+    )
+
+
+def pipeline_from_args(ns: argparse.Namespace, protocol: str) -> PipelineConfig:
+    """The PipelineConfig the flags ask for; ValueError naming a bad one."""
+    config = PipelineConfig().with_setting("protocol.name", protocol).with_setting("threads", str(ns.threads))
+    if ns.sources:
+        config = config.with_setting("sources", ns.sources)
+        fused = [s for s in config.fusion.fused if s in config.sources] or list(config.sources[:1])
+        config = config.with_setting("fusion.fused", ",".join(fused))
+    if ns.candidates is not None:
+        config = config.with_setting("fusion.candidates", str(ns.candidates))
+    for pair in ns.settings:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected NAME=VALUE")
+        config = config.with_setting(name.strip(), raw.strip())
+    config.check()
+    return config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,60 +67,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         default=BUNDLED_DATA,
-        help="MovieLens directory (ratings.csv[, movies.csv, tags.csv]) or a CSV user,item[,rating],timestamp"
+        help="a MovieLens directory, a RecBole .inter file, or a CSV/Parquet file user,item[,rating],timestamp"
         " (default: the bundled MovieLens latest-small)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifact root (default: artifacts)"
     )
     parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (they are drawn on a terminal only)"
+        "--protocol",
+        choices=PROTOCOLS,
+        default="leave-last",
+        help="how the holdout of the metrics and the ranker's label slices are cut (default leave-last: each "
+        "user's latest --leave-n; stratified: each item's rows at random, as the published ML-100k protocol)",
     )
-    for f in _TUNABLE:
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=type(f.default),
-            default=f.default,
-            help=f"{_HELP[f.name]} (default: {f.default})",
-        )
-
-
-def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = {f.name: getattr(ns, f.name) for f in _TUNABLE if hasattr(ns, f.name)}
-    return TrainConfig(
-        data=Path(ns.data), out=Path(ns.out), progress=not getattr(ns, "no_progress", False), **values
-    )
+    parser.add_argument("--leave-n", type=int, default=1, help="leave-last: interactions held out per user")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (splits, fits, LightGBM)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
+    add_pipeline_arguments(parser)
 
 
 def main(ns: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        config = config_from_args(ns)
-        config.validate()
-    except ValueError as e:
-        print(f"recsys train: {e}", file=sys.stderr)
-        return 2
-    try:
-        version = train(config)
-    except DataError as e:
+        pipeline = pipeline_from_args(ns, ns.protocol).with_setting("protocol.leave_n", str(ns.leave_n))
+        pipeline = pipeline.with_setting("seed", str(ns.seed))
+        pipeline.check()
+        version = train(TrainConfig(Path(ns.data), Path(ns.out), pipeline, progress=not ns.no_progress))
+    except (ValueError, DataError, FitError) as e:
         print(f"recsys train: {e}", file=sys.stderr)
         return 2
     metrics = version.manifest["metrics"]
-    print(f"trained {version.version} in {version.manifest['training']['seconds']:.1f}s")
-    print(f"  evaluated on {metrics['evaluation']['users']} users of the latest time slice")
-    print(f"  {'':22}{'recall@10':>10}{'precision@10':>14}{'ndcg@10':>10}")
-    for name, label in (
-        ("popularity", "popularity"),
-        ("retrieval", "retrieval"),
-        ("ranking", "retrieval + ranking"),
-    ):
-        m = metrics[name]
-        print(f"  {label:22}{m['recall@10']:>10.4f}{m['precision@10']:>14.4f}{m['ndcg@10']:>10.4f}")
+    print(f"trained {version.version} in {version.manifest['training']['seconds']:.1f} s")
+    print(
+        f"  holdout ({metrics['protocol']}): {metrics['users']} users scored, "
+        f"{metrics['held_out']['interactions']} interactions held out"
+    )
+    print(f"  {'':16}{'MAP@10':>9}{'nDCG@10':>9}{'P@10':>9}{'R@10':>9}")
+    rows = [("pipeline", "pipeline"), ("retrieval", "retrieval"), *((s, s) for s in pipeline.sources)]
+    for name, label in rows:
+        m = metrics["accuracy"][name]
+        print(
+            f"  {label:16}{m['map@10']:>9.4f}{m['ndcg@10']:>9.4f}{m['precision@10']:>9.4f}{m['recall@10']:>9.4f}"
+        )
     for key, value in metrics["candidates"].items():
         print(f"  candidate {key}: {value:.4f}")
-    stages = ", ".join(f"{k} {v:.1f}s" for k, v in version.manifest["training"]["stages"].items())
-    print(f"  stages: {stages}")
+    print(
+        f"  exported: fitted again on all {version.manifest['training']['final_fit']['interactions']} interactions"
+    )
     print(f"version: {version.path}")
     return 0

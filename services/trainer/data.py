@@ -12,6 +12,7 @@ A bad row stops loading with an error that names the file and the line.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
@@ -123,6 +124,14 @@ class Dataset:
     # Optional user attributes (MovieLens 100k: age, gender, occupation), as text.
     user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     tags: Tags = field(default_factory=Tags.empty)
+
+    def known_from(self, log: Log) -> Dataset:
+        """The dataset as a model fitted on `log` (a split of it) may see it: the log, and the catalogue
+        limited to the items of `log`. An item only held out must stay unknown: under a random split,
+        an item in the catalogue with no training interaction is an item of the held-out part."""
+        items = set(log.items.tolist())
+        catalog = {item: meta for item, meta in self.catalog.items() if item in items}
+        return dataclasses.replace(self, log=log, catalog=catalog)
 
     def rated_pairs(self) -> frozenset[tuple[str, str]]:
         """Every (user, item) of the log: what `Tags.known_to` needs to leave out tags on held-out pairs."""

@@ -21,49 +21,40 @@ DEFAULT_CACHE = Path.home() / ".cache" / "recsys" / "ml-100k"
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from services.trainer.cli import add_pipeline_arguments
+    from services.trainer.protocols import PROTOCOLS
+
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_CACHE, help="dataset (any `recsys train` input, or u.data dir)"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/evaluate"), help="report directory")
     parser.add_argument(
         "--protocol",
-        choices=["stratified", "time", "leave-last"],
+        choices=PROTOCOLS,
         default="stratified",
-        help="split: stratified by item (the published comparison), global time, or each user's latest",
+        help="split: stratified by item (the published comparison), each user's latest, or a global time cut",
     )
-    parser.add_argument("--ratio", type=float, default=0.75, help="train share (stratified/time)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[42, 43, 44], help="split seeds, one run each"
     )
-    # None = the benchmark's default (OfflineConfig), so `recsys evaluate` and bench/ run the same pipeline
-    # (tests/unit/test_offline.py checks that the help text states those defaults)
-    parser.add_argument("--candidates", type=int, help="ranker candidates per user (default 100)")
-    parser.add_argument(
-        "--objective",
-        choices=["rank_xendcg", "lambdarank", "binary"],
-        help="LightGBM ranker objective (default rank_xendcg)",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="threads for the sources and LightGBM")
+    # the same pipeline flags as `recsys train`: one pipeline, one set of defaults
+    add_pipeline_arguments(parser)
 
 
 def evaluate_main(ns: argparse.Namespace) -> int:
+    from services.common.sources.base import FitError
     from services.trainer import report
+    from services.trainer.benchmark import run
+    from services.trainer.cli import pipeline_from_args
     from services.trainer.data import load
-    from services.trainer.offline import OfflineConfig, run
 
     try:
+        config = pipeline_from_args(ns, ns.protocol)
         data = load(Path(ns.data))
-    except DataError as e:
+        result = run(data, config, ns.seeds, show=True)
+    except (ValueError, DataError, FitError) as e:
         print(f"recsys evaluate: {e}", file=sys.stderr)
         return 2
-    chosen = {"candidates": ns.candidates, "objective": ns.objective}
-    config = OfflineConfig(
-        protocol=ns.protocol,
-        ratio=ns.ratio,
-        threads=ns.threads,
-        **{name: value for name, value in chosen.items() if value is not None},
-    )
-    result = run(data, config, ns.seeds, progress=lambda msg: print(msg, file=sys.stderr))
     for path in report.write(result, Path(ns.out)):
         print(path)
     print(report.markdown(result).split("\n## ")[0])

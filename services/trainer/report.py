@@ -1,4 +1,4 @@
-"""report.json, report.md and PNG plots from `offline.run`'s result."""
+"""report.json, report.md and PNG plots from `services.trainer.benchmark.run`'s result."""
 
 from __future__ import annotations
 
@@ -16,17 +16,18 @@ ANCHOR: dict[str, dict[str, float]] = {
 }
 TARGET = {"map": 0.16, "ndcg@10": 0.50, "precision@10": 0.43, "recall@10": 0.23}
 ROWS = {
-    "pipeline": "two-stage: retrieval + LightGBM ranker",
-    "retrieval": "retrieval alone (rank fusion of EASE, co-occurrence, ALS, sequence neighbours)",
+    "pipeline": "two-stage: fused candidates + LightGBM ranker",
+    "retrieval": "retrieval alone (reciprocal-rank fusion)",
     "ease": "EASE (baseline)",
     "cooc": "item-item co-occurrence (baseline)",
     "rp3": "RP3beta (baseline)",
     "seq": "sequence neighbours (baseline)",
     "seqease": "sequence EASE (baseline)",
-    "als": "ALS, implicit (baseline)",
-    "bpr": "BPR, implicit (baseline)",
-    "pop": "popularity (baseline)",
+    "recent": "recent interest: co-occurrence of the latest items (baseline)",
+    "coactive": "co-activity in time (baseline)",
+    "als": "ALS, implicit, folded in (baseline)",
     "content": "content / genres and tags (baseline)",
+    "popular": "popularity (baseline)",
 }
 METRICS = (
     ("map@10", "map"),
@@ -51,7 +52,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Offline evaluation: {result['dataset']['source']}",
         "",
-        f"Protocol `{result['protocol']['name']}` (ratio {result['protocol']['ratio']}, by item), seeds {seeds}; "
+        f"Protocol `{result['protocol']['name']}` (stratified: ratio {result['protocol']['ratio']}, by item), seeds {seeds}; "
         "every test interaction relevant, train items removed, users in train and test scored; MAP = sum of "
         "precision at each hit in the top 10 / the user's number of test items. Mean ± sample std over the "
         "seeds [min, max].",
@@ -68,26 +69,27 @@ def markdown(result: dict[str, Any]) -> str:
     for name, values in ANCHOR.items():
         lines.append(f"| *{name} (published)* | " + " | ".join(f"{values[a]:.4f}" for _, a in METRICS) + " |")
     lines.append("| **target** | " + " | ".join(f"≥ {TARGET[a]:.2f}" for _, a in METRICS) + " |")
+    funnel = s["funnel"]
+    ks = sorted({k for values in funnel.values() for k in values}, key=int)
     lines += [
         "",
-        "## Recall funnel (retrieval recall@k, mean over seeds)",
+        "## Recall funnel (each source's own list and the fused candidates: recall@k, mean over seeds)",
         "",
-        "| source | " + " | ".join(f"@{k}" for k in next(iter(s["funnel"].values()))) + " |",
+        "| list | " + " | ".join(f"@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
     ]
-    funnel = s["funnel"]
-    ks = list(next(iter(funnel.values())))
-    lines.append("|---|" + "---|" * len(ks))
     for name, values in funnel.items():
-        if name == "candidates":
-            continue
-        lines.append(f"| {name} | " + " | ".join(f"{values[k]['mean']:.4f}" for k in ks) + " |")
-    for k, v in funnel["candidates"].items():
         lines.append(
-            f"\nRanker candidates: {k} per user, recall {v['mean']:.4f} (the ceiling of the ranker)."
+            f"| {name} | " + " | ".join(f"{values[k]['mean']:.4f}" if k in values else "" for k in ks) + " |"
+        )
+    n = str(result["pipeline"]["fusion"]["candidates"])
+    if n in funnel["candidates"]:
+        lines.append(
+            f"\nRanker candidates: {n} per user, recall {funnel['candidates'][n]['mean']:.4f} (the ranker's ceiling)."
         )
     lines += [
         "",
-        "## Beyond accuracy (top 10, genre vectors for diversity)",
+        "## Beyond accuracy (top 10, content vectors for diversity)",
         "",
         "| model | coverage | intra-list diversity | ARP | head share |",
         "|---|---|---|---|---|",
@@ -99,7 +101,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## MMR diversity re-ranking of the pipeline's top 50",
+        "## MMR diversity re-ranking of the pipeline's top 40 (as the ranking service does it)",
         "",
         "| lambda | nDCG@10 | MAP | intra-list diversity | coverage |",
         "|---|---|---|---|---|",
@@ -109,10 +111,6 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {lam} | {values['ndcg@10']['mean']:.4f} | {values['map@10']['mean']:.4f} | "
             f"{values['ild@10']['mean']:.4f} | {values['coverage@10']['mean']:.4f} |"
         )
-    first = result["per_seed"][0]
-    lines += ["", "## FAISS index (chosen by catalogue size) vs exact search, seed " + str(first["seed"]), ""]
-    for name, values in first["faiss"].items():
-        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     lines += ["", "## Feature importance (gain, mean over seeds, top 20)", ""]
     top = sorted(s["feature_importance"].items(), key=lambda kv: -kv[1])[:20]
     lines += [f"- {name}: {value:.1f}" for name, value in top]
@@ -162,12 +160,16 @@ def plots(result: dict[str, Any], out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in result["summary"]["funnel"].items():
-        if name == "candidates":
-            continue
         ks = [int(k) for k in values]
-        ax.plot(ks, [values[str(k)]["mean"] for k in ks], marker="o", label=name)
-    for k, v in result["summary"]["funnel"]["candidates"].items():
-        ax.scatter([int(k)], [v["mean"]], color="black", zorder=5, label="ranker candidates")
+        final = name == "candidates"
+        ax.plot(
+            ks,
+            [values[str(k)]["mean"] for k in ks],
+            marker="o",
+            label=name,
+            color="black" if final else None,
+            linewidth=2.5 if final else 1.5,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("k")
     ax.set_ylabel("recall@k")

@@ -15,6 +15,7 @@ import grpc
 from recsys.v1 import features_pb2, features_pb2_grpc, gateway_pb2
 from services.client import Client
 from services.common.artifacts import ArtifactVersion
+from services.common.sources import SOURCE_NAMES
 from services.loadgen import LoadConfig, LoadResult, run
 from services.local import LocalPlatform, free_port
 from tests.support import RELAXED_BUDGETS, redis_server
@@ -65,7 +66,7 @@ def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it
             response = client.recommend(user, k=10)
             assert response.degraded
             assert any(r.startswith("ranking: DEADLINE_EXCEEDED") for r in response.degraded_reasons)
-            assert {i.source for i in response.items} <= {"ann", "recent", "popular"}
+            assert {i.source for i in response.items} <= set(SOURCE_NAMES)
             assert_valid(response, 10, history(trained, user) if user != "cold-user" else set())
     # The processes flushed their spans at shutdown: the report reads the gateway's.
     files = sorted((tmp_path / "spans").glob("recsys-gateway-*.jsonl")) or sorted(

@@ -58,7 +58,7 @@ def test_backends_serve_only_after_artifacts_load_and_pick_up_new_versions(
 
             # A corrupt new version is refused and v1 keeps serving.
             bad = copy_version(trained, root, "v2-corrupt")
-            with (bad / "ranker.txt").open("a") as f:
+            with (bad / "ranker_0.txt").open("a") as f:
                 f.write("tampered\n")
             set_current(root, "v2-corrupt")
             platform.wait_logged("ranking", "artifact version refused")
@@ -82,12 +82,28 @@ def test_corrupt_artifacts_at_start_keep_the_service_not_serving(
 ) -> None:
     root = tmp_path / "artifacts"
     version = copy_version(trained, root, "broken")
-    (version / "item_index.faiss").write_bytes(b"not an index")
+    (version / "als.index.faiss").write_bytes(b"not an index")
     set_current(root, "broken")
     platform = LocalPlatform.on_free_ports(root, tmp_path / "logs")
     try:
         platform.start_service("retrieval")
-        platform.wait_logged("retrieval", "corrupt")
+        platform.wait_logged("retrieval", "file als.index.faiss is corrupt")
+        assert health_status(platform.address("retrieval")) == NOT_SERVING
+    finally:
+        platform.stop()
+
+
+def test_a_version_missing_a_sources_file_is_not_served_and_says_why(
+    trained: ArtifactVersion, tmp_path: Path
+) -> None:
+    root = tmp_path / "artifacts"
+    version = copy_version(trained, root, "incomplete")
+    (version / "seqease.table.npz").unlink()
+    set_current(root, "incomplete")
+    platform = LocalPlatform.on_free_ports(root, tmp_path / "logs")
+    try:
+        platform.start_service("retrieval")
+        platform.wait_logged("retrieval", "file seqease.table.npz is missing")
         assert health_status(platform.address("retrieval")) == NOT_SERVING
     finally:
         platform.stop()

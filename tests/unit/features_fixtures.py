@@ -18,7 +18,6 @@ from services.common.artifacts import ArtifactVersion, open_version, publish, st
 
 ITEM_FEATURES = ["popularity", "mean_rating", "age_days", "genre_action"]
 USER_FEATURES = ["n_ratings", "mean_rating", "days_active"]
-EMBEDDING_DIM = 8
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,6 @@ class Tables:
     item_ids: list[str]
     item_features: npt.NDArray[np.float32]
     user_ids: list[str]
-    user_embeddings: npt.NDArray[np.float32]
     user_features: npt.NDArray[np.float32]
     user_history: dict[str, list[str]]
 
@@ -38,7 +36,6 @@ def build_version(root: Path, version: str, n_items: int = 60, n_users: int = 12
     user_ids = [f"u{i}" for i in range(n_users - 1)] + ["user:with:colons"]
     item_features = rng.standard_normal((n_items, len(ITEM_FEATURES))).astype(np.float32)
     item_features[0, :] = np.array([-0.0, np.inf, 1e-45, np.finfo(np.float32).max], dtype=np.float32)
-    user_embeddings = rng.standard_normal((n_users, EMBEDDING_DIM)).astype(np.float32)
     user_features = rng.standard_normal((n_users, len(USER_FEATURES))).astype(np.float32)
     user_features[0, 0] = -0.0
     history = {
@@ -50,7 +47,6 @@ def build_version(root: Path, version: str, n_items: int = 60, n_users: int = 12
     (staging / "user_ids.json").write_text(json.dumps(user_ids))
     (staging / "user_history.json").write_text(json.dumps(history))
     np.save(staging / "item_features.npy", item_features)
-    np.save(staging / "user_embeddings.npy", user_embeddings)
     np.save(staging / "user_features.npy", user_features)
     publish(
         root,
@@ -58,7 +54,6 @@ def build_version(root: Path, version: str, n_items: int = 60, n_users: int = 12
         version,
         {
             "features": {"item": ITEM_FEATURES, "user": USER_FEATURES, "ranker": []},
-            "embedding_dim": EMBEDDING_DIM,
         },
     )
     return Tables(
@@ -66,7 +61,6 @@ def build_version(root: Path, version: str, n_items: int = 60, n_users: int = 12
         item_ids=item_ids,
         item_features=item_features,
         user_ids=user_ids,
-        user_embeddings=user_embeddings,
         user_features=user_features,
         user_history=history,
     )

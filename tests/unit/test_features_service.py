@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common import config as config_mod
 from services.common.server import StartupError, serve
+from services.common.sources.base import HISTORY_LIMIT
 from services.features import Config, FeaturesComponent, create
 from services.features.redis_store import RedisStore
 from services.features.store import EventType
@@ -101,7 +102,6 @@ def test_reads_and_writes_over_grpc(config: Config, v1: Tables) -> None:
 
         user = await stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id="u3"))
         assert user.artifact_version == "v1" and user.user.known and user.user.user_id == "u3"
-        np.testing.assert_array_equal(np.array(user.user.embedding, dtype=np.float32), v1.user_embeddings[3])
         np.testing.assert_array_equal(np.array(user.user.values, dtype=np.float32), v1.user_features[3])
         assert list(user.user.recent_item_ids) == v1.user_history["u3"][: config.recent_max]
         assert set(user.user.seen_item_ids) == set(v1.user_history["u3"])
@@ -132,7 +132,7 @@ def test_reads_and_writes_over_grpc(config: Config, v1: Tables) -> None:
         assert logged[2].timestamp_ms == 123 and logged[2].rating == 4.0
 
         stranger = await stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id="stranger"))
-        assert not stranger.user.known and list(stranger.user.embedding) == []
+        assert not stranger.user.known and list(stranger.user.values) == []
 
     run(config, scenario)
 
@@ -221,7 +221,7 @@ def test_startup_error_hides_the_redis_password() -> None:
 
 def test_config_defaults_and_environment(tmp_path: Path) -> None:
     config = config_mod.parse(Config, [], env={})
-    assert config.port == 50052 and config.redis_url is None and config.recent_max == 50
+    assert config.port == 50052 and config.redis_url is None and config.recent_max == HISTORY_LIMIT == 500
     assert config.event_log == Path("var/events.jsonl")
     config = config_mod.parse(
         Config,

@@ -72,15 +72,3 @@ def test_coverage_diversity_and_popularity_bias_by_hand() -> None:
     bias = popularity_bias(rankings, counts, 2)
     assert bias["arp@2"] == pytest.approx((10 + 2 + 10 + 4) / 4)
     assert bias["head_share@2"] == pytest.approx(2 / 4)  # the head is the top 10% = {a}
-
-
-def test_mmr_trades_relevance_for_diversity() -> None:
-    import numpy as np
-
-    from services.trainer.offline import mmr
-
-    candidates = np.array([0, 1, 2], dtype=np.int64)
-    relevance = np.array([1.0, 0.9, 0.1])
-    vectors = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
-    assert mmr(candidates, relevance, vectors, 2, 1.0).tolist() == [0, 1]
-    assert mmr(candidates, relevance, vectors, 2, 0.5).tolist() == [0, 2]

@@ -118,8 +118,7 @@ def test_materialize_then_read_users_and_items_bit_for_bit(backend: Backend, ver
         for row, user in enumerate(t.user_ids):
             profile = await store.get_user(user)
             assert profile.known and profile.user_id == user and profile.version == "v1"
-            assert profile.embedding.dtype == np.float32 and profile.values.dtype == np.float32
-            assert profile.embedding.tobytes() == t.user_embeddings[row].tobytes()
+            assert profile.values.dtype == np.float32
             assert profile.values.tobytes() == t.user_features[row].tobytes()
             assert profile.recent_item_ids == tuple(t.user_history[user][:RECENT])
             assert profile.seen_item_ids == frozenset(t.user_history[user])
@@ -150,7 +149,7 @@ def test_unknown_user_is_not_known_and_has_empty_vectors(backend: Backend, versi
         await store.materialize(versions.v1.version)
         profile = await store.get_user("stranger")
         assert not profile.known
-        assert profile.embedding.size == 0 and profile.values.size == 0
+        assert profile.values.size == 0
         assert profile.recent_item_ids == () and profile.seen_item_ids == frozenset()
 
     run(backend, scenario)
@@ -216,7 +215,7 @@ def test_unknown_user_gets_live_recent_and_seen(backend: Backend, versions: Vers
         await store.materialize(versions.v1.version)
         await store.append_events([ev("newcomer", "i1"), ev("newcomer", "i2", EventType.RATING)])
         profile = await store.get_user("newcomer")
-        assert not profile.known and profile.embedding.size == 0
+        assert not profile.known and profile.values.size == 0
         assert profile.recent_item_ids == ("i2", "i1")
         assert profile.seen_item_ids == frozenset({"i1", "i2"})
 
@@ -319,7 +318,7 @@ def test_switching_versions_serves_the_new_one(backend: Backend, versions: Versi
         assert not found.any()
         profile = await store.get_user("u1")
         assert profile.version == "v2"
-        assert profile.embedding.tobytes() == v2.user_embeddings[1].tobytes()
+        assert profile.values.tobytes() == v2.user_features[1].tobytes()
         # Live feedback outlives the switch.
         assert profile.recent_item_ids[0] == "live-item"
         assert profile.seen_item_ids == frozenset(v2.user_history["u1"]) | {"live-item"}
@@ -453,7 +452,7 @@ def test_redis_layout_is_packed_float32_per_version(redis_backend: Backend, vers
         blob = client.get(f"{p}:v:v1:item:{t.item_ids[i]}")
         assert blob == t.item_features[i].astype("<f4").tobytes()
     user_blob = client.get(f"{p}:v:v1:user:u3")
-    assert user_blob == np.hstack([t.user_embeddings[3], t.user_features[3]]).astype("<f4").tobytes()
+    assert user_blob == t.user_features[3].astype("<f4").tobytes()
     assert client.get(f"{p}:current") == b"v1"
     assert client.hget(f"{p}:v:v1:meta", "items") == str(len(t.item_ids)).encode()
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from services.trainer.offline import OfflineConfig
+from bench.validation import apply, base_config, parse_variant
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "ranker_variants.py"
 
@@ -23,30 +23,38 @@ def tool() -> ModuleType:
     return module
 
 
-def test_variants_read_tuple_fields_and_only_ranker_fields_share_the_defaults_cache() -> None:
+def test_variants_read_settings_and_only_the_rankers_own_share_the_defaults_cache() -> None:
     rv = tool()
-    name, changes = rv.parse_variant("fusion:fused=ease,cooc,seqease,ranker_seeds=1,fusion_k=30")
+    name, pairs = parse_variant("fusion:fusion.fused=ease,cooc,seqease,ranker.seeds=1,fusion.k=30")
     assert name == "fusion"
-    assert changes == {"fused": ("ease", "cooc", "seqease"), "ranker_seeds": 1, "fusion_k": 30.0}
-    defaults = OfflineConfig()
-    assert rv.setting_key(defaults) == ""
-    assert rv.setting_key(OfflineConfig(max_rounds=250, ranker_seeds=1)) == ""  # the ranker's own fields
-    fused = rv.setting_key(OfflineConfig(fused=("ease", "cooc", "seqease")))
-    folds = rv.setting_key(OfflineConfig(ranker_folds=3, max_rounds=250))
+    assert pairs == [("fusion.fused", "ease,cooc,seqease"), ("ranker.seeds", "1"), ("fusion.k", "30")]
+    config = apply(base_config(9999), pairs)
+    assert (
+        config.fusion.fused == ("ease", "cooc", "seqease")
+        and config.ranker.seeds == 1
+        and config.fusion.k == 30.0
+    )
+    assert config.seed == 9999 and config.protocol.name == "stratified"
+    assert rv.setting_key([]) == ""
+    assert (
+        rv.setting_key([("ranker.rounds", "250"), ("ranker.seeds", "1")]) == ""
+    )  # the ranker's own settings
+    fused = rv.setting_key([("fusion.fused", "ease,cooc,seqease")])
+    folds = rv.setting_key([("protocol.folds", "3"), ("ranker.rounds", "250")])
     assert fused and folds and fused != folds
-    assert folds == rv.setting_key(OfflineConfig(ranker_folds=3))  # the ranker's fields never split a cache
+    assert folds == rv.setting_key([("protocol.folds", "3")])  # the ranker's settings never split a cache
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--variant", "split:ratio=0.8"], "'ratio' cannot vary: it defines the validation split"),
-        (["--variant", "typo:max_round=250"], "'max_round' is not a field of OfflineConfig"),
-        (["--variant", "k:fusion_k=wide"], "fusion_k: could not convert"),
-        (["--variant", "fast:max_rounds=many"], "max_rounds: invalid literal"),
-        (["--variant", "k3:ranker_folds=three"], "ranker_folds: invalid literal"),  # a stacking field
-        (["--variant", "max_rounds=250"], "expected NAME:FIELD=VALUE"),
-        (["--variant", "none:ranker_seeds=0"], "ranker_seeds must be >= 1, got 0"),
+        (["--variant", "typo:ranker.round=250"], "unknown setting 'ranker.round'"),
+        (["--variant", "k:fusion.k=wide"], "fusion.k: 'wide' is not a float"),
+        (["--variant", "fast:ranker.rounds=many"], "ranker.rounds: 'many' is not a int"),
+        (["--variant", "k3:protocol.folds=three"], "protocol.folds: 'three' is not a int"),
+        (["--variant", "ranker.rounds=250"], "expected NAME:SETTING=VALUE"),
+        (["--variant", "none:ranker.seeds=0"], "ranker: rounds and seeds must be >= 1"),
+        (["--variant", "split:protocol.ratio=1.5"], "invalid protocol setting ratio=1.5"),
         (["--splits", "42"], "expected OUTER:INNER seeds"),
         ([], "u.data: run bench/accuracy_ml100k.py"),  # --data is an empty directory
     ],

@@ -1,78 +1,152 @@
-"""RankingService over a real grpc.aio server and a real stub, serving the session's trained version."""
+"""RankingService over a real grpc.aio server and a real stub, serving the session's trained version.
+
+Requests carry what the gateway sends: the features service's profile of a user and the fused
+candidates the retrieval model generates for that user (services.common.fusion). The reference for
+every score is the trainer's own code: `assemble` and an Ensemble of LightGBM boosters read from the
+version's ranker files.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
+import math
+import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import lightgbm as lgb
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
-from services.common import candidates
-from services.common import ranking_features as rf
+from services.common import candidates, fusion
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.diversity import POOL_FACTOR, mmr
+from services.common.fusion import CandidateColumns, SourceColumn
+from services.common.ranker import Ensemble, model_file
+from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, assemble, ranker_features
 from services.ranking.service import Config, create
+from services.retrieval.model import RetrievalModel
+from services.trainer.ranker import Booster
 from tests.support import serving
 
 if TYPE_CHECKING:
     from recsys.v1.ranking_pb2_grpc import RankingServiceAsyncStub as Stub
 
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
 
 @dataclass(frozen=True)
 class Served:
-    item_ids: list[str]
+    """The trained version as the other stages and the trainer see it."""
+
+    version: ArtifactVersion
+    retrieval: RetrievalModel
+    sources: list[str]
     user_ids: list[str]
-    items: np.ndarray
-    users: np.ndarray
-    item_features: np.ndarray
-    user_features: np.ndarray
+    item_features: F32
+    user_features: F32
     history: dict[str, list[str]]
+    diversity: F32
+    #: the trainer's scorer: LightGBM boosters read from the version's ranker files
+    ranker: Ensemble
 
 
 @pytest.fixture(scope="module")
 def served(trained: ArtifactVersion) -> Served:
+    retrieval = RetrievalModel.load(trained)
+    models = int(trained.manifest["ranker"]["models"])
     return Served(
-        json.loads(trained.file("item_ids.json").read_text()),
+        trained,
+        retrieval,
+        list(trained.manifest["pipeline"]["sources"]),
         json.loads(trained.file("user_ids.json").read_text()),
-        np.load(trained.file("item_embeddings.npy")),
-        np.load(trained.file("user_embeddings.npy")),
         np.load(trained.file("item_features.npy")),
         np.load(trained.file("user_features.npy")),
         json.loads(trained.file("user_history.json").read_text()),
+        np.load(trained.file(trained.manifest["diversity"]["file"])),
+        Ensemble([Booster(lgb.Booster(model_file=str(trained.file(model_file(i))))) for i in range(models)]),
     )
 
 
-def request_for(s: Served, user_index: int, n: int, k: int) -> ranking_pb2.RankRequest:
-    """What the gateway sends: retrieval's top-n unseen items and the features service's profile."""
+@dataclass(frozen=True)
+class Case:
+    """One request and what its candidates are on the trainer's side."""
+
+    request: ranking_pb2.RankRequest
+    columns: CandidateColumns  # rows: -1 for an item the version does not know
+    user_values: F32  # empty for a cold user
+
+    def offline(self, s: Served) -> tuple[F32, F64]:
+        """The ranker's input and scores for every candidate, computed by the trainer's code."""
+        rows = self.columns.rows
+        items = s.item_features[np.maximum(rows, 0)].astype(np.float64)
+        items[rows < 0] = np.nan
+        matrix = assemble(s.sources, self.user_values, items, self.columns)
+        return matrix, s.ranker.score(matrix)
+
+
+def case_for(s: Served, user_index: int, n: int = 100, k: int = 10, seen_candidates: int = 0) -> Case:
+    """What the gateway sends for a user: the profile, and the n fused candidates retrieval generates.
+    `seen_candidates`: the user has also seen the first few candidates since (live feedback)."""
     user = s.user_ids[user_index]
-    seen = set(s.history[user])
-    scores = s.items @ s.users[user_index]
-    order = [i for i in np.argsort(-scores, kind="stable") if s.item_ids[i] not in seen][:n]
-    return ranking_pb2.RankRequest(
-        user=common_pb2.UserFeatures(
-            user_id=user,
-            known=True,
-            embedding=s.users[user_index].tolist(),
-            values=s.user_features[user_index].tolist(),
-            recent_item_ids=s.history[user][:50],
-            seen_item_ids=s.history[user],
-        ),
-        candidates=candidates.build([([s.item_ids[i] for i in order], scores[order], "ann")]),
-        k=k,
+    profile = common_pb2.UserFeatures(
+        user_id=user,
+        known=True,
+        values=s.user_features[user_index].tolist(),
+        recent_item_ids=s.history[user][:50],
+        seen_item_ids=s.history[user],
     )
+    columns = fusion.generate(s.retrieval.sources, s.retrieval.history(profile), n, s.retrieval.fusion)
+    message = candidates.to_proto(columns, s.retrieval.item_ids)
+    profile.seen_item_ids.extend(message.item_ids[:seen_candidates])
+    request = ranking_pb2.RankRequest(user=profile, candidates=message, k=k)
+    return Case(request, columns, s.user_features[user_index])
 
 
-def run_with(version: ArtifactVersion | None, scenario: Callable[[Stub], Awaitable[None]]) -> None:
+def append_candidates(case: Case, item_ids: list[str], rows: list[int], like: list[int], source: str) -> Case:
+    """`case` with more candidates at the end, proposed by `source`, each seen by every source as the
+    candidate at position `like[i]` is (for a duplicate: its first occurrence)."""
+    request = ranking_pb2.RankRequest()
+    request.CopyFrom(case.request)
+    cands = request.candidates
+    if source not in cands.source_names:
+        cands.source_names.append(source)
+    cands.item_ids.extend(item_ids)
+    cands.scores.extend(float(cands.scores[-1]) - 1.0 - i for i in range(len(item_ids)))
+    cands.sources.extend([list(cands.source_names).index(source)] * len(item_ids))
+    for column in cands.columns:
+        column.scores.extend(column.scores[p] for p in like)
+        column.ranks.extend(column.ranks[p] for p in like)
+    old = case.columns
+    columns = CandidateColumns(
+        np.concatenate([old.rows, np.asarray(rows, dtype=np.int64)]),
+        np.asarray(cands.scores, dtype=np.float32),
+        [*old.origin, *([source] * len(item_ids))],
+        {
+            name: SourceColumn(
+                np.concatenate([c.scores, c.scores[like]]), np.concatenate([c.ranks, c.ranks[like]]), c.best
+            )
+            for name, c in old.columns.items()
+        },
+    )
+    return Case(request, columns, case.user_values)
+
+
+def run_with(
+    version: ArtifactVersion | None,
+    scenario: Callable[[Stub], Awaitable[None]],
+    config: Config | None = None,
+) -> None:
     async def main() -> None:
-        component = create(Config())
+        # LightGBM scores unless a test compiles the trees (test_compiled_trees_score_the_same)
+        component = create(config or Config(compiled_trees=False))
         if version is not None:
             await component.load(version)
         async with serving(component, ranking_pb2_grpc.RankingServiceStub) as stub:
@@ -87,8 +161,21 @@ async def invalid(stub: Stub, request: ranking_pb2.RankRequest) -> grpc.aio.AioR
     return info.value
 
 
+def positions_of(case: Case, reply: ranking_pb2.RankResponse) -> list[int]:
+    """Each returned item's (first) position among the candidates."""
+    ids = list(case.request.candidates.item_ids)
+    return [ids.index(item.item_id) for item in reply.items]
+
+
+def assert_scores_match(case: Case, reply: ranking_pb2.RankResponse, expected: F64) -> None:
+    """The service's scores are the trainer's within 1e-6 (beyond the float32 the message carries)."""
+    for item, p in zip(reply.items, positions_of(case, reply), strict=True):
+        assert abs(item.score - expected[p]) <= 1e-6 + abs(expected[p]) * 2**-24, (item.item_id, expected[p])
+
+
 def test_config_defaults_to_port_50054() -> None:
     assert Config().port == 50054
+    assert Config().compiled_trees
     component = create(Config())
     assert (component.name, component.service_name, component.needs_artifacts) == (
         "ranking",
@@ -100,7 +187,8 @@ def test_config_defaults_to_port_50054() -> None:
 def test_top_k_sorted_distinct_and_unseen(trained: ArtifactVersion, served: Served) -> None:
     async def scenario(stub: Stub) -> None:
         for user_index in (0, 5, 100):
-            request = request_for(served, user_index, n=300, k=10)
+            case = case_for(served, user_index, n=100, k=10, seen_candidates=3)
+            request = case.request
             reply = await stub.Rank(request)
             ids = [i.item_id for i in reply.items]
             scores = [i.score for i in reply.items]
@@ -108,71 +196,180 @@ def test_top_k_sorted_distinct_and_unseen(trained: ArtifactVersion, served: Serv
             assert scores == sorted(scores, reverse=True)
             assert set(ids) <= set(request.candidates.item_ids)
             assert not set(ids) & set(request.user.seen_item_ids)
-            assert {i.source for i in reply.items} == {"ann"}
+            assert not set(ids) & set(request.candidates.item_ids[:3])  # seen since retrieval ran
+            # each item keeps the source that proposed it
+            origin = dict(zip(request.candidates.item_ids, case.columns.origin, strict=True))
+            assert [i.source for i in reply.items] == [origin[i] for i in ids]
             assert reply.artifact_version == trained.version
+            assert not reply.features and not reply.feature_names  # only with `debug`
 
     run_with(trained, scenario)
 
 
-def test_ranker_matches_offline_scores(trained: ArtifactVersion, served: Served) -> None:
-    """The service scores exactly what the offline assembly + booster compute from the same inputs."""
-    request = request_for(served, 3, n=50, k=50)
-    rows = [served.item_ids.index(i) for i in request.candidates.item_ids]
-    recent_rows = [served.item_ids.index(i) for i in request.user.recent_item_ids[: rf.RECENT_ITEMS]]
-    matrix = rf.assemble(
-        served.user_features[3],
-        served.item_features[rows],
-        np.array(request.candidates.scores, dtype=np.float32),
-        candidate_embeddings=served.items[rows],
-        recent=rf.recent_profile(served.items[recent_rows], served.items.shape[1]),
-        recent_sequence=rf.ItemNeighbours.load(trained.file(rf.NEIGHBOURS_FILE), len(served.item_ids)).scores(
-            recent_rows, rows
-        ),
-    )
-    assert np.isfinite(matrix[:, rf.RANKER_FEATURES.index("recent_sequence")]).all()
-    expected = lgb.Booster(model_file=str(trained.file("ranker.txt"))).predict(matrix)
+def test_the_service_scores_what_the_trainers_code_computes(served: Served) -> None:
+    """The same request through the service and through assemble + the trainer's boosters."""
 
     async def scenario(stub: Stub) -> None:
-        reply = await stub.Rank(request)
-        by_id = {i: float(e) for i, e in zip(request.candidates.item_ids, expected, strict=True)}
-        for item in reply.items:
-            assert item.score == pytest.approx(by_id[item.item_id], rel=1e-5, abs=1e-6)
+        for user_index in (3, 42):
+            case = case_for(served, user_index, n=100, k=100, seen_candidates=2)
+            _, expected = case.offline(served)
+            reply = await stub.Rank(case.request)
+            assert len(reply.items) == 98
+            assert_scores_match(case, reply, expected)
+            # the order is the trainer's order of the unseen candidates
+            unseen = np.arange(2, 100)
+            assert positions_of(case, reply) == unseen[np.argsort(-expected[unseen], kind="stable")].tolist()
 
-    run_with(trained, scenario)
+    run_with(served.version, scenario)
 
 
-def test_unknown_items_duplicates_and_cold_users_are_scored(trained: ArtifactVersion, served: Served) -> None:
+def test_compiled_trees_score_the_same(served: Served, tmp_path: Path) -> None:
+    case = case_for(served, 7, n=100, k=20)
+    _, expected = case.offline(served)
+
+    async def main() -> None:
+        component = create(Config(compiled_trees=True, compile_cache=tmp_path))
+        await component.load(served.version)
+        await asyncio.gather(*component._compiling)  # the background compilation, to its end
+        model = component.versions.current
+        assert model is not None and [s.kind for s in model.scorers] == ["lleaves"] * len(model.scorers)
+        async with serving(component, ranking_pb2_grpc.RankingServiceStub) as stub:
+            assert_scores_match(case, await stub.Rank(case.request), expected)
+
+    asyncio.run(main())
+    assert len(list(tmp_path.glob("*.so"))) == int(served.version.manifest["ranker"]["models"])
+
+
+def test_debug_returns_the_feature_rows_of_the_returned_items(served: Served) -> None:
     async def scenario(stub: Stub) -> None:
-        request = request_for(served, 1, n=20, k=30)
-        request.user.ClearField("values")
-        request.user.ClearField("embedding")
-        request.user.ClearField("recent_item_ids")
-        request.user.ClearField("seen_item_ids")
-        more = candidates.build([(["no-such-item", request.candidates.item_ids[0]], [-1.0, -2.0], "popular")])
-        request.candidates.item_ids.extend(more.item_ids)
-        request.candidates.scores.extend(more.scores)
-        request.candidates.source_names.append("popular")
-        request.candidates.sources.extend([1, 1])
-        reply = await stub.Rank(request)
+        case = case_for(served, 11, n=100, k=15)
+        case.request.debug = True
+        matrix, _ = case.offline(served)
+        reply = await stub.Rank(case.request)
+        names = list(served.version.manifest["features"]["ranker"])
+        assert list(reply.feature_names) == names == ranker_features(served.sources)
+        rows = np.frombuffer(reply.features, dtype="<f4").reshape(len(reply.items), len(names))
+        assert len(reply.items) == 15
+        np.testing.assert_array_equal(rows, matrix[positions_of(case, reply)])
+
+    run_with(served.version, scenario)
+
+
+def test_unknown_items_duplicates_and_cold_users_are_scored(served: Served) -> None:
+    async def scenario(stub: Stub) -> None:
+        case = case_for(served, 1, n=20, k=30)
+        cold = ranking_pb2.RankRequest()
+        cold.CopyFrom(case.request)
+        cold.user.ClearField("values")
+        cold.user.ClearField("recent_item_ids")
+        cold.user.ClearField("seen_item_ids")
+        cold.user.known = False
+        case = Case(cold, case.columns, np.empty(0, np.float32))
+        first = case.request.candidates.item_ids[0]
+        case = append_candidates(
+            case, ["no-such-item", first], [-1, int(case.columns.rows[0])], [19, 0], "popular"
+        )
+        case.request.debug = True
+        matrix, expected = case.offline(served)
+        reply = await stub.Rank(case.request)
         ids = [i.item_id for i in reply.items]
-        assert len(ids) == len(set(ids)) == 21
+        assert len(ids) == len(set(ids)) == 21  # the duplicate counts once
         assert "no-such-item" in ids
         assert {i.source for i in reply.items if i.item_id == "no-such-item"} == {"popular"}
+        # a duplicate is the candidate at its first position (source, score, features)
+        assert [i.source for i in reply.items if i.item_id == first] == [case.columns.origin[0]]
+        assert_scores_match(case, reply, expected)
+        rows = np.frombuffer(reply.features, dtype="<f4").reshape(len(ids), -1)
+        np.testing.assert_array_equal(rows, matrix[positions_of(case, reply)])
+        names = ranker_features(served.sources)
+        user = slice(names.index(USER_FEATURES[0]), names.index(USER_FEATURES[-1]) + 1)
+        item = slice(names.index(ITEM_FEATURES[0]), names.index(ITEM_FEATURES[-1]) + 1)
+        assert np.isnan(rows[:, user]).all()  # a cold user: no profile
+        assert np.isnan(rows[ids.index("no-such-item"), item]).all()
+        assert np.isfinite([i.score for i in reply.items]).all()
 
-    run_with(trained, scenario)
+    run_with(served.version, scenario)
 
 
-def test_bad_requests_name_the_field(trained: ArtifactVersion, served: Served) -> None:
+def mean_similarity(vectors: F32) -> float:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    n = len(vectors)
+    return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def test_mmr_returns_k_diverse_items_with_non_increasing_scores(served: Served) -> None:
     async def scenario(stub: Stub) -> None:
-        good = request_for(served, 2, n=30, k=10)
+        plain_similarity, mmr_similarity = 0.0, 0.0
+        for user_index in (0, 5, 100, 200):
+            case = case_for(served, user_index, n=100, k=10, seen_candidates=1)
+            _, expected = case.offline(served)
+            plain = await stub.Rank(case.request)
+            case.request.mmr_lambda = 0.5
+            diverse = await stub.Rank(case.request)
+            ids = [i.item_id for i in diverse.items]
+            scores = [i.score for i in diverse.items]
+            assert len(ids) == len(set(ids)) == 10
+            assert scores == sorted(scores, reverse=True)
+            assert case.request.candidates.item_ids[0] not in ids  # seen items stay out
+            assert ids[0] == plain.items[0].item_id  # the most relevant item comes first either way
+            # MMR over the ranker's k * POOL_FACTOR best, by the version's diversity vectors
+            unseen = np.arange(1, 100)
+            pool = unseen[np.argsort(-expected[unseen], kind="stable")][: 10 * POOL_FACTOR]
+            rows = case.columns.rows[pool]
+            picked, marginal = mmr(expected[pool], served.diversity[rows], 10, 0.5)
+            assert positions_of(case, diverse) == pool[picked].tolist()
+            np.testing.assert_allclose(scores, marginal, rtol=1e-6, atol=1e-6)
+            by_id = dict(zip(case.request.candidates.item_ids, case.columns.rows.tolist(), strict=True))
+            plain_similarity += mean_similarity(served.diversity[[by_id[i.item_id] for i in plain.items]])
+            mmr_similarity += mean_similarity(served.diversity[[by_id[i] for i in ids]])
+        assert mmr_similarity < plain_similarity
+        # every candidate seen: nothing to return, with or without MMR
+        case.request.user.seen_item_ids.extend(case.request.candidates.item_ids)
+        assert not (await stub.Rank(case.request)).items
+
+    run_with(served.version, scenario)
+
+
+def test_empty_candidates_and_unknown_versions(served: Served) -> None:
+    async def scenario(stub: Stub) -> None:
+        reply = await stub.Rank(ranking_pb2.RankRequest(k=10))
+        assert not reply.items and reply.artifact_version == served.version.version
+        request = case_for(served, 0, n=10, k=5).request
+        request.artifact_version = "20000101T000000000000Z"
+        error = await invalid(stub, request)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "20000101T000000000000Z" in (error.details() or "")
+        request.artifact_version = served.version.version  # CURRENT by its name
+        assert len((await stub.Rank(request)).items) == 5
+
+    run_with(served.version, scenario)
+
+
+def test_bad_requests_name_the_field(served: Served) -> None:
+    def set_column_source(i: int, name: str) -> Callable[[ranking_pb2.RankRequest], object]:
+        return lambda r: setattr(r.candidates.columns[i], "source", name)
+
+    async def scenario(stub: Stub) -> None:
+        good = case_for(served, 2, n=30, k=10).request
+        first = good.candidates.columns[0].source
         cases: list[tuple[str, Callable[[ranking_pb2.RankRequest], object]]] = [
             ("k", lambda r: setattr(r, "k", 0)),
+            ("k", lambda r: setattr(r, "k", -3)),
             ("k", lambda r: setattr(r, "k", 1001)),
+            ("mmr_lambda", lambda r: setattr(r, "mmr_lambda", 1.0)),
+            ("mmr_lambda", lambda r: setattr(r, "mmr_lambda", -0.25)),
+            ("mmr_lambda", lambda r: setattr(r, "mmr_lambda", math.nan)),
+            ("user.values", lambda r: r.user.values.append(1.0)),
+            ("user.values", lambda r: r.user.values.pop()),
             ("candidates.scores", lambda r: r.candidates.scores.pop()),
             ("candidates.sources", lambda r: r.candidates.sources.append(0)),
             ("candidates.sources", lambda r: r.candidates.source_names.pop()),
             ("candidates.item_ids[3]", lambda r: r.candidates.item_ids.__setitem__(3, " ")),
-            ("user.values", lambda r: r.user.values.append(1.0)),
+            ("candidates.columns[0].scores", lambda r: r.candidates.columns[0].scores.pop()),
+            ("candidates.columns[1].ranks", lambda r: r.candidates.columns[1].ranks.append(0.0)),
+            ("candidates.columns[0].source", set_column_source(0, "")),
+            ("candidates.columns[2].source", set_column_source(2, first)),  # a column twice
         ]
         for field, mutate in cases:
             request = ranking_pb2.RankRequest()
@@ -188,59 +385,107 @@ def test_bad_requests_name_the_field(trained: ArtifactVersion, served: Served) -
         error = await invalid(stub, too_many)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (error.details() or "").startswith("candidates.item_ids:")
+        assert len((await stub.Rank(good)).items) == 10  # the good request itself is served
 
-    run_with(trained, scenario)
+    run_with(served.version, scenario)
 
 
 def test_unavailable_before_load(served: Served) -> None:
     async def scenario(stub: Stub) -> None:
-        error = await invalid(stub, request_for(served, 0, n=10, k=5))
+        error = await invalid(stub, case_for(served, 0, n=10, k=5).request)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
 
     run_with(None, scenario)
 
 
-def copy_version(trained: ArtifactVersion, tmp_path: Path) -> ArtifactVersion:
-    path = tmp_path / trained.version
-    shutil.copytree(trained.path, path)
-    return ArtifactVersion(trained.version, path, trained.manifest)
+# --- versions the service refuses ---------------------------------------------------------------------
 
 
-def test_corrupt_or_mismatched_ranker_is_refused(trained: ArtifactVersion, tmp_path: Path) -> None:
-    corrupt = copy_version(trained, tmp_path / "corrupt")
-    corrupt.file("ranker.txt").write_text("this is not a LightGBM model\n")
-    narrow = copy_version(trained, tmp_path / "narrow")
+def linked_copy(
+    trained: ArtifactVersion, directory: Path, manifest: dict[str, Any] | None = None
+) -> ArtifactVersion:
+    """The trained version in `directory`, every file a symlink to the original (replace_file first)."""
+    path = directory / trained.version
+    path.mkdir(parents=True)
+    for name in trained.manifest["files"]:
+        os.symlink(trained.path / name, path / name)
+    return ArtifactVersion(trained.version, path, manifest or dict(trained.manifest))
+
+
+def replace_file(version: ArtifactVersion, name: str) -> Path:
+    """A fresh file in place of the symlink (never writing through it into the session's version)."""
+    path = version.path / name
+    path.unlink()
+    return path
+
+
+def with_manifest(trained: ArtifactVersion, **changes: Any) -> ArtifactVersion:
+    return replace(trained, manifest={**trained.manifest, **changes})
+
+
+def refused_versions(trained: ArtifactVersion, tmp_path: Path) -> list[tuple[str, ArtifactVersion]]:
+    """(the words the ArtifactError must contain, a version that must be refused)."""
+    manifest = trained.manifest
+    features, n_names = manifest["features"], len(manifest["features"]["ranker"])
+    corrupt = linked_copy(trained, tmp_path / "corrupt")
+    replace_file(corrupt, model_file(1)).write_text("this is not a LightGBM model\n")
+    narrow = linked_copy(trained, tmp_path / "narrow")
     x = np.random.default_rng(0).normal(size=(200, 3))
     lgb.train(
         {"objective": "regression", "verbosity": -1, "num_threads": 1},
         lgb.Dataset(x, label=x[:, 0]),
         num_boost_round=2,
-    ).save_model(str(narrow.file("ranker.txt")))
-    # Neighbours of another catalogue size: refused by name, like the ranker itself.
-    misfit = copy_version(trained, tmp_path / "misfit")
-    rf.ItemNeighbours(np.zeros(4, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)).save(
-        misfit.file(rf.NEIGHBOURS_FILE)
+    ).save_model(str(replace_file(narrow, model_file(0))))
+    files = {**manifest["files"], "short.npy": {}}
+    short = linked_copy(
+        trained, tmp_path / "short", {**manifest, "files": files, "diversity": {"file": "short.npy"}}
     )
-    renamed = ArtifactVersion(
-        trained.version,
-        trained.path,
-        {**trained.manifest, "features": {**trained.manifest["features"], "ranker": ["a", "b"]}},
-    )
+    np.save(short.path / "short.npy", np.ones((3, 4), np.float32))
+    items = linked_copy(trained, tmp_path / "items")
+    np.save(replace_file(items, "item_features.npy"), np.zeros((3, len(ITEM_FEATURES)), np.float32))
+    sources = list(manifest["pipeline"]["sources"])
+    n_items = len(json.loads(trained.file("item_ids.json").read_text()))
+    return [
+        ("ranker_1.txt is not a LightGBM model", corrupt),
+        (f"ranker_0.txt takes 3 features, the manifest lists {n_names}", narrow),
+        (r"features\.ranker", with_manifest(trained, features={**features, "ranker": ["a", "b"]})),
+        (r"features\.user", with_manifest(trained, features={**features, "user": features["user"][:-1]})),
+        (r"features\.item", with_manifest(trained, features={**features, "item": features["item"][::-1]})),
+        # features assembled for other sources than the pipeline's
+        (
+            r"features\.ranker",
+            with_manifest(trained, pipeline={**manifest["pipeline"], "sources": sources[:-1]}),
+        ),
+        ("no diversity vectors", with_manifest(trained, diversity={})),
+        (f"no diversity vectors of {n_items} items", short),
+        (r"item_features\.npy has shape \(3, ", items),
+        ("names no model", with_manifest(trained, ranker={**manifest["ranker"], "models": 0})),
+        ("has no file 'ranker_2.txt'", with_manifest(trained, ranker={**manifest["ranker"], "models": 3})),
+    ]
+
+
+def test_refused_versions_leave_the_old_one_serving(served: Served, tmp_path: Path) -> None:
+    trained = served.version
+    refused = refused_versions(trained, tmp_path)
+    request = case_for(served, 4, n=50, k=10).request
 
     async def main() -> None:
-        component = create(Config())
-        with pytest.raises(ArtifactError, match="not a LightGBM model"):
-            await component.load(corrupt)
-        with pytest.raises(ArtifactError, match="takes 3 features"):
-            await component.load(narrow)
-        with pytest.raises(ArtifactError, match=r"features\.ranker"):
-            await component.load(renamed)
-        with pytest.raises(ArtifactError, match=r"item_neighbours.npz has 3 item rows, expected \d+"):
-            await component.load(misfit)
+        component = create(Config(compiled_trees=False))
+        for words, version in refused:
+            with pytest.raises(ArtifactError, match=words):
+                await component.load(version)
         assert component.version is None
         await component.load(trained)
-        with pytest.raises(ArtifactError):
-            await component.load(corrupt)
-        assert component.version == trained.version  # a refused version leaves the old one serving
+        async with serving(component, ranking_pb2_grpc.RankingServiceStub) as stub:
+            before = await stub.Rank(request)
+            for words, version in refused:
+                with pytest.raises(ArtifactError, match=words):
+                    await component.load(version)
+                with pytest.raises(ArtifactError, match=words):
+                    await component.load_pinned(replace(version, version="20000101T000000000000Z"))
+                assert component.version == trained.version  # a refused version leaves the old one serving
+                after = await stub.Rank(request)
+                assert after == before
+            assert before.artifact_version == trained.version and len(before.items) == 10
 
     asyncio.run(main())

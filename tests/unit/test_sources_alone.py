@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from services.trainer.data import BUNDLED_DATA
-from services.trainer.offline import SOURCES
+from services.trainer.pipeline import PipelineConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "sources_alone.py"
 
@@ -42,7 +42,7 @@ def test_scores_every_source_alone_for_each_variant(tmp_path: Path) -> None:
             "--splits",
             "42:9999",
             "--variant",
-            "weak_als:als_regularization=0.1,als_factors=32",
+            "weak_als:als.regularization=0.1,als.factors=32",
             "--out",
             str(out),
         ],
@@ -55,8 +55,8 @@ def test_scores_every_source_alone_for_each_variant(tmp_path: Path) -> None:
     table = result["mean_map@10"]
     assert set(table) == {"defaults", "weak_als"}
     for row in table.values():
-        assert set(row) == set(SOURCES) and all(0.0 <= v <= 1.0 for v in row.values())
-        assert row["ease"] > row["pop"] > 0.0
+        assert set(row) == set(PipelineConfig().sources) and all(0.0 <= v <= 1.0 for v in row.values())
+        assert row["ease"] > row["popular"] > 0.0
     # the variant changes ALS and nothing else
     assert table["weak_als"]["als"] != table["defaults"]["als"]
     assert {s: v for s, v in table["weak_als"].items() if s != "als"} == {
@@ -72,4 +72,4 @@ def test_bad_variant_exits_with_a_message_naming_it(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode != 0
-    assert "'nosuch' is not a field of OfflineConfig" in done.stderr.strip().splitlines()[-1]
+    assert "unknown setting 'nosuch'" in done.stderr.strip().splitlines()[-1]

@@ -73,8 +73,8 @@ Global___ScoredItem: _TypeAlias = ScoredItem  # noqa: Y015
 @_typing.final
 class Candidates(_message.Message):
     """Candidates passed between stages, in columns: entry i of each list describes candidate i. Building
-    and parsing three flat lists costs a few tens of microseconds in Python where 500 ScoredItem
-    messages cost over a millisecond on each side of every hop.
+    and parsing flat lists costs a few tens of microseconds in Python where 500 ScoredItem messages cost
+    over a millisecond on each side of every hop.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -83,16 +83,23 @@ class Candidates(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     SOURCE_NAMES_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The fused score (reciprocal-rank fusion of the fused sources), best first; popular top-ups below."""
+
     @_builtins.property
     def source_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The source of candidate i is source_names[sources[i]] ("ann", "recent", "popular", ...)."""
+        """The source that proposed candidate i is source_names[sources[i]] ("ease", "als", "popular", ...)."""
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceColumn]:
+        """One column per source that ran for this request: how that source sees every candidate."""
+
     def __init__(
         self,
         *,
@@ -100,14 +107,50 @@ class Candidates(_message.Message):
         scores: _abc.Iterable[_builtins.float] | None = ...,
         source_names: _abc.Iterable[_builtins.str] | None = ...,
         sources: _abc.Iterable[_builtins.int] | None = ...,
+        columns: _abc.Iterable[Global___SourceColumn] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids", "scores", b"scores", "source_names", b"source_names", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "item_ids", b"item_ids", "scores", b"scores", "source_names", b"source_names", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Candidates: _TypeAlias = Candidates  # noqa: Y015
+
+@_typing.final
+class SourceColumn(_message.Message):
+    """One source's view of the candidates of a `Candidates` message, entry i for candidate i."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    RANKS_FIELD_NUMBER: _builtins.int
+    BEST_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    best: _builtins.float
+    """The source's best score for this user (its first listed item); NaN when it listed nothing."""
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def ranks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """0-based rank in the source's own list for the user; NaN when the source did not list the candidate."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        ranks: _abc.Iterable[_builtins.float] | None = ...,
+        best: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best", b"best", "ranks", b"ranks", "scores", b"scores", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SourceColumn: _TypeAlias = SourceColumn  # noqa: Y015
 
 @_typing.final
 class UserFeatures(_message.Message):
@@ -117,17 +160,12 @@ class UserFeatures(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     KNOWN_FIELD_NUMBER: _builtins.int
-    EMBEDDING_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
     SEEN_ITEM_IDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     known: _builtins.bool
     """True when the current artifacts hold a trained profile for this user."""
-    @_builtins.property
-    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """The user's vector in the item-embedding space (empty when unknown)."""
-
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Numeric user features; their names are in the artifact manifest."""
@@ -145,14 +183,13 @@ class UserFeatures(_message.Message):
         *,
         user_id: _builtins.str = ...,
         known: _builtins.bool = ...,
-        embedding: _abc.Iterable[_builtins.float] | None = ...,
         values: _abc.Iterable[_builtins.float] | None = ...,
         recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         seen_item_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "known", b"known", "recent_item_ids", b"recent_item_ids", "seen_item_ids", b"seen_item_ids", "user_id", b"user_id", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "recent_item_ids", b"recent_item_ids", "seen_item_ids", b"seen_item_ids", "user_id", b"user_id", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

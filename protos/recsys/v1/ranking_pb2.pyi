@@ -28,6 +28,7 @@ class RankRequest(_message.Message):
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     MMR_LAMBDA_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    DEBUG_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     artifact_version: _builtins.str
     """Score with this artifact version's ranker and item features (CURRENT or one listed in
@@ -39,12 +40,15 @@ class RankRequest(_message.Message):
     lambda * relevance - (1 - lambda) * max cosine similarity to the items already chosen.
     0 (unset) ranks by relevance alone. Scores stay non-increasing.
     """
+    debug: _builtins.bool
+    """Return the feature rows the ranker scored the returned items on."""
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures: ...
     @_builtins.property
     def candidates(self) -> _common_pb2.Candidates:
-        """In retrieval order, as RetrieveResponse returns them; the retrieval score and position are
-        ranking features. Items the artifact version does not know rank with NaN item features.
+        """In retrieval order, as RetrieveResponse returns them, with their source columns: the fused
+        position and every column are ranking features. Items the artifact version does not know rank with
+        NaN item features.
         """
 
     def __init__(
@@ -55,10 +59,11 @@ class RankRequest(_message.Message):
         artifact_version: _builtins.str = ...,
         mmr_lambda: _builtins.float = ...,
         candidates: _common_pb2.Candidates | None = ...,
+        debug: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "debug", b"debug", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -70,20 +75,28 @@ class RankResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     artifact_version: _builtins.str
+    features: _builtins.bytes
+    """With `debug`: row-major float32 little-endian, one row per returned item, columns `feature_names`."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
         """Best first, at most k."""
 
+    @_builtins.property
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         items: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
         artifact_version: _builtins.str = ...,
+        features: _builtins.bytes = ...,
+        feature_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "feature_names", b"feature_names", "features", b"features", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,51 +24,52 @@ class RetrieveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
-    USER_EMBEDDING_FIELD_NUMBER: _builtins.int
-    RECENT_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     N_FIELD_NUMBER: _builtins.int
+    MIN_N_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     n: _builtins.int
+    """Candidates to return; 0 = as many as the version was trained with (its manifest)."""
+    min_n: _builtins.int
+    """At least this many (the caller's k), whatever `n` says."""
     artifact_version: _builtins.str
     """Search this artifact version's index (CURRENT or one listed in <artifacts>/PINNED); empty = CURRENT.
     An unknown version is FAILED_PRECONDITION naming it.
     """
     @_builtins.property
-    def user_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """The user's vector; when empty, the mean of the recent items' vectors is used,
-        and with no recent items either, the popular list.
+    def user(self) -> _common_pb2.UserFeatures:
+        """The user as the features service returns them: `recent_item_ids` (newest first) and
+        `seen_item_ids` are the history every source scores from, and are never returned. Empty: a cold
+        user (popular items).
         """
 
     @_builtins.property
-    def recent_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Never returned (already seen, or excluded by the caller)."""
+        """Never returned either (excluded by the caller)."""
 
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The candidate sources allowed: "ann" (the user's vector), "recent" (the mean of the recent items'
-        vectors), "popular" (cold start and top-up). Empty allows all; with "popular" left out fewer than
-        n candidates may come back.
+        """The candidate sources allowed to run (names of services.common.sources; those the version does
+        not have are skipped). Empty allows all; with "popular" left out a cold user gets nothing.
         """
 
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
-        user_embedding: _abc.Iterable[_builtins.float] | None = ...,
-        recent_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        user: _common_pb2.UserFeatures | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         n: _builtins.int = ...,
+        min_n: _builtins.int = ...,
         artifact_version: _builtins.str = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "n", b"n", "recent_item_ids", b"recent_item_ids", "sources", b"sources", "user_embedding", b"user_embedding", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "min_n", b"min_n", "n", b"n", "sources", b"sources", "user", b"user", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RetrievalServiceStub:
-    """Candidate generation: ANN search over item embeddings, popular items for cold users.
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class RetrievalServiceStub:
 
 
 class RetrievalServiceServicer:
-    """Candidate generation: ANN search over item embeddings, popular items for cold users.
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
     """
 
     def Retrieve(self, request, context):
@@ -69,7 +71,8 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RetrievalService:
-    """Candidate generation: ANN search over item embeddings, popular items for cold users.
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
     """
 
     @staticmethod

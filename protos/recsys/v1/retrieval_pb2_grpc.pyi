@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RetrievalServiceStub:
-    """Candidate generation: ANN search over item embeddings, popular items for cold users."""
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,13 +39,17 @@ class RetrievalServiceStub:
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
-    """Candidate generation: ANN search over item embeddings, popular items for cold users."""
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Retrieve: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.RetrieveRequest, _retrieval_pb2.RetrieveResponse]  # type: ignore[assignment]
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Candidate generation: ANN search over item embeddings, popular items for cold users."""
+    """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
+    content, popularity, ...), fused, with every source's view of every candidate in columns.
+    """
 
     @_abc_1.abstractmethod
     def Retrieve(

@@ -1,0 +1,60 @@
+"""The ranker as served and as evaluated: several LightGBM models over the same features (differing only
+in their seed), combined per candidate list by the sum of their z-scores within the list, so each model
+counts alike whatever the scale of its raw scores (one model's order is its raw order).
+
+The trainer scores with LightGBM boosters; the ranking service with the same trees compiled
+(services/ranking/trees.py), which agree to 1e-6. Files: `ranker_<i>.txt`, one LightGBM model each.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+def model_file(i: int) -> str:
+    return f"ranker_{i}.txt"
+
+
+class Model(Protocol):
+    def predict(self, matrix: F32) -> F64: ...
+
+
+def combine(raw: Sequence[F64]) -> F64:
+    """One candidate list's score from each model's raw scores of it."""
+    total = np.zeros(raw[0].shape[0], dtype=np.float64)
+    for scores in raw:
+        total += (scores - scores.mean()) / (scores.std() + 1e-12)
+    return total
+
+
+class Ensemble:
+    def __init__(self, models: Sequence[Model]) -> None:
+        if not models:
+            raise ValueError("a ranker needs at least one model")
+        self.models = list(models)
+
+    def score(self, matrix: F32) -> F64:
+        """The scores of one user's candidate list (rows of `matrix`)."""
+        if matrix.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        return combine([m.predict(matrix) for m in self.models])
+
+    def score_lists(self, matrix: F32, lengths: Sequence[int]) -> list[F64]:
+        """`score` of several lists stacked in `matrix` (the models predict each row on its own, so one
+        call over the stack gives every list exactly the scores `score` would)."""
+        if matrix.shape[0] == 0:
+            return [np.empty(0, dtype=np.float64) for _ in lengths]
+        raw = [m.predict(matrix) for m in self.models]
+        bounds = np.cumsum([0, *lengths])
+        return [
+            combine([r[a:b] for r in raw]) if b > a else np.empty(0, dtype=np.float64)
+            for a, b in itertools.pairwise(bounds)
+        ]

@@ -1,0 +1,99 @@
+"""The quality of what is served: each user's top k asked of a running gateway over gRPC, or of the same
+services' handlers called in-process on the same artifacts (no processes, no network), scored against
+held-out interactions. Used by the accuracy benchmarks and the parity test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys.v1 import features_pb2, ranking_pb2, retrieval_pb2
+from services.client import Client
+from services.common.artifacts import open_current
+from services.trainer.metrics import mean_metrics
+
+
+@dataclass
+class Answers:
+    """Each user's items, best first, and what went wrong on the way."""
+
+    items: dict[str, list[str]] = field(default_factory=dict)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    degraded: dict[str, list[str]] = field(default_factory=dict)
+    versions: set[str] = field(default_factory=set)
+
+    def metrics(self, relevant: Mapping[str, set[str]], k: int) -> dict[str, float]:
+        return {key: round(v, 6) for key, v in mean_metrics(self.items, relevant, k).items()}
+
+
+def from_gateway(address: str, users: Sequence[str], k: int, concurrency: int = 4) -> Answers:
+    """Recommend(user, k) for every user through the gateway at `address`."""
+    answers = Answers()
+    clients = [Client(address, timeout_s=30.0) for _ in range(concurrency)]
+
+    def ask(i: int) -> tuple[str, Any]:
+        user = users[i]
+        return user, clients[i % concurrency].recommend(user, k=k)
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            for user, response in pool.map(ask, range(len(users))):
+                answers.items[user] = [item.item_id for item in response.items]
+                answers.scores[user] = [item.score for item in response.items]
+                if response.degraded:
+                    answers.degraded[user] = list(response.degraded_reasons)
+                answers.versions.add(response.artifact_version)
+    finally:
+        for client in clients:
+            client.close()
+    return answers
+
+
+def in_process(artifacts: Path, users: Sequence[str], k: int) -> Answers:
+    """The gateway's path (features -> retrieval -> ranking) through the services' own handlers, in this
+    process, on the CURRENT version of `artifacts`; LightGBM scores (the served trees agree to 1e-6)."""
+    from services.features.embedded import EmbeddedConfig, EmbeddedStore
+    from services.features.service import FeatureServicer
+    from services.ranking.service import Config as RankingConfig
+    from services.ranking.service import RankingService
+    from services.retrieval.service import Config as RetrievalConfig
+    from services.retrieval.service import RetrievalService
+
+    version = open_current(artifacts)
+
+    async def run() -> Answers:
+        answers = Answers()
+        context: Any = None  # valid requests never touch the context
+        with tempfile.TemporaryDirectory() as tmp:
+            store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
+            await store.materialize(version)
+            features = FeatureServicer(store)
+            retrieval = RetrievalService(RetrievalConfig())
+            await retrieval.load(version)
+            ranking = RankingService(RankingConfig(compiled_trees=False))
+            await ranking.load(version)
+            for user_id in users:
+                user = (
+                    await features.GetUserFeatures(
+                        features_pb2.GetUserFeaturesRequest(user_id=user_id), context
+                    )
+                ).user
+                found = await retrieval.Retrieve(
+                    retrieval_pb2.RetrieveRequest(user_id=user_id, user=user, min_n=k), context
+                )
+                ranked = await ranking.Rank(
+                    ranking_pb2.RankRequest(user=user, candidates=found.candidates, k=k), context
+                )
+                answers.items[user_id] = [i.item_id for i in ranked.items]
+                answers.scores[user_id] = [i.score for i in ranked.items]
+                answers.versions.add(ranked.artifact_version)
+            await store.close()
+        return answers
+
+    return asyncio.run(run())

@@ -1,0 +1,191 @@
+"""Metrics of a fitted pipeline on held-out interactions: the two-stage pipeline, retrieval alone (the
+fused order), each source alone, the candidates' recall, beyond-accuracy and MMR diversity.
+
+Scored users: those with history in the fitted log and held-out items; every held-out interaction is
+relevant, minus the items the user already has in the fitted log (they are never recommended).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.common.diversity import POOL_FACTOR, mmr
+from services.common.sources.base import exclusion
+from services.trainer.data import Log
+from services.trainer.metrics import coverage, intra_list_diversity, mean_metrics, popularity_bias
+from services.trainer.pipeline import Fitted, Progress, Stage
+
+K = 10
+KS = (1, 3, 5, 10, 20, 50)
+MMR_LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.5)
+
+
+@dataclass
+class Rankings:
+    """Per scored user, item ids best first: the pipeline's, retrieval's and each source's."""
+
+    relevant: dict[str, set[str]]
+    lists: dict[str, dict[str, list[str]]]
+    candidates: dict[str, list[str]]
+    depth: dict[str, dict[str, list[str]]]  # each source's own list, `fusion.depth` long
+    scores: dict[str, npt.NDArray[np.float64]]  # the ranker's scores of the pipeline's lists
+
+
+def relevant_sets(stage: Stage, test: Log) -> dict[str, set[str]]:
+    histories = stage.histories
+    out: dict[str, set[str]] = {}
+    for user, item in zip(test.users.tolist(), test.items.tolist(), strict=True):
+        if user in histories:
+            out.setdefault(user, set()).add(item)
+    for user, items in out.items():
+        items -= set(stage.universe.ids(histories[user].items))
+    return {u: items for u, items in out.items() if items}
+
+
+def rankings(fitted: Fitted, test: Log, progress: Progress, k: int = max(KS)) -> Rankings:
+    relevant = relevant_sets(fitted.stage, test)
+    users = sorted(relevant)
+    ranked = fitted.rank(users, progress)
+    universe, stage = fitted.universe, fitted.stage
+    lists: dict[str, dict[str, list[str]]] = {"pipeline": {}, "retrieval": {}}
+    lists.update({s: {} for s in fitted.config.sources})
+    depth: dict[str, dict[str, list[str]]] = {s: {} for s in fitted.config.sources}
+    candidates: dict[str, list[str]] = {}
+    pipeline_scores: dict[str, npt.NDArray[np.float64]] = {}
+    for user in users:
+        cand, scores = ranked[user]
+        order = np.argsort(-scores, kind="stable")
+        lists["pipeline"][user] = universe.ids(cand.rows[order][:k])
+        pipeline_scores[user] = scores[order][:k]
+        lists["retrieval"][user] = universe.ids(cand.rows[:k])
+        candidates[user] = universe.ids(cand.rows)
+        history = stage.histories[user]
+        excluded = exclusion(history.as_set)
+        for s, source in stage.sources.items():
+            rows, _ = source.scores(history).top(fitted.config.fusion.depth, excluded)
+            depth[s][user] = universe.ids(rows)
+            lists[s][user] = depth[s][user][:k]
+    return Rankings(relevant, lists, candidates, depth, pipeline_scores)
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(float(v), 6) for key, v in values.items()}
+
+
+def accuracy(r: Rankings, k: int = K) -> dict[str, dict[str, float]]:
+    return {name: _rounded(mean_metrics(lists, r.relevant, k)) for name, lists in r.lists.items()}
+
+
+def funnel(r: Rankings, ks: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Recall@k of each source's own list and of the candidates, at the k each is long enough for."""
+    out: dict[str, dict[str, float]] = {}
+    for name, lists in r.depth.items():
+        longest = max((len(v) for v in lists.values()), default=0)
+        out[name] = {
+            str(k): round(mean_metrics(lists, r.relevant, k)[f"recall@{k}"], 6) for k in ks if k <= longest
+        }
+    n = max((len(v) for v in r.candidates.values()), default=0)
+    out["candidates"] = {
+        str(k): round(mean_metrics(r.candidates, r.relevant, k)[f"recall@{k}"], 6)
+        for k in (*ks, n)
+        if 0 < k <= n
+    }
+    return out
+
+
+def beyond(
+    lists: dict[str, list[str]],
+    item_ids: Sequence[str],
+    counts: dict[str, float],
+    vectors: dict[str, Any],
+    k: int = K,
+) -> dict[str, float]:
+    out = {
+        f"coverage@{k}": coverage(lists, len(item_ids), k),
+        f"ild@{k}": intra_list_diversity(lists, vectors, k),
+    }
+    out.update(popularity_bias(lists, counts, k))
+    return _rounded(out)
+
+
+def evaluate(
+    fitted: Fitted, test: Log, progress: Progress | None = None, full: bool = False
+) -> dict[str, Any]:
+    """The metrics at k = 10 of every list; with `full`, also by k, the funnel, beyond-accuracy and MMR."""
+    progress = progress or Progress(False)
+    r = rankings(fitted, test, progress)
+    out: dict[str, Any] = {
+        "users": len(r.relevant),
+        "k": K,
+        "accuracy": accuracy(r),
+        "candidates": {
+            f"recall@{fitted.config.fusion.candidates}": funnel(r, ())["candidates"].get(
+                str(fitted.config.fusion.candidates), 0.0
+            )
+        },
+    }
+    if not full:
+        return out
+    universe = fitted.universe
+    counts_array = np.asarray(
+        fitted.stage.sources["popular"].scores(_nobody()).at(np.arange(universe.n_items))
+    )
+    counts = dict(zip(universe.item_ids, counts_array.tolist(), strict=True))
+    content = _diversity_vectors(fitted)
+    vectors = dict(zip(universe.item_ids, content, strict=True))
+    out["by_k"] = {
+        name: {str(k): _rounded(mean_metrics(r.lists[name], r.relevant, k)) for k in KS}
+        for name in ("pipeline", "retrieval", *fitted.config.fusion.fused)
+    }
+    out["funnel"] = funnel(r, (10, 50, 100, 200, 300, 500))
+    out["beyond"] = {
+        name: beyond(lists, universe.item_ids, counts, vectors) for name, lists in r.lists.items()
+    }
+    out["mmr"] = mmr_report(fitted, r, content, counts, vectors)
+    return out
+
+
+def _nobody() -> Any:
+    from services.common.sources.base import History
+
+    return History.of([])
+
+
+def _diversity_vectors(fitted: Fitted) -> npt.NDArray[np.float32]:
+    source = fitted.stage.sources.get("content")
+    vectors = getattr(source, "vectors", None)
+    if vectors is None:
+        return fitted.universe.genres
+    out: npt.NDArray[np.float32] = vectors
+    return out
+
+
+def mmr_report(
+    fitted: Fitted,
+    r: Rankings,
+    content: npt.NDArray[np.float32],
+    counts: dict[str, float],
+    vectors: dict[str, Any],
+) -> dict[str, dict[str, float]]:
+    """Accuracy and diversity of the pipeline re-ranked by MMR (services.common.diversity) per lambda."""
+    row = fitted.universe.item_row
+    out: dict[str, dict[str, float]] = {}
+    for lam in MMR_LAMBDAS:
+        lists: dict[str, list[str]] = {}
+        for user, ranked in r.lists["pipeline"].items():
+            pool = ranked[: K * POOL_FACTOR]
+            if lam >= 1.0:
+                lists[user] = pool[:K]
+                continue
+            picked, _ = mmr(r.scores[user][: len(pool)], content[[row[i] for i in pool]], K, lam)
+            lists[user] = [pool[i] for i in picked]
+        out[str(lam)] = {
+            **_rounded(mean_metrics(lists, r.relevant, K)),
+            **beyond(lists, fitted.universe.item_ids, counts, vectors),
+        }
+    return out
