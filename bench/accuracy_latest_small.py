@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.served import METRICS, recsys_train, relevant_sets, serve_and_score  # noqa: E402
+from bench.served import METRICS, check_settings, per_seed, recsys_train, relevant_sets, serve_and_score  # noqa: E402
 from services.trainer.benchmark import aggregate  # noqa: E402
 from services.trainer.data import BUNDLED_DATA, Log, load  # noqa: E402
 from services.trainer.splits import leave_last_n  # noqa: E402
@@ -91,20 +89,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    per_seed = []
-    with tempfile.TemporaryDirectory() as tmp:
-        base = args.keep or Path(tmp)
-        for seed in args.seeds:
-            work = base / f"seed-{seed}"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            per_seed.append(run_seed(seed, args.settings, work))
+    check_settings(args.settings)
+    results = per_seed(args.seeds, args.keep, lambda seed, work: run_seed(seed, args.settings, work))
     rows = {
-        name: {m: aggregate([r[name][m] for r in per_seed]) for m in METRICS}
+        name: {m: aggregate([r[name][m] for r in results]) for m in METRICS}
         for name in ("served", "in_process")
     }
-    for name in per_seed[0]["baselines"]:
-        rows[name] = {m: aggregate([r["baselines"][name][m] for r in per_seed]) for m in METRICS}
+    for name in results[0]["baselines"]:
+        rows[name] = {m: aggregate([r["baselines"][name][m] for r in results]) for m in METRICS}
     beats = {
         rival: all(rows["served"][m]["mean"] > rows[rival][m]["mean"] for m in METRICS)
         for rival in ("ease", "popular")
@@ -114,7 +106,7 @@ def main() -> int:
         "protocol": f"each user's latest {LEAVE_N} interactions held out (leave_last_n)",
         "seeds": args.seeds,
         "settings": args.settings,
-        "per_seed": per_seed,
+        "per_seed": results,
         "summary": {"rows": rows, "served_beats": beats},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.served import METRICS, recsys_train, relevant_sets, serve_and_score  # noqa: E402
+from bench.served import METRICS, check_settings, per_seed, recsys_train, relevant_sets, serve_and_score  # noqa: E402
 from services.common.artifacts import open_current  # noqa: E402
 from services.trainer.benchmark import aggregate  # noqa: E402
 from services.trainer.data import Dataset, Log, load  # noqa: E402
@@ -107,13 +105,13 @@ def run_seed(data: Dataset, source: Path, seed: int, settings: list[str], work: 
     return result
 
 
-def summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name in ("served", "in_process"):
-        rows[name] = {m: aggregate([r[name][m] for r in per_seed]) for m in METRICS}
-    for name in per_seed[0]["baselines"]:
-        rows[name] = {m: aggregate([r["baselines"][name][m] for r in per_seed]) for m in METRICS}
-    gap = [r["served"]["ndcg@10"] - r["in_process"]["ndcg@10"] for r in per_seed]
+        rows[name] = {m: aggregate([r[name][m] for r in runs]) for m in METRICS}
+    for name in runs[0]["baselines"]:
+        rows[name] = {m: aggregate([r["baselines"][name][m] for r in runs]) for m in METRICS}
+    gap = [r["served"]["ndcg@10"] - r["in_process"]["ndcg@10"] for r in runs]
     return {
         "rows": rows,
         "served_minus_in_process_ndcg@10": aggregate(gap),
@@ -212,38 +210,22 @@ def main() -> int:
         "--keep", type=Path, default=None, help="keep each seed's split, artifacts and logs here"
     )
     args = parser.parse_args()
-    from services.trainer.pipeline import PipelineConfig
-
-    config = PipelineConfig()
-    for pair in args.settings:  # refuse a bad setting before any data is read
-        name, sep, raw = pair.partition("=")
-        try:
-            if not sep:
-                raise ValueError(f"expected NAME=VALUE, got {pair!r}")
-            config = config.with_setting(name, raw)
-            config.check()
-        except ValueError as error:
-            sys.exit(f"--set {pair!r}: {error}")
+    check_settings(args.settings)
     started = time.perf_counter()
     source = ensure_data(args.data)
     data = load(source)
-    per_seed = []
-    with tempfile.TemporaryDirectory() as tmp:
-        base = args.keep or Path(tmp)
-        for seed in args.seeds:
-            work = base / f"seed-{seed}"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            per_seed.append(run_seed(data, source, seed, args.settings, work))
+    results = per_seed(
+        args.seeds, args.keep, lambda seed, work: run_seed(data, source, seed, args.settings, work)
+    )
     result = {
         "benchmark": "accuracy_ml100k (served)",
         "protocol": "python_stratified_split(ratio=0.75, filter_by='item'); every test interaction relevant",
         "seeds": args.seeds,
         "settings": args.settings,
-        "per_seed": per_seed,
+        "per_seed": results,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    result["summary"] = summary(per_seed)
+    result["summary"] = summary(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy_ml100k.json").write_text(json.dumps(result, indent=1) + "\n")
     report_dir = args.out / "accuracy_ml100k"

@@ -1,6 +1,7 @@
 """Latency and throughput at scale: a synthetic 1M-item catalogue (`recsys synth`: every source of the
-default pipeline, item-item tables included), 500 fused candidates, a 300-tree ranker, the four
-services as separate processes on loopback.
+default pipeline, item-item tables included), the pipeline's fused candidates per request (100 by
+default; `--candidates` for a generated catalogue), a ranker of 300 trees, the four services as separate
+processes on loopback.
 
 Measures, in one run:
   1. end-to-end latency at 1 request in flight (closed loop, sequential);
@@ -21,34 +22,28 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from recsys.v1 import features_pb2, ranking_pb2, retrieval_pb2
-from services.common.artifacts import open_current
-from services.loadgen import LoadConfig, LoadResult, run
-from services.local import BACKENDS, LocalPlatform
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-CANDIDATES = 500
+from bench.served import wait_compiled  # noqa: E402
+from services.common.artifacts import open_current  # noqa: E402
+from services.common.fusion import FusionParams  # noqa: E402
+from services.loadgen import LoadConfig, LoadResult, run  # noqa: E402
+from services.local import BACKENDS, LocalPlatform  # noqa: E402
 
 
-def ensure_artifacts(root: Path, items: int) -> None:
+def ensure_artifacts(root: Path, items: int, candidates: int) -> None:
     if (root / "CURRENT").exists():
         return
     from services.trainer.synthetic import SyntheticConfig, generate
 
-    generate(SyntheticConfig(out=root, items=items, candidates=CANDIDATES))
-
-
-def wait_compiled(platform: LocalPlatform, timeout_s: float = 900) -> None:
-    """The ranker scores with LightGBM until its compiled trees are ready: measure after that."""
-    deadline = time.monotonic() + timeout_s
-    while "ranker compiled" not in (platform.log_dir / "ranking.log").read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the ranker was not compiled in time")
-        time.sleep(1)
+    generate(SyntheticConfig(out=root, items=items, candidates=candidates))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -73,51 +68,27 @@ def cpu_snapshot(platform: LocalPlatform) -> dict[str, float]:
 
 
 def in_process_stage_ms(root: Path, users: list[str], requests: int) -> dict[str, float]:
-    """p50 of each stage's compute: the same servicers called directly, as the gateway would call them."""
-    from services.features.embedded import EmbeddedConfig, EmbeddedStore
-    from services.features.service import FeatureServicer
-    from services.ranking.service import Config as RankingConfig
-    from services.ranking.service import RankingService
+    """p50 of each stage's compute: the same handlers called directly, as the gateway would call them,
+    with the ranker's compiled trees (what the processes score with once compiled)."""
     from services.ranking.trees import default_cache_dir
-    from services.retrieval.service import Config as RetrievalConfig
-    from services.retrieval.service import RetrievalService
-
-    version = open_current(root)
+    from services.served_quality import handlers
 
     async def measure() -> dict[str, list[float]]:
-        with tempfile.TemporaryDirectory() as tmp:
-            store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
-            await store.materialize(version)
-            features = FeatureServicer(store)
-            retrieval = RetrievalService(RetrievalConfig())
-            await retrieval.load(version)
-            ranking = RankingService(RankingConfig(compiled_trees=False))
-            await ranking.load(version)
-            model = ranking.versions.current
-            assert model is not None
+        async with handlers(root) as h:
+            model = h.ranking.versions.current
             for scorer in model.scorers:
                 await asyncio.to_thread(scorer.compile, default_cache_dir())
             times: dict[str, list[float]] = {"features": [], "retrieval": [], "ranking": []}
-            context: Any = None  # valid requests never touch the context
             for i in range(requests):
                 t0 = time.perf_counter()
-                user = (
-                    await features.GetUserFeatures(
-                        features_pb2.GetUserFeaturesRequest(user_id=users[i % len(users)]), context
-                    )
-                ).user
+                user = await h.user(users[i % len(users)])
                 t1 = time.perf_counter()
-                retrieved = await retrieval.Retrieve(
-                    retrieval_pb2.RetrieveRequest(user_id=user.user_id, user=user, min_n=10), context
-                )
+                found = await h.retrieve(user, 10)
                 t2 = time.perf_counter()
-                await ranking.Rank(
-                    ranking_pb2.RankRequest(user=user, candidates=retrieved.candidates, k=10), context
-                )
+                await h.rank(user, found, 10)
                 t3 = time.perf_counter()
                 for stage, ms in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                     times[stage].append(ms * 1000)
-            await store.close()
             return times
 
     return {stage: statistics.median(v) for stage, v in asyncio.run(measure()).items()}
@@ -132,15 +103,23 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=1000, help="requests at 1 in flight")
     parser.add_argument("--rates", default="50,75,100,150,200,400", help="open-loop rates to try (req/s)")
     parser.add_argument("--rate-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=FusionParams().candidates,
+        help="fused candidates per request of a generated catalogue (default: the pipeline's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/latency_1m.json"))
     args = parser.parse_args()
 
-    ensure_artifacts(args.artifacts_dir, args.items)
-    users = json.loads(open_current(args.artifacts_dir).file("user_ids.json").read_text())[:2000]
+    ensure_artifacts(args.artifacts_dir, args.items, args.candidates)
+    version = open_current(args.artifacts_dir)
+    users = json.loads(version.file("user_ids.json").read_text())[:2000]
+    candidates = int(version.manifest["pipeline"]["fusion"]["candidates"])
     result: dict[str, Any] = {
         "benchmark": "latency_1m",
         "items": args.items,
-        "candidates": CANDIDATES,
+        "candidates": candidates,
         "store": "redis" if args.redis_url else "embedded",
         "replicas": args.replicas,
         "cpus": os.cpu_count(),
@@ -152,7 +131,6 @@ def main() -> None:
             redis_url=args.redis_url,
             event_log=Path(work) / "events.jsonl",
             replicas={b: args.replicas for b in BACKENDS},
-            # the version's own candidate count (CANDIDATES, set by `recsys synth`)
         )
         with platform:
             wait_compiled(platform)
@@ -182,7 +160,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     lat = sequential.latency_ms
     print(
-        f"1M items, {CANDIDATES} candidates, {result['store']} store, {args.replicas} process(es) per backend"
+        f"1M items, {candidates} candidates, {result['store']} store, {args.replicas} process(es) per backend"
     )
     print(
         f"1 in flight ({sequential.requests} req): p50 {lat['p50']:.2f}  p95 {lat['p95']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f} ms"

@@ -5,9 +5,12 @@ the same artifacts in-process and each source alone."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from services.retrieval.model import RetrievalModel
 from services.served_quality import Answers, from_gateway, in_process
 from services.trainer.data import Log
 from services.trainer.metrics import mean_metrics
+from services.trainer.pipeline import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 10
@@ -34,6 +38,30 @@ RELAXED = [
     "--ranking-budget-ms",
     "10000",
 ]
+
+
+def check_settings(settings: list[str]) -> None:
+    """Exit with a line naming a bad `--set` before any data is read or any training starts."""
+    try:
+        PipelineConfig().with_settings(settings)
+    except ValueError as error:
+        sys.exit(f"--set: {error}")
+
+
+def per_seed(
+    seeds: list[int], keep: Path | None, run: Callable[[int, Path], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`run(seed, work)` for each seed, each in a fresh work directory (under `keep` when given, to look at
+    its split, artifacts and logs afterwards; else in a temporary one)."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = keep or Path(tmp)
+        for seed in seeds:
+            work = base / f"seed-{seed}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            results.append(run(seed, work))
+    return results
 
 
 def recsys_train(data: Path, out: Path, flags: list[str], log: Path) -> float:
@@ -67,7 +95,7 @@ def alone(artifacts: Path, users: list[str], relevant: dict[str, set[str]]) -> d
     history_ids = json.loads(version.file("user_history.json").read_text())
     lists: dict[str, dict[str, list[str]]] = {name: {} for name in (*model.sources, "retrieval")}
     for user in users:
-        history = History.of(model.rows_of(history_ids.get(user, [])), user)
+        history = History.of(model.rows_of(history_ids.get(user, [])))
         excluded = exclusion(history.as_set)
         for name, source in model.sources.items():
             rows, _ = source.scores(history).top(K, excluded)

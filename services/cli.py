@@ -122,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--trees", type=int, default=300, help="ranker trees, over its seeded models")
     synth.add_argument("--neighbours", type=int, default=20, help="links per item in each item-item table")
     synth.add_argument(
-        "--candidates", type=int, default=500, help="fused candidates (and the index's recall k)"
+        "--candidates", type=int, default=None, help="fused candidates per request (default: the pipeline's)"
     )
-    synth.add_argument("--recall", type=float, default=0.95, help="recall@candidates target vs exact search")
+    synth.add_argument("--recall", type=float, default=0.95, help="the ANN indexes' recall@500 target")
 
     demo = commands.add_parser("demo", help="train if needed, start everything, show recommendations, stop")
     demo.add_argument(
@@ -288,8 +288,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         users=args.users,
         trees=args.trees,
         neighbours=args.neighbours,
-        candidates=args.candidates,
         recall_target=args.recall,
+        **({} if args.candidates is None else {"candidates": args.candidates}),
     )
     try:
         config.validate()

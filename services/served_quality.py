@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,31 @@ def from_gateway(address: str, users: Sequence[str], k: int, concurrency: int = 
     return answers
 
 
-def in_process(artifacts: Path, users: Sequence[str], k: int) -> Answers:
-    """The gateway's path (features -> retrieval -> ranking) through the services' own handlers, in this
-    process, on the CURRENT version of `artifacts`; LightGBM scores (the served trees agree to 1e-6)."""
+@dataclass
+class Handlers:
+    """The features, retrieval and ranking services' handlers in this process over one artifact root's
+    CURRENT version, called as the gateway calls them (LightGBM trees: the served ones agree to 1e-6)."""
+
+    features: Any
+    retrieval: Any
+    ranking: Any
+    context: Any = None  # valid requests never touch the context
+
+    async def user(self, user_id: str) -> Any:
+        request = features_pb2.GetUserFeaturesRequest(user_id=user_id)
+        return (await self.features.GetUserFeatures(request, self.context)).user
+
+    async def retrieve(self, user: Any, k: int) -> Any:
+        request = retrieval_pb2.RetrieveRequest(user_id=user.user_id, user=user, min_n=k)
+        return await self.retrieval.Retrieve(request, self.context)
+
+    async def rank(self, user: Any, found: Any, k: int) -> Any:
+        request = ranking_pb2.RankRequest(user=user, candidates=found.candidates, k=k)
+        return await self.ranking.Rank(request, self.context)
+
+
+@asynccontextmanager
+async def handlers(artifacts: Path) -> AsyncIterator[Handlers]:
     from services.features.embedded import EmbeddedConfig, EmbeddedStore
     from services.features.service import FeatureServicer
     from services.ranking.service import Config as RankingConfig
@@ -66,34 +89,32 @@ def in_process(artifacts: Path, users: Sequence[str], k: int) -> Answers:
     from services.retrieval.service import RetrievalService
 
     version = open_current(artifacts)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
+        await store.materialize(version)
+        retrieval = RetrievalService(RetrievalConfig())
+        await retrieval.load(version)
+        ranking = RankingService(RankingConfig(compiled_trees=False))
+        await ranking.load(version)
+        try:
+            yield Handlers(FeatureServicer(store), retrieval, ranking)
+        finally:
+            await store.close()
+
+
+def in_process(artifacts: Path, users: Sequence[str], k: int) -> Answers:
+    """The gateway's path (features -> retrieval -> ranking) through the services' own handlers, in this
+    process, on the CURRENT version of `artifacts`."""
 
     async def run() -> Answers:
         answers = Answers()
-        context: Any = None  # valid requests never touch the context
-        with tempfile.TemporaryDirectory() as tmp:
-            store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
-            await store.materialize(version)
-            features = FeatureServicer(store)
-            retrieval = RetrievalService(RetrievalConfig())
-            await retrieval.load(version)
-            ranking = RankingService(RankingConfig(compiled_trees=False))
-            await ranking.load(version)
+        async with handlers(artifacts) as h:
             for user_id in users:
-                user = (
-                    await features.GetUserFeatures(
-                        features_pb2.GetUserFeaturesRequest(user_id=user_id), context
-                    )
-                ).user
-                found = await retrieval.Retrieve(
-                    retrieval_pb2.RetrieveRequest(user_id=user_id, user=user, min_n=k), context
-                )
-                ranked = await ranking.Rank(
-                    ranking_pb2.RankRequest(user=user, candidates=found.candidates, k=k), context
-                )
+                user = await h.user(user_id)
+                ranked = await h.rank(user, await h.retrieve(user, k), k)
                 answers.items[user_id] = [i.item_id for i in ranked.items]
                 answers.scores[user_id] = [i.score for i in ranked.items]
                 answers.versions.add(ranked.artifact_version)
-            await store.close()
         return answers
 
     return asyncio.run(run())

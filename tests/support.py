@@ -65,11 +65,7 @@ S = TypeVar("S")
 
 def light_pipeline(*more: str) -> PipelineConfig:
     """The default pipeline with TEST_SETTINGS (and `more` NAME=VALUE settings) applied."""
-    config = PipelineConfig()
-    for pair in (*TEST_SETTINGS, *more):
-        name, _, value = pair.partition("=")
-        config = config.with_setting(name, value)
-    return config
+    return PipelineConfig().with_settings((*TEST_SETTINGS, *more))
 
 
 REPO = Path(__file__).resolve().parent.parent

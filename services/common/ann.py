@@ -4,8 +4,9 @@
 above: IVF-Flat with the smallest power-of-two nprobe whose recall@k against exact search reaches the
 target on sample queries (or HNSW when asked). `VectorIndex.search` returns the best rows not excluded:
 exclusions are applied inside FAISS with an `IDSelectorBitmap` of the allowed rows, so the search itself
-skips them and still returns the n best of the rest (the bitmap costs n_items / 8 bytes per request); an
-index type whose search does not take a selector falls back to over-fetching and masking.
+skips them and still returns the n best of the rest (the bitmap costs n_items / 8 bytes per request). With
+no more exclusions than n, or an index type whose search does not take a selector, it over-fetches
+n + |exclude| and masks instead, which is cheaper.
 """
 
 from __future__ import annotations
@@ -136,23 +137,23 @@ class VectorIndex:
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if n <= 0:
             return np.empty(0, dtype=np.int64)
-        if exclude.size == 0:
-            _, labels = self.index.search(q, min(n, self.size))
-        elif self._filtered:
-            allowed = self.size - exclude.size
-            if allowed <= 0:
-                return np.empty(0, dtype=np.int64)
-            bitmap = self._all_rows.copy()
-            np.bitwise_and.at(bitmap, exclude >> 3, ~(1 << (exclude & 7)).astype(np.uint8))
-            selector = _faiss.IDSelectorBitmap(bitmap)  # keeps a reference to `bitmap`
-            _, labels = self.index.search(q, min(n, allowed), params=self._params(selector))
-        else:
-            excluded = np.zeros(self.size, dtype=bool)
-            excluded[exclude] = True
+        if exclude.size <= n or not self._filtered:
+            # a few exclusions: over-fetch and mask (what the search would have skipped comes back
+            # first, so n + |exclude| always holds the n best of the rest); cheaper than a bitmap
             _, labels = self.index.search(q, min(n + exclude.size, self.size))
-            found = labels[0][labels[0] >= 0]
-            out: Rows = found[~excluded[found]][:n].astype(np.int64)
+            found = labels[0][labels[0] >= 0].astype(np.int64)
+            if exclude.size:
+                pos = np.minimum(np.searchsorted(exclude, found), exclude.size - 1)
+                found = found[exclude[pos] != found]
+            out: Rows = found[:n]
             return out
+        allowed = self.size - exclude.size
+        if allowed <= 0:
+            return np.empty(0, dtype=np.int64)
+        bitmap = self._all_rows.copy()
+        np.bitwise_and.at(bitmap, exclude >> 3, ~(1 << (exclude & 7)).astype(np.uint8))
+        selector = _faiss.IDSelectorBitmap(bitmap)  # keeps a reference to `bitmap`
+        _, labels = self.index.search(q, min(n, allowed), params=self._params(selector))
         rows: Rows = labels[0][labels[0] >= 0].astype(np.int64)  # approximate indexes pad with -1
         return rows
 

@@ -39,10 +39,12 @@ def to_proto(candidates: CandidateColumns, item_ids: npt.NDArray[np.object_]) ->
 
 def from_proto(message: common_pb2.Candidates, rows: npt.NDArray[np.int64]) -> CandidateColumns:
     """The columns of a (validated) message; `rows` are its items' rows on the reading side."""
+    names = list(message.source_names)
+    origin = [names[i] for i in message.sources] if message.sources else [""] * len(message.item_ids)
     return CandidateColumns(
         rows,
         np.asarray(message.scores, dtype=np.float32),
-        [source_of(message, i) for i in range(len(message.item_ids))],
+        origin,
         {
             c.source: SourceColumn(
                 np.asarray(c.scores, dtype=np.float32), np.asarray(c.ranks, dtype=np.float32), float(c.best)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from services.common.sources.base import EMPTY_ROWS, F32, History, Rows, Source, exclusion
 
@@ -63,39 +64,68 @@ def generate(
     names = [s for s in sources if not allowed or s in allowed]
     excluded = exclusion(exclude, history.as_set)
     queries = {s: sources[s].scores(history) for s in names}
-    listed = {s: queries[s].top(max(fusion.depth, n), excluded)[0] for s in names}
+    listed: dict[str, Rows] = {}
+    best: dict[str, float] = {}
+    for s in names:
+        rows, values = queries[s].top(fusion.depth, excluded)
+        listed[s] = rows
+        best[s] = float(values[0]) if rows.size else float("nan")
     # An arm that allows none of the fused sources fuses the ones it allows (popular only tops up).
     fused_names = [s for s in fusion.fused if s in listed] or [s for s in listed if s != POPULAR]
-    union = np.unique(np.concatenate([listed[s] for s in fused_names])) if fused_names else EMPTY_ROWS
-    fused = np.zeros(union.size, dtype=np.float64)
-    best_rank = np.full(union.size, np.inf)
-    origin_of = np.full(union.size, -1, dtype=np.int64)
-    for index, s in enumerate(fused_names):
-        rows = listed[s]
-        pos = np.searchsorted(union, rows)
-        ranks = np.arange(rows.size, dtype=np.float64)
-        fused[pos] += 1.0 / (fusion.k + ranks + 1.0)
-        better = ranks < best_rank[pos]
-        best_rank[pos[better]] = ranks[better]
-        origin_of[pos[better]] = index
-    order = np.lexsort((union, -fused))[:n]
-    rows, scores = union[order], fused[order].astype(np.float32)
-    origin = [fused_names[i] for i in origin_of[order]]
+    rows, scores = _fuse([listed[s] for s in fused_names], fusion.k, n)
     if rows.size < n and POPULAR in queries:
         more, _ = queries[POPULAR].top(n - rows.size, exclusion(excluded, rows))
         # below every fused score, in popular order
         rows = np.concatenate([rows, more])
         scores = np.concatenate([scores, -np.arange(1, more.size + 1, dtype=np.float32)])
-        origin += [POPULAR] * more.size
-    columns: dict[str, SourceColumn] = {}
-    for s in names:
-        own = listed[s][: fusion.depth]
-        rank = np.full(rows.size, np.nan, dtype=np.float32)
-        if own.size and rows.size:
-            sorter = np.argsort(own, kind="stable")
-            pos = np.minimum(np.searchsorted(own, rows, sorter=sorter), own.size - 1)
-            hit = own[sorter[pos]] == rows
-            rank[hit] = sorter[pos[hit]].astype(np.float32)
-        best = float(queries[s].at(own[:1])[0]) if own.size else float("nan")
-        columns[s] = SourceColumn(queries[s].at(rows).astype(np.float32), rank, best)
-    return CandidateColumns(rows.astype(np.int64), scores.astype(np.float32), origin, columns)
+    ranks = _ranks([listed[s] for s in names], rows)
+    columns = {
+        s: SourceColumn(queries[s].at(rows).astype(np.float32), ranks[i], best[s])
+        for i, s in enumerate(names)
+    }
+    # each candidate's origin: the fused source that ranked it best (the first on a tie), else a top-up
+    fused_ranks = [ranks[names.index(s)] for s in fused_names]
+    if fused_ranks and rows.size:
+        stacked = np.nan_to_num(np.stack(fused_ranks), nan=np.inf)
+        best_list = np.argmin(stacked, axis=0)
+        listed_any = np.isfinite(stacked.min(axis=0))
+        origin = [
+            fused_names[b] if ok else POPULAR
+            for b, ok in zip(best_list.tolist(), listed_any.tolist(), strict=True)
+        ]
+    else:
+        origin = [POPULAR] * rows.size
+    return CandidateColumns(rows, scores, origin, columns)
+
+
+def _fuse(lists: list[Rows], k: float, n: int) -> tuple[Rows, npt.NDArray[np.float32]]:
+    """The best n rows of the union of `lists` by reciprocal-rank score (ties by row), and their scores."""
+    if not any(r.size for r in lists):
+        return EMPTY_ROWS, np.empty(0, dtype=np.float32)
+    every = np.concatenate(lists)
+    rank = np.concatenate([np.arange(r.size, dtype=np.float64) for r in lists])
+    union, inverse = np.unique(every, return_inverse=True)
+    # the contributions of each row added in list order, so every caller gets the same floats
+    fused = np.bincount(inverse, weights=1.0 / (k + rank + 1.0), minlength=union.size)
+    order = np.argsort(-fused, kind="stable")[:n]  # the union is sorted: ties stay by row
+    return union[order].astype(np.int64), fused[order].astype(np.float32)
+
+
+def _ranks(lists: list[Rows], rows: Rows) -> list[npt.NDArray[np.float32]]:
+    """For each list, the 0-based position of each of `rows` in it (NaN where absent)."""
+    out = [np.full(rows.size, np.nan, dtype=np.float32) for _ in lists]
+    sizes = [r.size for r in lists]
+    if not rows.size or not sum(sizes):
+        return out
+    span = int(max(int(rows.max()), max(int(r.max()) for r in lists if r.size))) + 1
+    keys = np.concatenate([i * span + r for i, r in enumerate(lists)])
+    positions = np.concatenate([np.arange(size, dtype=np.float32) for size in sizes])
+    sorter = np.argsort(keys, kind="stable")
+    for i in range(len(lists)):
+        if not sizes[i]:
+            continue
+        wanted = i * span + rows
+        pos = np.minimum(np.searchsorted(keys, wanted, sorter=sorter), keys.size - 1)
+        hit = keys[sorter[pos]] == wanted
+        out[i][hit] = positions[sorter[pos[hit]]]
+    return out

@@ -252,11 +252,17 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         scores = (
             await asyncio.to_thread(model.ranker.score, matrix) if n > 2000 else model.ranker.score(matrix)
         )
-        first: dict[str, int] = {}
-        for position, item in enumerate(ids):
-            first.setdefault(item, position)  # duplicates count once
         seen = set(request.user.seen_item_ids)
-        order = np.fromiter((p for item, p in first.items() if item not in seen), dtype=np.int64)
+        if len(set(ids)) == n:  # retrieval sends distinct items; a caller may not
+            if seen.isdisjoint(ids):  # retrieval excludes the history already
+                order = np.arange(n)
+            else:
+                order = np.flatnonzero(np.fromiter((item not in seen for item in ids), dtype=bool, count=n))
+        else:
+            first: dict[str, int] = {}
+            for position, item in enumerate(ids):
+                first.setdefault(item, position)  # duplicates count once
+            order = np.fromiter((p for item, p in first.items() if item not in seen), dtype=np.int64)
         order = order[np.argsort(-scores[order], kind="stable")]
         final = scores
         if 0 < request.mmr_lambda < 1:

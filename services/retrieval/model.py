@@ -85,4 +85,4 @@ class RetrievalModel:
         recent = self.rows_of(list(user.recent_item_ids))
         seen = self.rows_of(list(user.seen_item_ids))
         rest = np.setdiff1d(seen, recent)
-        return History.of(np.concatenate([recent, rest]), user.user_id)
+        return History.of(np.concatenate([recent, rest]))

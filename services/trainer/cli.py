@@ -53,13 +53,7 @@ def pipeline_from_args(ns: argparse.Namespace, protocol: str) -> PipelineConfig:
         config = config.with_setting("fusion.fused", ",".join(fused))
     if ns.candidates is not None:
         config = config.with_setting("fusion.candidates", str(ns.candidates))
-    for pair in ns.settings:
-        name, sep, raw = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set {pair!r}: expected NAME=VALUE")
-        config = config.with_setting(name.strip(), raw.strip())
-    config.check()
-    return config
+    return config.with_settings(ns.settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 T = TypeVar("T")
 
-DEFAULT_SOURCES = ("ease", "cooc", "rp3", "seq", "seqease", "recent", "coactive", "als", "content", "popular")
+DEFAULT_SOURCES = ("ease", "cooc", "rp3", "seq", "seqease", "recent", "als", "content", "popular")
 
 
 def _default_params() -> dict[str, Any]:
@@ -112,6 +112,17 @@ class PipelineConfig:
         raise ValueError(
             f"unknown setting {name!r} (sources, seed, threads, fusion.*, ranker.*, protocol.*, SOURCE.*)"
         )
+
+    def with_settings(self, pairs: Iterable[str]) -> PipelineConfig:
+        """`with_setting` for each "NAME=VALUE" of `pairs`, then `check`; ValueError naming a bad one."""
+        config = self
+        for pair in pairs:
+            name, sep, raw = pair.partition("=")
+            if not sep:
+                raise ValueError(f"expected NAME=VALUE, got {pair!r}")
+            config = config.with_setting(name.strip(), raw.strip())
+        config.check()
+        return config
 
     def describe(self) -> dict[str, Any]:
         """JSON for the manifest: the pipeline the version was fitted with."""
@@ -182,7 +193,7 @@ class Stage:
     histories: dict[str, History]
 
     def candidates(self, user: str, config: PipelineConfig) -> CandidateColumns:
-        history = self.histories.get(user) or History.of([], user)
+        history = self.histories.get(user) or History.of([])
         return generate(self.sources, history, config.fusion.candidates, config.fusion)
 
     def features(self, user: str, cand: CandidateColumns, config: PipelineConfig) -> F32:

@@ -24,7 +24,6 @@ ROWS = {
     "seq": "sequence neighbours (baseline)",
     "seqease": "sequence EASE (baseline)",
     "recent": "recent interest: co-occurrence of the latest items (baseline)",
-    "coactive": "co-activity in time (baseline)",
     "als": "ALS, implicit, folded in (baseline)",
     "content": "content / genres and tags (baseline)",
     "popular": "popularity (baseline)",

@@ -19,14 +19,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
 from services.common.artifacts import ArtifactVersion
 from services.common.fusion import FusionParams
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES
 from services.common.sources import source_class
 from services.common.sources.base import History, Source
-from services.common.sources.coactive import Coactive
 from services.common.sources.content import Content
 from services.common.sources.popularity import Popularity
 from services.common.sources.tables import NeighbourTable, TableSource
@@ -40,7 +38,6 @@ from services.trainer.universe import Universe
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 GENRES = 20
-UNITS = 365  # days of synthetic activity
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class SyntheticConfig:
     history: int = 50  # items per user history
     neighbours: int = 20  # links per item in every item-item table
     trees: int = 300  # in all, over the ranker's seeded models
-    candidates: int = 500
+    candidates: int = FusionParams().candidates  # fused candidates per request, as the default pipeline
     recall_target: float = 0.95
     seed: int = 7
     threads: int = 2
@@ -120,26 +117,7 @@ def synthetic_sources(
         kind = source_class(name)
         params = pipeline.params(name)
         _say(f"source {name}")
-        if kind is Coactive:
-            units = rng.integers(0, UNITS, (len(user_ids), 8))
-            user_units = sp.csr_matrix(
-                (np.ones(units.size, dtype=np.float32), units.reshape(-1), np.arange(0, units.size + 1, 8)),
-                shape=(len(user_ids), UNITS),
-            )
-            user_units.sum_duplicates()
-            per_item = rng.integers(0, UNITS, (config.items, 3))
-            table = sp.csr_matrix(
-                (
-                    np.full(per_item.size, 1 / 3, dtype=np.float32),
-                    (per_item.reshape(-1), np.repeat(np.arange(config.items), 3)),
-                ),
-                shape=(UNITS, config.items),
-            )
-            table.sum_duplicates()
-            sources[name] = Coactive(
-                params, NeighbourTable.from_matrix(table, config.items), user_ids, user_units
-            )
-        elif issubclass(kind, TableSource):
+        if issubclass(kind, TableSource):
             sources[name] = kind(params, cluster_table(rng, item_cluster, config.neighbours))
         elif kind is Content:
             sources[name] = Content.indexed(
@@ -190,7 +168,7 @@ def generate(config: SyntheticConfig) -> ArtifactVersion:
     for u in range(config.users):
         c = user_cluster[u]
         picks = offsets[c] + rng.choice(sizes[c], min(config.history, sizes[c]), replace=False)
-        histories.append(History.of(by_cluster[picks], user_ids[u]))
+        histories.append(History.of(by_cluster[picks]))
     universe = Universe(
         item_ids,
         user_ids,

@@ -89,7 +89,7 @@ class Universe:
         matrix.data[:] = 1.0
         tags = self.tags.known_to(log, self.rated) if len(self.tags) else self.tags
         content = content_vectors(self.genres, tag_vectors(self.item_ids, tags))
-        return FitData(matrix, users, items, times, content, tuple(self.user_ids), seed, threads)
+        return FitData(matrix, users, items, times, content, seed, threads)
 
     def histories(self, log: Log) -> dict[str, History]:
         """Each user's history in `log`: distinct items, most recent first (the log is in time order,
@@ -104,7 +104,7 @@ class Universe:
         for start, end in zip(np.r_[0, bounds], np.r_[bounds, users.size], strict=True):
             if end > start:
                 user = self.user_ids[int(users[start])]
-                out[user] = History.of(items[start:end], user)
+                out[user] = History.of(items[start:end])
         return out
 
     def ids(self, rows: Sequence[int] | Rows) -> list[str]:

@@ -112,16 +112,6 @@ def seqease(data: FitData, user: int, params: object) -> F64:
     return out
 
 
-def coactive(data: FitData, user: int, params: object) -> F64:
-    unit = np.floor(data.event_times / (params.unit_days * DAY))  # type: ignore[attr-defined]
-    mine = set(unit[data.event_users == user].tolist())
-    on_my_days = np.isin(unit, list(mine))
-    hits = np.bincount(data.event_items[on_my_days], minlength=data.n_items).astype(np.float64)
-    totals = np.bincount(data.event_items, minlength=data.n_items).astype(np.float64)
-    out: F64 = hits / np.maximum(totals, 1.0)
-    return out
-
-
 def als(data: FitData, user: int, params: object, vectors: F64) -> F64:
     """ALS's user step against fitted item vectors Y: confidence alpha on the history, 1 elsewhere."""
     y = vectors.astype(np.float64)
@@ -152,7 +142,6 @@ REFERENCES: dict[str, Callable[..., F64]] = {
     "seq": seq,
     "seqease": seqease,
     "recent": recent,
-    "coactive": coactive,
     "als": als,
     "content": content,
     "popular": popular,

@@ -35,7 +35,7 @@ def sample() -> CandidateColumns:
         columns={
             "ease": SourceColumn(f32(0.1, 1 / 3, -2.5e-7, 0.0), f32(0, NAN, 1, NAN), float(np.float32(0.1))),
             "als": SourceColumn(f32(3.25, 7.0, 1e-30, -1e30), f32(1, 0, NAN, NAN), 7.0),
-            "coactive": SourceColumn(f32(0, 0, 0, 0), f32(NAN, NAN, NAN, NAN), NAN),
+            "seq": SourceColumn(f32(0, 0, 0, 0), f32(NAN, NAN, NAN, NAN), NAN),
             "popular": SourceColumn(f32(12, 40, 3, 329), f32(NAN, NAN, NAN, 0), 329.0),
         },
     )
@@ -51,7 +51,7 @@ def test_columns_survive_the_wire_exactly() -> None:
     assert list(message.item_ids) == ["i7", "i2", "i9", "i0"]
     assert list(message.source_names) == ["ease", "als", "popular"]  # distinct, first proposed first
     assert list(message.sources) == [0, 1, 0, 2]
-    assert [c.source for c in message.columns] == ["ease", "als", "coactive", "popular"]
+    assert [c.source for c in message.columns] == ["ease", "als", "seq", "popular"]
     candidates.validate(message)
     rows = np.array([7, 2, 9, 0], dtype=np.int64)
     got = candidates.from_proto(wire_round_trip(message), rows)

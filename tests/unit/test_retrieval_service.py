@@ -123,15 +123,14 @@ def expected(
     n: int,
     exclude: Sequence[str] = (),
     allowed: Sequence[str] = (),
-    user_id: str = "",
 ) -> Expected:
     """The candidates by the definition: reciprocal-rank fusion of the fused sources' lists (ties by
     row), popular items after them when they offer fewer than n."""
-    history = History.of(t.rows(history_ids), user_id)
+    history = History.of(t.rows(history_ids))
     excluded = exclusion(t.rows(exclude), history.as_set)
     depth, k = t.fusion.depth, t.fusion.k
     lists = {
-        s: t.loaded[s].scores(history).top(max(depth, n), excluded)[0]
+        s: t.loaded[s].scores(history).top(depth, excluded)[0]
         for s in t.sources
         if not allowed or s in allowed
     }
@@ -249,7 +248,7 @@ def test_warm_users_get_the_fused_candidates_of_every_source(t: Trained) -> None
             assert_well_formed(t, response, t.fusion.candidates, [*seen, *exclude])
             assert set(response.candidates.source_names) <= set(t.fusion.fused)
             assert [c.source for c in response.candidates.columns] == t.sources
-            assert_is(t, response, expected(t, seen, t.fusion.candidates, exclude, user_id=user_id))
+            assert_is(t, response, expected(t, seen, t.fusion.candidates, exclude))
 
     run(t.version, scenario)
 
@@ -296,7 +295,7 @@ def test_n_and_min_n(t: Trained) -> None:
             listed = column.ranks[~np.isnan(column.ranks)]
             assert listed.size <= depth and len(set(listed.tolist())) == listed.size, s
             assert (listed < depth).all(), s
-        assert_is(t, response, expected(t, seen, depth + 200, user_id=user_id))
+        assert_is(t, response, expected(t, seen, depth + 200))
         # the largest n this service allows
         await count(stub, 2000, 2000)
 

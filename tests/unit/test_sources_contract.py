@@ -42,7 +42,6 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "seq": ({"window": 0}, "window must be >= 1"),
     "seqease": ({"lam": -1.0}, "lam must be > 0"),
     "recent": ({"window": 0}, "window must be >= 1"),
-    "coactive": ({"unit_days": 0.0}, "unit_days must be > 0"),
     "als": ({"regularization": 0.0}, "regularization and alpha must be > 0"),
     "content": ({}, "needs (items, d) content vectors"),
     "popular": ({"half_life_days": -1.0}, "half_life_days must be >= 0"),
@@ -148,7 +147,7 @@ def test_top_is_the_best_of_the_rest_sorted_with_its_own_scores(name: str) -> No
 @pytest.mark.parametrize("name", SOURCE_NAMES)
 def test_a_user_without_history_is_answered(name: str) -> None:
     source = fitted(name)
-    scores = source.scores(History.of([], "nobody"))
+    scores = source.scores(History.of([]))
     rows, values = scores.top(20, exclusion())
     if name == "popular":
         assert rows.size == 20 and np.all(np.diff(values) <= 0)
@@ -164,7 +163,7 @@ def test_save_and_load_change_nothing(name: str, tmp_path: Path) -> None:
     loaded = source_class(name).load(export(source, tmp_path), s.universe.n_items)
     assert loaded.params == source.params
     for user in [*s.users, "nobody"]:
-        history = s.histories.get(user) or History.of([], user)
+        history = s.histories.get(user) or History.of([])
         excluded = exclusion(history.as_set)
         a, b = source.scores(history), loaded.scores(history)
         for (rows_a, values_a), (rows_b, values_b) in [(a.top(30, excluded), b.top(30, excluded))]:
@@ -204,7 +203,7 @@ def test_a_live_click_changes_the_candidates_at_once() -> None:
         n: fitted(n).scores(history).top(20, exclusion(history.as_set))[0] for n in ("ease", "recent", "als")
     }
     clicked = before["ease"][0]
-    after_history = History.of(np.concatenate([[clicked], history.items]), user)
+    after_history = History.of(np.concatenate([[clicked], history.items]))
     for name, rows in before.items():
         now = fitted(name).scores(after_history).top(20, exclusion(after_history.as_set))[0]
         assert clicked not in now and not np.array_equal(now, rows), name

@@ -19,7 +19,6 @@ REGISTRY: dict[str, str] = {
     "seq": "services.common.sources.sequence:Sequence",
     "seqease": "services.common.sources.sequence_ease:SequenceEase",
     "recent": "services.common.sources.recent:Recent",
-    "coactive": "services.common.sources.coactive:Coactive",
     "als": "services.common.sources.als:Als",
     "content": "services.common.sources.content:Content",
     "popular": "services.common.sources.popularity:Popularity",

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
-from services.common.artifacts import ArtifactVersion
 from services.common.sources.base import F32, FitData, FitError, History
 from services.common.sources.vectors import VectorSource
 
@@ -69,18 +68,7 @@ class Als(VectorSource):
         items = np.asarray(model.item_factors, dtype=np.float32)
         if not np.isfinite(items).all():
             raise FitError(cls.name, "the fit diverged (non-finite factors)")
-        indptr, indices = data.matrix.indptr, data.matrix.indices
-        sample = [
-            History(indices[indptr[u] : indptr[u + 1]].astype(np.int64)) for u in range(data.matrix.shape[0])
-        ]
-        return cls.indexed(
-            params, items, [h for h in sample if len(h)], params.index, params.recall_target, data.seed
-        )
-
-    @classmethod
-    def load(cls, version: ArtifactVersion, n_items: int) -> Als:
-        vectors, index = cls.read(version, n_items)
-        return cls(cls.params_from(version), vectors, index, {})
+        return cls.over(params, items, data)
 
     def query(self, history: History) -> F32 | None:
         rows = history.scored

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,21 +57,19 @@ class History:
     (the trainer's log, or the features service's recent and seen lists)."""
 
     items: Rows
-    #: the user's id, for a source that keeps what it learned per user (services.common.sources.coactive)
-    user_id: str = ""
 
     @classmethod
-    def of(cls, items: npt.ArrayLike, user_id: str = "") -> History:
+    def of(cls, items: npt.ArrayLike) -> History:
         rows = np.asarray(items, dtype=np.int64).reshape(-1)
         _, first = np.unique(rows, return_index=True)
-        return cls(rows[np.sort(first)], user_id)
+        return cls(rows[np.sort(first)])
 
-    @property
+    @functools.cached_property
     def as_set(self) -> Rows:
         out: Rows = np.sort(self.items)
         return out
 
-    @property
+    @functools.cached_property
     def scored(self) -> Rows:
         out: Rows = np.sort(self.items[:HISTORY_LIMIT])
         return out
@@ -108,14 +107,18 @@ class FitData:
     event_times: npt.NDArray[np.float64]
     #: (items, d) L2-normalised content vectors (genres, tags this slice may know); zero rows for none
     content: F32
-    #: the id of each user row
-    user_ids: tuple[str, ...] = ()
     seed: int = 42
     threads: int = 2
 
     @property
     def n_items(self) -> int:
         return int(self.matrix.shape[1])
+
+    def histories(self) -> list[History]:
+        """The histories of the users with any interaction in the slice (items in row order)."""
+        indptr, indices = self.matrix.indptr, self.matrix.indices
+        rows = [indices[indptr[u] : indptr[u + 1]].astype(np.int64) for u in range(self.matrix.shape[0])]
+        return [History(r) for r in rows if r.size]
 
     def item_counts(self) -> npt.NDArray[np.float64]:
         counts: npt.NDArray[np.float64] = np.asarray(self.matrix.sum(axis=0), dtype=np.float64).reshape(-1)
@@ -167,8 +170,9 @@ class Source(abc.ABC):
             raise ArtifactError(f"artifact {version.version}: source {cls.name} parameters: {e}") from e
 
 
-def ranked(rows: Rows, scores: F32, n: int) -> tuple[Rows, F32]:
-    """The best `n` of (rows, scores): by score descending, ties by row ascending (deterministic)."""
+def ranked(rows: Rows, scores: F32, n: int, rows_sorted: bool = False) -> tuple[Rows, F32]:
+    """The best `n` of (rows, scores): by score descending, ties by row ascending (deterministic).
+    `rows_sorted`: the rows are ascending already, so a stable sort by score alone breaks the ties."""
     if n <= 0 or rows.size == 0:
         return EMPTY_ROWS, EMPTY_SCORES
     if rows.size > n:
@@ -176,7 +180,7 @@ def ranked(rows: Rows, scores: F32, n: int) -> tuple[Rows, F32]:
         cut = -np.partition(-scores, n - 1)[n - 1]
         keep = scores >= cut
         rows, scores = rows[keep], scores[keep]
-    order = np.lexsort((rows, -scores))[:n]
+    order = (np.argsort(-scores, kind="stable") if rows_sorted else np.lexsort((rows, -scores)))[:n]
     return rows[order], scores[order]
 
 

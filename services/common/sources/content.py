@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.artifacts import ArtifactVersion
 from services.common.sources.base import F32, FitData, FitError, History
 from services.common.sources.vectors import VectorSource
 
@@ -31,18 +30,7 @@ class Content(VectorSource):
         vectors = np.ascontiguousarray(data.content, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != data.n_items or vectors.shape[1] == 0:
             raise FitError(cls.name, f"needs (items, d) content vectors, got shape {vectors.shape}")
-        indptr, indices = data.matrix.indptr, data.matrix.indices
-        sample = [
-            History(indices[indptr[u] : indptr[u + 1]].astype(np.int64)) for u in range(data.matrix.shape[0])
-        ]
-        return cls.indexed(
-            params, vectors, [h for h in sample if len(h)], params.index, params.recall_target, data.seed
-        )
-
-    @classmethod
-    def load(cls, version: ArtifactVersion, n_items: int) -> Content:
-        vectors, index = cls.read(version, n_items)
-        return cls(cls.params_from(version), vectors, index, {})
+        return cls.over(params, vectors, data)
 
     def query(self, history: History) -> F32 | None:
         rows = history.scored

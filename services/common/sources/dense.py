@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from services.common.sources.base import FitData, FitError, Rows
 from services.common.sources.tables import NeighbourTable
@@ -40,6 +41,28 @@ def gram(data: FitData, items: Rows) -> npt.NDArray[np.float64]:
     x = data.matrix[:, items]
     out: npt.NDArray[np.float64] = (x.T @ x).toarray().astype(np.float64)
     return out
+
+
+def closed_form(
+    gram: npt.NDArray[np.float64], threads: int, source: str, what: str
+) -> npt.NDArray[np.float64]:
+    """EASE's B = I - P diagMat(1 / diag(P)), P = gram^-1 (the regularisation already on its diagonal),
+    zero diagonal; FitError naming the source when it cannot be inverted or is not finite."""
+    with threadpool_limits(limits=threads, user_api="blas"):
+        try:
+            p = np.linalg.inv(gram)
+        except np.linalg.LinAlgError as e:
+            raise FitError(source, f"{what} is singular ({e})") from e
+    b: npt.NDArray[np.float64] = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    if not np.isfinite(b).all():
+        raise FitError(source, f"{what} gives non-finite weights")
+    return b
+
+
+def table(weights: npt.NDArray[np.floating], items: Rows, n_items: int, neighbours: int) -> NeighbourTable:
+    """The dense (len(items), len(items)) weights as a catalogue-wide table of `neighbours` per row."""
+    return placed(NeighbourTable.from_matrix(weights.astype(np.float32), neighbours), items, n_items)
 
 
 def placed(table: NeighbourTable, items: Rows, n_items: int) -> NeighbourTable:

@@ -1,7 +1,7 @@
 """EASE (Steck 2019): the closed-form item-item linear autoencoder.
 
 B = I - P diagMat(1 / diag(P)), P = (X'X + lambda I)^-1, zero diagonal; a user's score is their history
-row times B. Exported as each item's `neighbours` largest weights.
+row times B. Exported as each item's `neighbours` weights of largest magnitude.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from services.common.sources.base import FitData, FitError
-from services.common.sources.dense import dense_items, gram, placed
-from services.common.sources.tables import NeighbourTable, TableSource
+from services.common.sources.dense import closed_form, dense_items, gram, table
+from services.common.sources.tables import TableSource
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,5 @@ class Ease(TableSource):
         items = dense_items(data, cls.name, params.max_items)
         g = gram(data, items)
         g[np.diag_indices_from(g)] += params.lam
-        with threadpool_limits(limits=data.threads, user_api="blas"):
-            try:
-                p = np.linalg.inv(g)
-            except np.linalg.LinAlgError as e:
-                raise FitError(cls.name, f"X'X + {params.lam} I is singular ({e})") from e
-        b = p / (-np.diag(p))
-        b[np.diag_indices_from(b)] = 0.0
-        if not np.isfinite(b).all():
-            raise FitError(cls.name, f"lam {params.lam} gives non-finite weights")
-        table = NeighbourTable.from_matrix(b.astype(np.float32), params.neighbours)
-        return cls(params, placed(table, items, data.n_items))
+        b = closed_form(g, data.threads, cls.name, f"X'X + {params.lam} I")
+        return cls(params, table(b, items, data.n_items, params.neighbours))

@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from services.common.sources.base import FitData, FitError
-from services.common.sources.dense import dense_items, placed
-from services.common.sources.tables import NeighbourTable, TableSource
+from services.common.sources.dense import dense_items, table
+from services.common.sources.tables import TableSource
 
 
 @dataclass(frozen=True)
@@ -46,5 +46,4 @@ class Rp3beta(TableSource):
             w = (p_iu @ p_ui).toarray()
         w /= item_degree[None, :] ** params.beta
         w[np.diag_indices_from(w)] = 0.0
-        table = NeighbourTable.from_matrix(w.astype(np.float32), params.neighbours)
-        return cls(params, placed(table, items, data.n_items))
+        return cls(params, table(w, items, data.n_items, params.neighbours))

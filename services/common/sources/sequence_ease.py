@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 from services.common.sources.base import FitData, FitError
-from services.common.sources.dense import dense_items, placed
+from services.common.sources.dense import closed_form, dense_items, table
 from services.common.sources.sequence import sequence_pairs
-from services.common.sources.tables import NeighbourTable, TableSource
+from services.common.sources.tables import TableSource
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,5 @@ class SequenceEase(TableSource):
         g = sequence_pairs(data, params.window)[items][:, items].toarray().astype(np.float64)
         counts = data.item_counts()[items]
         g[np.diag_indices_from(g)] += counts * params.window / 5.0 + params.lam
-        with threadpool_limits(limits=data.threads, user_api="blas"):
-            try:
-                p = np.linalg.inv(g)
-            except np.linalg.LinAlgError as e:
-                raise FitError(
-                    cls.name, f"the sequence Gram matrix + {params.lam} I is singular ({e})"
-                ) from e
-        b = -p / np.diag(p)[None, :]
-        b[np.diag_indices_from(b)] = 0.0
-        table = NeighbourTable.from_matrix(b.astype(np.float32), params.neighbours)
-        return cls(params, placed(table, items, data.n_items))
+        b = closed_form(g, data.threads, cls.name, f"the sequence Gram matrix + {params.lam} I")
+        return cls(params, table(b, items, data.n_items, params.neighbours))

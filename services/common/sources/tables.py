@@ -103,17 +103,17 @@ class NeighbourTable:
         """(linked rows sorted, summed weights) over the given item rows, in their order. The sums are
         float64 additions in that order, whatever the catalogue size, so the same rows give the same
         floats everywhere."""
-        rows = rows[(rows >= 0) & (rows < self.n_rows)]
         if rows.size == 0:
             return EMPTY_ROWS, EMPTY_SCORES
-        starts, ends = self.indptr[rows], self.indptr[rows + 1]
-        lengths = ends - starts
-        total = int(lengths.sum())
+        starts = self.indptr[rows]
+        lengths = self.indptr[rows + 1] - starts
+        ends = np.cumsum(lengths)
+        total = int(ends[-1])
         if total == 0:
             return EMPTY_ROWS, EMPTY_SCORES
-        at = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(total)
+        at = np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
         targets = self.indices[at]
-        values = self.weights[at].astype(np.float64)
+        values = self.weights[at]  # bincount adds them as float64
         if total * 4 >= self.n_targets:  # dense bins are cheaper than sorting the entries
             summed = np.bincount(targets, weights=values, minlength=self.n_targets)
             hit = np.zeros(self.n_targets, dtype=bool)
@@ -164,7 +164,7 @@ class LinkedScores:
 
     def top(self, n: int, exclude: Rows) -> tuple[Rows, F32]:
         keep = without(self.linked, exclude)
-        return ranked(self.linked[keep], self.values[keep], n)
+        return ranked(self.linked[keep], self.values[keep], n, rows_sorted=True)
 
     def at(self, rows: Rows) -> F32:
         out = np.zeros(rows.shape[0], dtype=np.float32)

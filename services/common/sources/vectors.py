@@ -18,6 +18,7 @@ from services.common.sources.base import (
     EMPTY_ROWS,
     EMPTY_SCORES,
     F32,
+    FitData,
     History,
     Rows,
     Source,
@@ -64,27 +65,27 @@ class VectorSource(Source):
         return VectorScores(self.query(history), self.vectors, self.index)
 
     @classmethod
+    def over(cls, params: Any, vectors: F32, data: FitData) -> Self:
+        """An instance over `vectors` with the index `build_index` picks for the catalogue, tuned on the
+        queries of the slice's users (made by the instance itself, so tuning sees what it will serve)."""
+        return cls.indexed(params, vectors, data.histories(), params.index, params.recall_target, data.seed)
+
+    @classmethod
     def indexed(
-        cls,
-        params: Any,
-        vectors: F32,
-        sample: list[History],
-        kind: str,
-        recall_target: float,
-        seed: int,
+        cls, params: Any, vectors: F32, sample: list[History], kind: str, recall_target: float, seed: int
     ) -> Self:
-        """An instance over `vectors` with the index `build_index` picks, tuned on the queries of
-        `sample` histories (made by the instance itself, so tuning sees the queries it will serve)."""
+        """An instance over `vectors` with the index of `kind`, tuned on the queries of `sample`."""
         probe = cls(params, vectors, _flat(vectors), {"type": "flat"})
         queries = [q for q in (probe.query(h) for h in sample[:TUNING_QUERIES]) if q is not None]
         index, info = build_index(
-            vectors,
-            kind,
-            np.stack(queries) if queries else None,
-            recall_target=recall_target,
-            seed=seed,
+            vectors, kind, np.stack(queries) if queries else None, recall_target=recall_target, seed=seed
         )
         return cls(params, vectors, index, info)
+
+    @classmethod
+    def load(cls, version: ArtifactVersion, n_items: int) -> Self:
+        vectors, index = cls.read(version, n_items)
+        return cls(cls.params_from(version), vectors, index, {})
 
     def save(self, directory: Path) -> None:
         np.save(directory / self.file("vectors.npy"), self.vectors)
