@@ -28,7 +28,7 @@ RUN pip install --no-deps '.[k8s]' \
 FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001
 LABEL org.opencontainers.image.title="recsys" \
-      org.opencontainers.image.description="Two-stage recommender (FAISS retrieval + LightGBM ranking) as gRPC services" \
+      org.opencontainers.image.description="Two-stage recommender (multi-source retrieval + LightGBM ranking) as gRPC services" \
       org.opencontainers.image.licenses="Apache-2.0"
 # libgomp1: the OpenMP runtime LightGBM's wheel links against.
 RUN apt-get update \
