@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import cpu_seconds, rss_mib  # noqa: E402
 from bench.served import wait_compiled  # noqa: E402
 from services.common.artifacts import open_current  # noqa: E402
 from services.common.fusion import FusionParams  # noqa: E402
@@ -44,20 +45,6 @@ def ensure_artifacts(root: Path, items: int, candidates: int) -> None:
     from services.trainer.synthetic import SyntheticConfig, generate
 
     generate(SyntheticConfig(out=root, items=items, candidates=candidates))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process (Linux /proc), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_snapshot(platform: LocalPlatform) -> dict[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procfs import cpu_seconds, rss_mib  # noqa: E402
 from recsys.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from services.local import free_port  # noqa: E402
 
@@ -80,33 +82,19 @@ class Side:
             self.process.wait(timeout=60)
 
     def cpu(self) -> dict[str, float]:
-        return {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
-    def rss_mib(self) -> dict[str, float]:
-        return {name: _rss_mib(pid) for name, pid in self.pids.items()}
+    def memory_mib(self) -> dict[str, float]:
+        return {name: rss_mib(pid) for name, pid in self.pids.items()}
 
 
 def _free(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -158,7 +146,7 @@ def main() -> int:
                     sides[which].latencies.append(ms)
                     sides[which].degraded += degraded
             after = [s.cpu() for s in sides]
-            rss = [s.rss_mib() for s in sides]
+            rss = [s.memory_mib() for s in sides]
             for c in channels:
                 c.close()
         finally:
