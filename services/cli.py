@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--exclude", nargs="*", default=[], help="item ids never to return")
     recommend.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT")
     recommend.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="for titles")
+    recommend.add_argument(
+        "--explain", action="store_true", help="why each item: its sources and top feature contributions"
+    )
 
     feedback = commands.add_parser("feedback", help="send one event through the gateway")
     feedback.add_argument("--user", required=True, help="user id")
@@ -141,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_k8s_arguments(commands.add_parser("k8s", help="check a Helm release on Kubernetes (smoke)"))
 
+    from services.monitor_cli import add_arguments as add_monitor_arguments
+
+    add_monitor_arguments(commands.add_parser("monitor", help="feature drift of a running ranking service"))
+
     from services.experiment.cli import add_arguments as add_experiment_arguments
 
     add_experiment_arguments(commands.add_parser("experiment", help="A/B report and simulator"))
@@ -192,7 +199,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     with Client(args.gateway) as client:
         try:
-            response = client.recommend(args.user, k=args.k, exclude=args.exclude, debug=True)
+            response = client.recommend(
+                args.user, k=args.k, exclude=args.exclude, debug=True, explain=args.explain
+            )
         except grpc.RpcError as e:
             raise CommandError(f"{e.code().name}: {e.details()}") from e
     print(format_response(response, load_titles(args.artifacts_dir)))
@@ -323,6 +332,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return experiment_main(args)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from services.monitor_cli import main as monitor_main
+
+    return monitor_main(args)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from services.trainer.evaluate_cli import evaluate_main
 
@@ -349,6 +364,7 @@ COMMANDS = {
     "budget": cmd_budget,
     "synth": cmd_synth,
     "k8s": cmd_k8s,
+    "monitor": cmd_monitor,
 }
 
 

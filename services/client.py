@@ -43,9 +43,15 @@ class Client:
         exclude: Iterable[str] = (),
         context: Mapping[str, str] | None = None,
         debug: bool = False,
+        explain: bool = False,
     ) -> gateway_pb2.RecommendResponse:
         request = gateway_pb2.RecommendRequest(
-            user_id=user_id, k=k, exclude_item_ids=list(exclude), context=dict(context or {}), debug=debug
+            user_id=user_id,
+            k=k,
+            exclude_item_ids=list(exclude),
+            context=dict(context or {}),
+            debug=debug,
+            explain=explain,
         )
         response: gateway_pb2.RecommendResponse = self.stub.Recommend(request, timeout=self.timeout_s)
         return response

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recsys.v1 import gateway_pb2
+from recsys.v1 import common_pb2, gateway_pb2
 from services.client import Client, event
 from services.common.artifacts import ArtifactError, current_version_name, open_current
 from services.local import LocalPlatform
@@ -40,10 +40,23 @@ def format_response(response: gateway_pb2.RecommendResponse, titles: dict[str, s
         lines.append(f"  DEGRADED: {'; '.join(response.degraded_reasons)}")
     if response.timings:
         lines.append("  ms: " + "  ".join(f"{t.stage}={t.ms:.1f}" for t in response.timings))
+    explained = {e.item_id: e for e in response.explanations}
     for rank, item in enumerate(response.items, 1):
         title = titles.get(item.item_id, "")
         lines.append(f"  {rank:>2}. {item.score:8.4f}  [{item.source:<7}] {item.item_id:>7}  {title}")
+        why = explained.get(item.item_id)
+        if why is not None:
+            lines.append("      " + format_explanation(why))
     return "\n".join(lines)
+
+
+def format_explanation(why: common_pb2.Explanation, top: int = 4) -> str:
+    """One line: the sources that listed the item and its largest feature contributions."""
+    sources = ",".join(why.sources) or "-"
+    if why.unavailable:
+        return f"listed by {sources}; no contributions: {why.unavailable}"
+    parts = "  ".join(f"{c.feature}={c.value:.3g} ({c.contribution:+.3f})" for c in why.contributions[:top])
+    return f"listed by {sources}; ranker {why.ranker_score:+.3f} = base {why.base:+.3f} + ... {parts}"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

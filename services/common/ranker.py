@@ -26,6 +26,10 @@ def model_file(i: int) -> str:
 class Model(Protocol):
     def predict(self, matrix: F32) -> F64: ...
 
+    def contributions(self, matrix: F32) -> F64:
+        """(n, features + 1): each feature's SHAP contribution to the raw score, then the base value."""
+        ...
+
 
 def combine(raw: Sequence[F64]) -> F64:
     """One candidate list's score from each model's raw scores of it."""
@@ -46,6 +50,22 @@ class Ensemble:
         if matrix.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         return combine([m.predict(matrix) for m in self.models])
+
+    def explain(self, matrix: F32, rows: npt.NDArray[np.int64]) -> tuple[F64, F64]:
+        """For the candidates `rows` of one list (`matrix`): (base (len(rows),), contributions
+        (len(rows), features)) with base + contributions.sum(1) == score(matrix)[rows]. Each model's raw
+        score is its base value plus its contributions; `combine` maps it by (raw - mean) / std over
+        the list, so the ensemble's contributions are each model's divided by its std, and the base
+        takes the means."""
+        base = np.zeros(len(rows), dtype=np.float64)
+        total = np.zeros((len(rows), matrix.shape[1]), dtype=np.float64)
+        for model in self.models:
+            raw = model.predict(matrix)
+            scale = raw.std() + 1e-12
+            parts = model.contributions(matrix[rows])
+            total += parts[:, :-1] / scale
+            base += (parts[:, -1] - raw.mean()) / scale
+        return base, total
 
     def score_lists(self, matrix: F32, lengths: Sequence[int]) -> list[F64]:
         """`score` of several lists stacked in `matrix` (the models predict each row on its own, so one

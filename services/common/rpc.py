@@ -1,17 +1,19 @@
-"""What every RPC handler shares: a span named `recsys.<service>.<operation>`, and the mapping of our
-errors to gRPC status codes (bad input -> INVALID_ARGUMENT naming the field; no artifacts yet ->
-UNAVAILABLE)."""
+"""What every RPC handler shares: a span named `recsys.<service>.<operation>`, the request count and
+duration metrics (services.common.meters), and the mapping of our errors to gRPC status codes (bad
+input -> INVALID_ARGUMENT naming the field; no artifacts yet -> UNAVAILABLE)."""
 
 from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Awaitable, Callable, Sized
 from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import trace
 
+from services.common.meters import meter
 from services.common.telemetry import tracer
 
 S = TypeVar("S")
@@ -65,28 +67,53 @@ def require_finite(value: float, field: str) -> None:
     require(math.isfinite(value), field, f"must be a finite number, got {value}")
 
 
+def _base(error: Exception) -> type[Exception]:
+    return next(t for t in (InvalidArgument, NotReady, UnknownVersion) if isinstance(error, t))
+
+
+def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status a handler aborted with itself (context.abort), else UNKNOWN (an unexpected error)."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
 
 def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Decorate a servicer method: span `recsys.<service>.<operation>` and error-to-status mapping."""
     span_name = f"recsys.{service}.{operation}"
+    requests = meter(service).create_counter(
+        "recsys.rpc.requests", unit="{request}", description="RPCs served, by method and status code"
+    )
+    duration = meter(service).create_histogram(
+        "recsys.rpc.duration", unit="ms", description="from the request's arrival to the reply"
+    )
+    codes = {
+        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+        NotReady: grpc.StatusCode.UNAVAILABLE,
+        UnknownVersion: grpc.StatusCode.FAILED_PRECONDITION,
+    }
 
     def decorate(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         @functools.wraps(method)
         async def wrapped(self: S, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+            start = time.perf_counter()
+            code = "OK"
             with tracer(service).start_as_current_span(span_name) as span:
                 try:
                     return await method(self, request, context)
-                except InvalidArgument as e:
+                except (InvalidArgument, NotReady, UnknownVersion) as e:
+                    status = codes[_base(e)]
+                    code = status.name
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                except NotReady as e:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-                except UnknownVersion as e:
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                    await context.abort(status, str(e))
+                except BaseException:
+                    code = code if code != "OK" else _aborted_code(context)
+                    raise
+                finally:
+                    requests.add(1, {"method": operation, "code": code})
+                    duration.record((time.perf_counter() - start) * 1000, {"method": operation})
             raise AssertionError("unreachable: context.abort raises")
 
         return wrapped

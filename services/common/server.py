@@ -18,7 +18,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import telemetry
+from services.common import meters, telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
 from services.common.config import non_negative, option, port_number, positive
 from services.common.faults import DelayInterceptor
@@ -41,6 +41,9 @@ class ServerConfig:
     log_level: str = option("info", "debug, info, warning or error")
     inject_delay_ms: float = option(
         0.0, "fault drill: delay every RPC but health checks by this many ms", non_negative
+    )
+    metrics_port: int = option(
+        9464, "Prometheus scrape port, with OTEL_METRICS_EXPORTER=prometheus", port_number
     )
 
 
@@ -156,6 +159,10 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
     """Process entry point: logging and tracing first (so gRPC is instrumented), then the component."""
     telemetry.setup_logging(name, config.log_level)
     provider = telemetry.setup_tracing(name)
+    try:
+        meter_provider = meters.setup_metrics(name, config.metrics_port)
+    except ValueError as e:
+        raise StartupError(str(e)) from e
     # One BLAS thread: a request's small products (a user's vector, a few hundred rows) finish before a
     # team of threads would start, and replicas, not threads, use the cores (as FAISS, services.common.ann).
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")
@@ -170,3 +177,5 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
     finally:
         if provider is not None:
             provider.shutdown()
+        if meter_provider is not None:
+            meter_provider.shutdown()

@@ -5,13 +5,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from recsys.v1 import common_pb2
+from services.common.meters import meter
 
 log = logging.getLogger(__name__)
+
+
+def _backlog(_options: CallbackOptions) -> Iterable[Observation]:
+    yield Observation(sum(logger.backlog for logger in list(_LOGGERS)))
+
+
+#: The process's loggers (one per gateway): an instrument's name registers once per process.
+_LOGGERS: weakref.WeakSet[ExposureLogger] = weakref.WeakSet()
+meter("gateway").create_observable_gauge(
+    "recsys.gateway.exposure_backlog",
+    [_backlog],
+    unit="{event}",
+    description="exposure events queued, not yet written to the features service",
+)
 
 
 class ExposureLogger:
@@ -40,6 +57,12 @@ class ExposureLogger:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.dropped = 0
+        _LOGGERS.add(self)
+
+    @property
+    def backlog(self) -> int:
+        """Events queued and not yet written."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     def submit(self, events: list[common_pb2.Event]) -> None:
         if self._queue is None:

@@ -31,6 +31,7 @@ from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, positive
 from services.common.loops import PeriodicTask
+from services.common.meters import meter
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig, channel_options
 from services.common.telemetry import current_trace_id, tracer
@@ -40,6 +41,12 @@ from services.gateway.exposures import ExposureLogger
 from services.gateway.interleaving import team_draft
 
 log = logging.getLogger(__name__)
+STAGE_DURATION = meter("gateway").create_histogram(
+    "recsys.gateway.stage.duration", unit="ms", description="wall time of each gateway stage"
+)
+DEGRADED = meter("gateway").create_counter(
+    "recsys.gateway.degraded", unit="{response}", description="responses a fallback answered, by stage"
+)
 
 MAX_K = 1000
 MAX_EXCLUDE = 1000
@@ -108,6 +115,18 @@ class Served:
     items: list[common_pb2.ScoredItem]
     version: str
     candidates: int = 0
+    #: with `explain`: the ranker's explanation of each ranked item, by id
+    explanations: dict[str, common_pb2.Explanation] = field(default_factory=dict)
+
+
+def explanations(served: Served, degraded: list[str]) -> list[common_pb2.Explanation]:
+    """One per served item: the ranker's, or one saying why there is none (the item was not ranked)."""
+    why = "; ".join(degraded) or "not ranked: the arm serves the retrieval order"
+    return [
+        served.explanations.get(item.item_id)
+        or common_pb2.Explanation(item_id=item.item_id, sources=[item.source], unavailable=why)
+        for item in served.items
+    ]
 
 
 @dataclass
@@ -222,6 +241,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             finally:
                 elapsed = (time.perf_counter() - start) * 1000
                 trip.timings[stage] = elapsed
+                STAGE_DURATION.record(elapsed, {"stage": name})
                 span.set_attribute("recsys.over_budget", elapsed > budget_ms)
 
     async def _popular(self, trip: Trip, exclude: set[str], k: int, reason: StageFailed) -> Served:
@@ -307,6 +327,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                         k=request.k,
                         artifact_version=version,
                         mmr_lambda=settings.diversity,
+                        explain=request.explain,
                     ),
                     timeout=timeout,
                 ),
@@ -318,6 +339,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             return served
         served.items = list(ranked.items)
         served.version = ranked.artifact_version or served.version
+        served.explanations = {e.item_id: e for e in ranked.explanations}
         return served
 
     async def _serve_version(
@@ -375,7 +397,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     assert isinstance(served, Served)
                 else:
                     items, teams = team_draft(a_side.items, b_side.items, request.k, self._rng)
-                    served = Served(items, f"{a_side.version}+{b_side.version}", a_side.candidates)
+                    served = Served(
+                        items,
+                        f"{a_side.version}+{b_side.version}",
+                        a_side.candidates,
+                        {**b_side.explanations, **a_side.explanations},
+                    )
             else:
                 served = await self._serve_version(request, settings, settings.version, trip)
         except StageFailed as e:
@@ -387,6 +414,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         span.set_attribute("recsys.degraded", bool(degraded))
         span.set_attribute("recsys.over_budget", trip.budget.remaining_ms() < 0)
         span.set_attribute("recsys.candidates", served.candidates)
+        for reason in degraded:
+            DEGRADED.add(1, {"stage": reason.split(":", 1)[0]})
         if degraded:
             log.warning("degraded response", extra={"user_id": request.user_id, "reasons": degraded})
         trace_id = current_trace_id()
@@ -404,6 +433,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else [],
             trace_id=trace_id,
             artifact_version=served.version,
+            explanations=explanations(served, degraded) if request.explain else [],
         )
 
     def _log_exposures(

@@ -5,7 +5,8 @@ from the request (the user's feature row, the candidates and their source column
 item feature rows, which this service holds: the rows of 500 candidates cost no round trip. The models
 (services.common.ranker) score with compiled trees once they are proven equal to LightGBM's. Items the
 user has seen are never returned; duplicate candidates count once; `mmr_lambda` diversifies the top
-over the version's content vectors.
+over the version's content vectors. A sample of the scored rows is counted for drift detection
+(services.ranking.monitor; `GetFeatureStats` returns the counts beside the version's reference).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -21,18 +24,22 @@ from typing import Any
 import grpc
 import numpy as np
 import numpy.typing as npt
+from opentelemetry.metrics import CallbackOptions, Observation
 
-from recsys.v1 import ranking_pb2, ranking_pb2_grpc
+from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from services.common import candidates
 from services.common.artifacts import ArtifactError, ArtifactVersion
-from services.common.config import option, port_number
+from services.common.config import non_negative, option, port_number, positive
 from services.common.diversity import POOL_FACTOR, mmr
+from services.common.drift import Histogram
 from services.common.fusion import CandidateColumns
+from services.common.meters import meter
 from services.common.ranker import Ensemble, model_file
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, assemble, ranker_features
 from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
 from services.common.versions import ServedVersions
+from services.ranking.monitor import FeatureMonitor, Window
 from services.ranking.trees import TreeScorer, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,10 @@ class Config(ServerConfig):
     compile_cache: Path | None = option(
         None, "where compiled rankers are cached (default ~/.cache/recsys/lleaves)"
     )
+    drift_sample_rows: int = option(
+        8, "scored rows per request counted for drift detection (0: none)", non_negative
+    )
+    drift_window_seconds: float = option(600.0, "length of a drift-counting window", positive)
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,10 @@ class Model:
     item_row: dict[str, int]
     item_features: npt.NDArray[np.float32]  # (items, len(ITEM_FEATURES)), rows as item_ids.json
     diversity: npt.NDArray[np.float32]  # (items, d) the vectors MMR compares items by
+    monitor: FeatureMonitor
 
     @classmethod
-    def load(cls, version: ArtifactVersion) -> Model:
+    def load(cls, version: ArtifactVersion, config: Config) -> Model:
         import lightgbm as lgb
 
         what = f"artifact {version.version}"
@@ -111,6 +123,12 @@ class Model:
             raise ArtifactError(
                 f"{what}: no diversity vectors of {len(item_ids)} items (manifest diversity.file)"
             )
+        raw_reference = (features.get("reference") or {}).get("ranker") or {}
+        try:
+            reference = {name: Histogram.from_json(h) for name, h in raw_reference.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{what}: manifest features.reference.ranker is malformed ({e})") from e
+        monitor = FeatureMonitor(names, reference, config.drift_sample_rows, config.drift_window_seconds)
         ranker = Ensemble(scorers)
         # One scoring call proves the models and the assembly agree before the version is served.
         probe = CandidateColumns(np.zeros(2, np.int64), np.zeros(2, np.float32), ["", ""], {})
@@ -124,6 +142,7 @@ class Model:
             {str(item): i for i, item in enumerate(item_ids)},
             np.ascontiguousarray(item_features, dtype=np.float32),
             np.ascontiguousarray(diversity, dtype=np.float32),
+            monitor,
         )
 
     def rows(self, item_ids: list[str]) -> npt.NDArray[np.int64]:
@@ -149,6 +168,21 @@ class Model:
         )
 
 
+def _psi_observations(_options: CallbackOptions) -> Iterable[Observation]:
+    for service in list(_SERVICES):
+        yield from service.psi_observations()
+
+
+#: The live services of this process (one, but tests make many): one gauge reads them all, because an
+#: instrument's name registers once per process.
+_SERVICES: weakref.WeakSet[RankingService] = weakref.WeakSet()
+meter("ranking").create_observable_gauge(
+    "recsys.ranking.feature_psi",
+    [_psi_observations],
+    description="PSI of each scored feature against the version's training reference",
+)
+
+
 class RankingService(ranking_pb2_grpc.RankingServiceServicer):
     """The gRPC servicer and the server Component (services.common.server.Component) in one."""
 
@@ -161,6 +195,14 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         #: CURRENT plus the PINNED versions (experiment arms pick one with `artifact_version`).
         self.versions: ServedVersions[Model] = ServedVersions("ranking")
         self._compiling: set[asyncio.Task[None]] = set()
+        _SERVICES.add(self)
+
+    def psi_observations(self) -> Iterable[Observation]:
+        models = [self.versions.current, *self.versions.pinned.values()]
+        for model in models:
+            if model is not None and model.monitor.enabled:
+                for feature, value in model.monitor.psi().items():
+                    yield Observation(value, {"feature": feature, "version": model.version})
 
     @property
     def _model(self) -> Model | None:
@@ -177,7 +219,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     async def load(self, version: ArtifactVersion) -> None:
         """Build the new model completely off the event loop, then swap it in; raise to refuse it."""
-        model = await asyncio.to_thread(Model.load, version)
+        model = await asyncio.to_thread(Model.load, version, self.config)
         previous = self.version
         self.versions.current = model
         log.info(
@@ -208,7 +250,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         """Serve `version` beside CURRENT (listed in PINNED); raise to refuse it."""
         model = self.versions.reuse(version.version)
         if model is None:
-            model = await asyncio.to_thread(Model.load, version)
+            model = await asyncio.to_thread(Model.load, version, self.config)
             self._compile_later(model)
         self.versions.pinned = {**self.versions.pinned, version.version: model}
 
@@ -281,7 +323,76 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if request.debug:
             response.features = matrix[top].astype("<f4").tobytes()
             response.feature_names.extend(model.feature_names)
+        if request.explain:
+            response.explanations.extend(
+                await asyncio.to_thread(explain, model, request.candidates, matrix, scores, top)
+            )
+        if model.monitor.enabled:
+            asyncio.get_running_loop().call_soon(model.monitor.observe, matrix)
         return response
+
+    @handler("ranking", "get_feature_stats")
+    async def GetFeatureStats(
+        self, request: ranking_pb2.GetFeatureStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ranking_pb2.GetFeatureStatsResponse:
+        model = self.versions.get(request.artifact_version)
+        monitor = model.monitor
+        response = ranking_pb2.GetFeatureStatsResponse(
+            artifact_version=model.version,
+            reference=histograms_to_proto(monitor.reference),
+            current=window_to_proto(monitor.current()),
+        )
+        if monitor.previous is not None:
+            response.previous.CopyFrom(window_to_proto(monitor.previous))
+        return response
+
+
+def explain(
+    model: Model,
+    cands: common_pb2.Candidates,
+    matrix: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float64],
+    top: npt.NDArray[np.int64],
+) -> list[common_pb2.Explanation]:
+    """The Explanation of each candidate of `top` (its ranker score: `scores`)."""
+    base, parts = model.ranker.explain(matrix, top)
+    ranks = {c.source: np.asarray(c.ranks, dtype=np.float32) for c in cands.columns}
+    out = []
+    for j, i in enumerate(top.tolist()):
+        order = np.argsort(-np.abs(parts[j]), kind="stable")
+        out.append(
+            common_pb2.Explanation(
+                item_id=cands.item_ids[i],
+                ranker_score=float(scores[i]),
+                base=float(base[j]),
+                contributions=[
+                    common_pb2.FeatureContribution(
+                        feature=model.feature_names[f],
+                        value=float(matrix[i, f]),
+                        contribution=float(parts[j, f]),
+                    )
+                    for f in order.tolist()
+                ],
+                sources=[name for name, r in ranks.items() if np.isfinite(r[i])],
+            )
+        )
+    return out
+
+
+def histograms_to_proto(histograms: dict[str, Histogram]) -> list[ranking_pb2.FeatureHistogram]:
+    return [
+        ranking_pb2.FeatureHistogram(name=name, edges=h.edges, counts=h.counts, missing=h.missing)
+        for name, h in histograms.items()
+    ]
+
+
+def window_to_proto(window: Window) -> ranking_pb2.FeatureWindow:
+    return ranking_pb2.FeatureWindow(
+        start_ms=int(window.start * 1000),
+        end_ms=int(window.end * 1000),
+        rows=window.rows,
+        features=histograms_to_proto(window.histograms),
+    )
 
 
 def create(config: Config) -> RankingService:

@@ -41,6 +41,10 @@ class TreeScorer:
             return scores
         return np.asarray(self.booster.predict(matrix, num_threads=1), dtype=np.float64)
 
+    def contributions(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """LightGBM's: the compiled trees predict scores only."""
+        return np.asarray(self.booster.predict(matrix, num_threads=1, pred_contrib=True), dtype=np.float64)
+
     def compile(self, cache_dir: Path) -> bool:
         """Compile the trees (cached by the model's sha256), check them against LightGBM, swap them in.
         Blocking: call it off the event loop. False when compiled scores disagree (LightGBM stays)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.common.config import option, port_number, positive
 from services.common.fusion import generate
+from services.common.meters import meter
 from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
 from services.common.sources import SOURCE_NAMES
@@ -28,6 +30,11 @@ from services.common.versions import ServedVersions
 from services.retrieval.model import RetrievalModel
 
 log = logging.getLogger(__name__)
+CANDIDATES = meter("retrieval").create_counter(
+    "recsys.retrieval.candidates",
+    unit="{item}",
+    description="candidates sent to ranking, by the source that proposed each",
+)
 
 MAX_EXCLUDE = 20_000
 MAX_HISTORY = 100_000
@@ -125,6 +132,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         response = retrieval_pb2.RetrieveResponse(
             candidates=candidates.to_proto(found, model.item_ids), artifact_version=model.version
         )
+        for source, count in Counter(found.origin).items():
+            CANDIDATES.add(count, {"source": source})
         span = trace.get_current_span()
         span.set_attribute("recsys.candidates", len(found))
         span.set_attribute("recsys.history", len(history))

@@ -24,6 +24,7 @@ from services.common.artifacts import ArtifactVersion, new_version_name, publish
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES
 from services.trainer.pipeline import Fitted
 from services.trainer.ranker import Booster
+from services.trainer.reference import feature_references
 
 #: The file the ranking service diversifies (MMR) with when the pipeline has no content source.
 DIVERSITY_FILE = "diversity.vectors.npy"
@@ -81,6 +82,7 @@ def export(root: Path, fitted: Fitted, manifest: dict[str, Any]) -> ArtifactVers
                 "item": list(ITEM_FEATURES),
                 "ranker": fitted.config.feature_names,
                 "dtype": "float32",
+                "reference": feature_references(fitted),
             },
             "ranker": {"models": len(fitted.ranker.models), "fit": fitted.info},
             "diversity": {"file": diversity},

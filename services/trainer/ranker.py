@@ -59,6 +59,11 @@ class Booster:
     def predict(self, matrix: F32) -> F64:
         return np.asarray(self.booster.predict(matrix, num_threads=self.threads), dtype=np.float64)
 
+    def contributions(self, matrix: F32) -> F64:
+        return np.asarray(
+            self.booster.predict(matrix, num_threads=self.threads, pred_contrib=True), dtype=np.float64
+        )
+
 
 @dataclass
 class Groups:

@@ -19,6 +19,7 @@ VALUES_FILES: dict[str, Path | None] = {
     "minikube": CHART / "values-minikube.yaml",
     "external-redis": CHART / "ci" / "values-external-redis.yaml",
     "external-redis-url": CHART / "ci" / "values-external-redis-url.yaml",
+    "metrics": CHART / "ci" / "values-metrics.yaml",
 }
 KUBE_VERSIONS = ("1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 SERVICES = ("gateway", "features", "retrieval", "ranking")

@@ -99,14 +99,18 @@ def test_args_and_env_are_accepted_by_the_cli_and_config_loader(
 def test_ports_agree_between_config_container_service_and_probes(
     release: Release, service: str, tmp_path: Path
 ) -> None:
-    cfg, _ = load_service_config(release, service, tmp_path)
+    cfg, env = load_service_config(release, service, tmp_path)
     deployment = release.component_deployment(service)
     (c,) = containers(deployment)
-    (port,) = c["ports"]
-    assert port["containerPort"] == cfg.port and port["name"] == "grpc"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     svc = release.get("Service", deployment["metadata"]["name"])
-    (svc_port,) = svc["spec"]["ports"]
-    assert svc_port["port"] == cfg.port and svc_port["targetPort"] in ("grpc", cfg.port)
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    expected = {"grpc": cfg.port}
+    if env["OTEL_METRICS_EXPORTER"] == "prometheus":
+        expected["metrics"] = cfg.metrics_port  # the scrape port the service opens
+    assert ports == expected
+    assert {n: p["port"] for n, p in svc_ports.items()} == expected
+    assert all(p["targetPort"] in (n, expected[n]) for n, p in svc_ports.items())
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == cfg.port
 

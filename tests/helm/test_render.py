@@ -6,8 +6,18 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.helm.chart import CHART, KUBE_VERSIONS, NAMESPACE, VALUES_FILES, Release, load_values
+from tests.helm.chart import (
+    CHART,
+    COMPONENT,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    SERVICES,
+    VALUES_FILES,
+    Release,
+    load_values,
+)
 
 
 @pytest.mark.parametrize("kube_version", [KUBE_VERSIONS[0], KUBE_VERSIONS[-1]])
@@ -88,3 +98,49 @@ def test_renders_the_whole_platform(release: Release) -> None:
     collector = bool(release.values.get("otelCollector", {}).get("enabled", False))
     assert (("Deployment", "otel-collector") in kinds) is collector
     assert all(o["metadata"].get("namespace") in (None, NAMESPACE) for o in release.objects)
+
+
+def test_metrics_follow_the_exporter_and_prometheus_opens_a_scrape_port(
+    releases: dict[str, Release],
+) -> None:
+    def env(container: dict[str, Any]) -> dict[str, str]:
+        return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+    for name, expected in (("default", "none"), ("external-redis", "otlp"), ("metrics", "prometheus")):
+        release = releases[name]
+        for service in SERVICES:
+            pod = release.component_deployment(service)["spec"]["template"]
+            container = pod["spec"]["containers"][0]
+            assert env(container)["OTEL_METRICS_EXPORTER"] == expected, (name, service)
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            scraped = expected == "prometheus"
+            assert ("metrics" in ports) is scraped, (name, service)
+            assert ("--metrics-port" in container["args"]) is scraped, (name, service)
+            if scraped:
+                assert ports["metrics"] == 9464
+                assert container["args"][container["args"].index("--metrics-port") + 1] == "9464"
+                assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+                service_ports = {
+                    p["name"]: p["port"]
+                    for s in release.of_kind("Service")
+                    if s["metadata"]["labels"].get(COMPONENT) == service
+                    for p in s["spec"]["ports"]
+                }
+                assert service_ports["metrics"] == 9464
+                policy = next(
+                    p
+                    for p in release.of_kind("NetworkPolicy")
+                    if p["metadata"]["labels"][COMPONENT] == service
+                )
+                scrape = [
+                    r for r in policy["spec"]["ingress"] if {"protocol": "TCP", "port": 9464} in r["ports"]
+                ]
+                assert scrape and scrape[0]["from"] == release.values["telemetry"]["metrics"]["scrapeFrom"]
+    collector = yaml.safe_load(
+        next(
+            o
+            for o in releases["metrics"].of_kind("ConfigMap")
+            if o["metadata"]["labels"][COMPONENT] == "otel-collector"
+        )["data"]["config.yaml"]
+    )
+    assert collector["service"]["pipelines"]["metrics"]["receivers"] == ["otlp"]

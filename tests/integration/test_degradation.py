@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -43,6 +44,24 @@ def wait_until_healthy(client: Client, user: str, timeout_s: float = 30) -> gate
         time.sleep(0.2)
 
 
+def scrape(port: int) -> dict[str, float]:
+    """A Prometheus endpoint's samples: `name{labels}` -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            sample, _, value = line.rpartition(" ")
+            out[sample] = float(value)
+    return out
+
+
+def matching(samples: dict[str, float], name: str, *labels: str) -> float:
+    """The sum of the samples of metric `name` whose labels include every one of `labels`."""
+    return sum(
+        v for s, v in samples.items() if s.split("{")[0] == name and all(label in s for label in labels)
+    )
+
+
 def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it(
     artifacts_root: Path, trained: ArtifactVersion, tmp_path: Path
 ) -> None:
@@ -50,24 +69,56 @@ def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it
         "OTEL_TRACES_EXPORTER": "file",
         "RECSYS_TRACES_FILE": str(tmp_path / "spans" / "{service}-{pid}.jsonl"),
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRICS_EXPORTER": "prometheus",
     }
+    metrics_ports = {name: free_port() for name in ("gateway", "features", "retrieval", "ranking")}
     platform = LocalPlatform.on_free_ports(
         artifacts_root,
         tmp_path / "logs",
         event_log=tmp_path / "events.jsonl",
         env=env,
         extra_args={
-            "ranking": ["--inject-delay-ms", "150"],
-            "gateway": [*RELAXED_BUDGETS, "--ranking-budget-ms", "40"],
+            "ranking": ["--inject-delay-ms", "150", "--metrics-port", str(metrics_ports["ranking"])],
+            "gateway": [
+                *RELAXED_BUDGETS,
+                "--ranking-budget-ms",
+                "40",
+                "--metrics-port",
+                str(metrics_ports["gateway"]),
+            ],
+            "retrieval": ["--metrics-port", str(metrics_ports["retrieval"])],
+            "features": ["--metrics-port", str(metrics_ports["features"])],
         },
     )
     with platform, Client(platform.address("gateway")) as client:
         for user in ["1", "2", "cold-user"] * 4:
-            response = client.recommend(user, k=10)
+            response = client.recommend(user, k=10, explain=True)
             assert response.degraded
             assert any(r.startswith("ranking: DEADLINE_EXCEEDED") for r in response.degraded_reasons)
+            # explained without contributions, saying why
+            assert [e.item_id for e in response.explanations] == [i.item_id for i in response.items]
+            assert all(
+                "DEADLINE_EXCEEDED" in e.unavailable and not e.contributions for e in response.explanations
+            )
             assert {i.source for i in response.items} <= set(SOURCE_NAMES)
             assert_valid(response, 10, history(trained, user) if user != "cold-user" else set())
+        # the operator's view of the same: metrics scraped from each service over HTTP
+        gateway = scrape(metrics_ports["gateway"])
+        assert matching(gateway, "recsys_gateway_degraded_total", 'stage="ranking"') == 12
+        assert matching(gateway, "recsys_rpc_requests_total", 'method="recommend"', 'code="OK"') == 12
+        assert matching(gateway, "recsys_gateway_stage_duration_milliseconds_count", 'stage="ranking"') == 12
+        assert (
+            matching(gateway, "recsys_gateway_stage_duration_milliseconds_count", 'stage="retrieval"') == 12
+        )
+        assert "recsys_gateway_exposure_backlog" in {s.split("{")[0] for s in gateway}
+        retrieval = scrape(metrics_ports["retrieval"])
+        assert matching(retrieval, "recsys_rpc_requests_total", 'method="retrieve"', 'code="OK"') >= 12
+        by_source = {s: v for s, v in retrieval.items() if s.startswith("recsys_retrieval_candidates_total")}
+        assert by_source and sum(by_source.values()) > 0
+        assert all(any(f'source="{n}"' in s for n in SOURCE_NAMES) for s in by_source)
+        # ranking's calls were cut by the gateway's deadline inside the injected delay, before its
+        # handler ran: it counted none (tests/unit/test_ranking_service.py checks its metrics)
+        assert matching(scrape(metrics_ports["ranking"]), "recsys_rpc_requests_total", 'method="rank"') == 0
     # The processes flushed their spans at shutdown: the report reads the gateway's.
     files = sorted((tmp_path / "spans").glob("recsys-gateway-*.jsonl")) or sorted(
         (tmp_path / "spans").glob("*gateway*")

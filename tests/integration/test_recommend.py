@@ -42,6 +42,17 @@ def test_warm_users_get_k_unseen_items_ranked(client: Client, trained: ArtifactV
         assert [a.experiment for a in response.assignments] == ["candidates"]
 
 
+def test_explanations_through_the_gateway_sum_to_the_ranker_score(client: Client) -> None:
+    response = client.recommend("1", k=10, explain=True)
+    assert not response.degraded
+    assert [e.item_id for e in response.explanations] == [i.item_id for i in response.items]
+    for why in response.explanations:
+        assert not why.unavailable and why.sources and why.contributions
+        total = why.base + sum(c.contribution for c in why.contributions)
+        assert abs(total - why.ranker_score) < 1e-4
+    assert not client.recommend("1", k=10).explanations
+
+
 def test_heaviest_user_still_gets_unseen_items(client: Client, trained: ArtifactVersion) -> None:
     seen = history(trained)
     heaviest = max(seen, key=lambda u: len(seen[u]))

@@ -24,16 +24,24 @@ import numpy.typing as npt
 import pytest
 
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from services.cli import main as cli_main
 from services.common import candidates, fusion
 from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.common.diversity import POOL_FACTOR, mmr
 from services.common.fusion import CandidateColumns, SourceColumn
 from services.common.ranker import Ensemble, model_file
-from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, assemble, ranker_features
+from services.common.ranker_features import (
+    ITEM_FEATURES,
+    SOURCE_FEATURES,
+    USER_FEATURES,
+    assemble,
+    ranker_features,
+)
+from services.monitor_cli import stats_to_json
 from services.ranking.service import Config, create
 from services.retrieval.model import RetrievalModel
 from services.trainer.ranker import Booster
-from tests.support import serving
+from tests.support import free_port, serving
 
 if TYPE_CHECKING:
     from recsys.v1.ranking_pb2_grpc import RankingServiceAsyncStub as Stub
@@ -62,12 +70,14 @@ class Served:
 def served(trained: ArtifactVersion) -> Served:
     retrieval = RetrievalModel.load(trained)
     models = int(trained.manifest["ranker"]["models"])
+    user_ids = json.loads(trained.file("user_ids.json").read_text())
+    items = np.load(trained.file("item_features.npy"))
     return Served(
         trained,
         retrieval,
         list(trained.manifest["pipeline"]["sources"]),
-        json.loads(trained.file("user_ids.json").read_text()),
-        np.load(trained.file("item_features.npy")),
+        user_ids,
+        items,
         np.load(trained.file("user_features.npy")),
         json.loads(trained.file("user_history.json").read_text()),
         np.load(trained.file(trained.manifest["diversity"]["file"])),
@@ -251,6 +261,34 @@ def test_debug_returns_the_feature_rows_of_the_returned_items(served: Served) ->
         rows = np.frombuffer(reply.features, dtype="<f4").reshape(len(reply.items), len(names))
         assert len(reply.items) == 15
         np.testing.assert_array_equal(rows, matrix[positions_of(case, reply)])
+
+    run_with(served.version, scenario)
+
+
+def test_explanations_sum_to_the_trainers_score_over_the_wire(served: Served) -> None:
+    async def scenario(stub: Stub) -> None:
+        case = case_for(served, 13, n=100, k=10)
+        case.request.explain = True
+        matrix, expected = case.offline(served)
+        reply = await stub.Rank(case.request)
+        assert [e.item_id for e in reply.explanations] == [i.item_id for i in reply.items]
+        names = ranker_features(served.sources)
+        for position, why in zip(positions_of(case, reply), reply.explanations, strict=True):
+            assert not why.unavailable
+            assert why.ranker_score == pytest.approx(expected[position], abs=1e-4)
+            total = why.base + sum(c.contribution for c in why.contributions)
+            assert total == pytest.approx(why.ranker_score, abs=1e-4)
+            assert sorted(c.feature for c in why.contributions) == sorted(names)
+            sizes = [abs(c.contribution) for c in why.contributions]
+            assert sizes == sorted(sizes, reverse=True)
+            values = {c.feature: c.value for c in why.contributions}
+            np.testing.assert_array_equal(
+                np.asarray([values[n] for n in names], np.float32), matrix[position]
+            )
+            listed = {s for s, c in case.columns.columns.items() if np.isfinite(c.ranks[position])}
+            assert set(why.sources) == listed and listed
+        case.request.explain = False
+        assert not (await stub.Rank(case.request)).explanations
 
     run_with(served.version, scenario)
 
@@ -445,7 +483,9 @@ def refused_versions(trained: ArtifactVersion, tmp_path: Path) -> list[tuple[str
     np.save(replace_file(items, "item_features.npy"), np.zeros((3, len(ITEM_FEATURES)), np.float32))
     sources = list(manifest["pipeline"]["sources"])
     n_items = len(json.loads(trained.file("item_ids.json").read_text()))
+    bad_reference = {**features, "reference": {"ranker": {"fused_log_rank": {"edges": [1.0], "counts": [1]}}}}
     return [
+        (r"features\.reference\.ranker is malformed", with_manifest(trained, features=bad_reference)),
         ("ranker_1.txt is not a LightGBM model", corrupt),
         (f"ranker_0.txt takes 3 features, the manifest lists {n_names}", narrow),
         (r"features\.ranker", with_manifest(trained, features={**features, "ranker": ["a", "b"]})),
@@ -489,3 +529,111 @@ def test_refused_versions_leave_the_old_one_serving(served: Served, tmp_path: Pa
             assert before.artifact_version == trained.version and len(before.items) == 10
 
     asyncio.run(main())
+
+
+# --- drift --------------------------------------------------------------------------------------------
+
+
+def spread_of(served: Served) -> F64:
+    """Each user feature's standard deviation over the version's users (0 where never known)."""
+    known = np.isfinite(served.user_features).any(axis=0)  # latest-small has no demographics
+    spread = np.zeros(len(USER_FEATURES))
+    spread[known] = np.nanstd(served.user_features[:, known], axis=0)
+    return spread
+
+
+def drift_check(served: Served, tmp_path: Path, shift: float) -> tuple[int, dict[str, Any]]:
+    """Rank 250 users as the gateway would (user values shifted by `shift` standard deviations), fetch
+    the counts over the wire, and judge them with `recsys monitor drift`; (exit code, its report)."""
+    n = int(served.version.manifest["pipeline"]["fusion"]["candidates"])
+    spread = spread_of(served)
+    saved = tmp_path / f"stats-{shift}.json"
+
+    async def scenario(stub: Stub) -> None:
+        for user in range(250):
+            request = case_for(served, user, n=n).request
+            values = np.asarray(request.user.values) + shift * spread
+            del request.user.values[:]
+            request.user.values.extend(values.tolist())
+            await stub.Rank(request)
+        await asyncio.sleep(0)  # the counting runs after each response
+        stats = await stub.GetFeatureStats(ranking_pb2.GetFeatureStatsRequest())
+        assert stats.artifact_version == served.version.version
+        assert stats.current.rows == 250 * 8 and not stats.HasField("previous")
+        assert [h.name for h in stats.reference] == [
+            n for n in ranker_features(served.sources) if n in {h.name for h in stats.reference}
+        ]
+        saved.write_text(json.dumps(stats_to_json(stats)))
+
+    run_with(served.version, scenario)
+    report = tmp_path / f"report-{shift}"
+    code = cli_main(["monitor", "drift", "--from", str(saved), "--report", str(report)])
+    assert (report / "drift.png").stat().st_size > 0
+    return code, json.loads((report / "drift.json").read_text())
+
+
+def test_drift_is_flagged_on_a_shifted_stream_and_not_on_an_unshifted_one(
+    served: Served, tmp_path: Path
+) -> None:
+    code, report = drift_check(served, tmp_path, 0.0)
+    assert code == 0, report["flagged"]
+    assert max(r["psi_vs_reference"] for r in report["table"] if r["psi_vs_reference"] is not None) < 0.2
+    code, report = drift_check(served, tmp_path, 2.0)
+    assert code == 1
+    shifted = {n for n, s in zip(USER_FEATURES, spread_of(served), strict=True) if s > 0}
+    assert shifted <= set(report["flagged"])
+    # what does not depend on the user's values stays put (the cross features do depend on them)
+    unshifted = {*ITEM_FEATURES, *(f"{s}_{f}" for s in served.sources for f in SOURCE_FEATURES)}
+    assert not unshifted & set(report["flagged"]), report["flagged"]
+
+
+def test_drift_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["monitor", "drift", "--ranking", f"127.0.0.1:{free_port()}"]) == 2
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert cli_main(["monitor", "drift", "--from", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("recsys monitor drift: --from") and "\n" not in err
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_by_method_and_code_and_report_psi(served: Served) -> None:
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    # The process's one provider: the instruments made at import time report through it from now on.
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    n = int(served.version.manifest["pipeline"]["fusion"]["candidates"])
+
+    async def scenario(stub: Stub) -> None:
+        for user in range(30):
+            await stub.Rank(case_for(served, user, n=n).request)
+        bad = case_for(served, 0, n=10).request
+        bad.k = 0
+        assert (await invalid(stub, bad)).code() == grpc.StatusCode.INVALID_ARGUMENT
+        await asyncio.sleep(0)
+        collected.append(reader.get_metrics_data())  # while the version is served (the PSI gauge)
+
+    collected: list[Any] = []
+    run_with(served.version, scenario, Config(compiled_trees=False, drift_sample_rows=10))
+    (data,) = collected
+    points: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    requests = {
+        (p.attributes["method"], p.attributes["code"]): p.value for p in points["recsys.rpc.requests"]
+    }
+    assert requests[("rank", "OK")] >= 30 and requests[("rank", "INVALID_ARGUMENT")] >= 1
+    durations = [p for p in points["recsys.rpc.duration"] if p.attributes == {"method": "rank"}]
+    assert durations and durations[0].count >= 31 and durations[0].sum > 0
+    psi = {p.attributes["feature"]: p.value for p in points["recsys.ranking.feature_psi"]}
+    assert {p.attributes["version"] for p in points["recsys.ranking.feature_psi"]} == {served.version.version}
+    assert set(psi) <= set(ranker_features(served.sources)) and "fused_log_rank" in psi
+    assert all(v >= 0 for v in psi.values())

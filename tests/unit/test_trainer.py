@@ -93,13 +93,23 @@ def test_matrices_line_up_with_the_feature_schema(trained: ArtifactVersion) -> N
     assert np.load(trained.file("item_features.npy")).shape == (len(item_ids), len(ITEM_FEATURES))
     assert np.load(trained.file("user_features.npy")).shape == (len(user_ids), len(USER_FEATURES))
     sources = manifest["pipeline"]["sources"]
-    assert manifest["features"] == {
+    features = dict(manifest["features"])
+    reference = features.pop("reference")
+    assert features == {
         "user": list(USER_FEATURES),
         "item": list(ITEM_FEATURES),
         "ranker": ranker_features(sources),
         "dtype": "float32",
     }
     assert manifest["ranker"]["models"] == 2
+    # a reference histogram per feature of each list, over every row it was computed from
+    assert reference["users"] == 500 and reference["rows"] > 0
+    for key, rows in (("ranker", reference["rows"]), ("user", len(user_ids)), ("item", len(item_ids))):
+        assert list(reference[key]) == features[key]
+        for name, h in reference[key].items():
+            assert len(h["counts"]) == len(h["edges"]) + 1 <= 10 + 1, name
+            assert h["edges"] == sorted(set(h["edges"])), name
+            assert sum(h["counts"]) + h["missing"] == rows, name
     assert set(manifest["pipeline"]["source_params"]) == set(sources)
     assert manifest["pipeline"]["index"]["als"]["type"] == "flat"  # below the ANN threshold
 

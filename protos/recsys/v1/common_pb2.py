@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\"<\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\"\x7f\n\nCandidates\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x14\n\x0csource_names\x18\x03 \x03(\t\x12\x0f\n\x07sources\x18\x04 \x03(\r\x12(\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\x17.recsys.v1.SourceColumn\"K\n\x0cSourceColumn\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\r\n\x05ranks\x18\x03 \x03(\x02\x12\x0c\n\x04\x62\x65st\x18\x04 \x01(\x02\"t\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x04 \x03(\x02\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x15\n\rseen_item_ids\x18\x06 \x03(\tJ\x04\x08\x03\x10\x04\"\xf4\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x0e\n\x06rating\x18\x04 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12.\n\x07\x63ontext\x18\x06 \x03(\x0b\x32\x1d.recsys.v1.Event.ContextEntry\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x88\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x03\x12\x17\n\x13\x45VENT_TYPE_EXPOSURE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/common.proto\x12\trecsys.v1\"<\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\"\x7f\n\nCandidates\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x14\n\x0csource_names\x18\x03 \x03(\t\x12\x0f\n\x07sources\x18\x04 \x03(\r\x12(\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\x17.recsys.v1.SourceColumn\"K\n\x0cSourceColumn\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\r\n\x05ranks\x18\x03 \x03(\x02\x12\x0c\n\x04\x62\x65st\x18\x04 \x01(\x02\"\x9f\x01\n\x0b\x45xplanation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0cranker_score\x18\x02 \x01(\x01\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\x01\x12\x35\n\rcontributions\x18\x04 \x03(\x0b\x32\x1e.recsys.v1.FeatureContribution\x12\x0f\n\x07sources\x18\x05 \x03(\t\x12\x13\n\x0bunavailable\x18\x06 \x01(\t\"K\n\x13\x46\x65\x61tureContribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"t\n\x0cUserFeatures\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x0e\n\x06values\x18\x04 \x03(\x02\x12\x17\n\x0frecent_item_ids\x18\x05 \x03(\t\x12\x15\n\rseen_item_ids\x18\x06 \x03(\tJ\x04\x08\x03\x10\x04\"\xf4\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x0e\n\x06rating\x18\x04 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12.\n\x07\x63ontext\x18\x06 \x03(\x0b\x32\x1d.recsys.v1.Event.ContextEntry\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x88\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x03\x12\x17\n\x13\x45VENT_TYPE_EXPOSURE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_CONTEXTENTRY']._loaded_options = None
   _globals['_EVENT_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=671
-  _globals['_EVENTTYPE']._serialized_end=807
+  _globals['_EVENTTYPE']._serialized_start=910
+  _globals['_EVENTTYPE']._serialized_end=1046
   _globals['_SCOREDITEM']._serialized_start=37
   _globals['_SCOREDITEM']._serialized_end=97
   _globals['_CANDIDATES']._serialized_start=99
   _globals['_CANDIDATES']._serialized_end=226
   _globals['_SOURCECOLUMN']._serialized_start=228
   _globals['_SOURCECOLUMN']._serialized_end=303
-  _globals['_USERFEATURES']._serialized_start=305
-  _globals['_USERFEATURES']._serialized_end=421
-  _globals['_EVENT']._serialized_start=424
-  _globals['_EVENT']._serialized_end=668
-  _globals['_EVENT_CONTEXTENTRY']._serialized_start=622
-  _globals['_EVENT_CONTEXTENTRY']._serialized_end=668
+  _globals['_EXPLANATION']._serialized_start=306
+  _globals['_EXPLANATION']._serialized_end=465
+  _globals['_FEATURECONTRIBUTION']._serialized_start=467
+  _globals['_FEATURECONTRIBUTION']._serialized_end=542
+  _globals['_USERFEATURES']._serialized_start=544
+  _globals['_USERFEATURES']._serialized_end=660
+  _globals['_EVENT']._serialized_start=663
+  _globals['_EVENT']._serialized_end=907
+  _globals['_EVENT_CONTEXTENTRY']._serialized_start=861
+  _globals['_EVENT_CONTEXTENTRY']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

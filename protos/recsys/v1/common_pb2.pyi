@@ -153,6 +153,78 @@ class SourceColumn(_message.Message):
 Global___SourceColumn: _TypeAlias = SourceColumn  # noqa: Y015
 
 @_typing.final
+class Explanation(_message.Message):
+    """Why the ranker placed an item where it did: each feature's contribution to its ranker score
+    (LightGBM's SHAP values, `pred_contrib`, through the ensemble's per-list z-scores), so that
+    base + the sum of every contribution = ranker_score.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    RANKER_SCORE_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    ranker_score: _builtins.float
+    """The ranker's score of the item within this request's candidate list (before diversification)."""
+    base: _builtins.float
+    unavailable: _builtins.str
+    """Set when there are no contributions, saying why (e.g. ranking degraded: retrieval order served)."""
+    @_builtins.property
+    def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContribution]:
+        """Every feature, largest |contribution| first."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sources that listed the item for this user (their column has a rank for it)."""
+
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        ranker_score: _builtins.float = ...,
+        base: _builtins.float = ...,
+        contributions: _abc.Iterable[Global___FeatureContribution] | None = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        unavailable: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "contributions", b"contributions", "item_id", b"item_id", "ranker_score", b"ranker_score", "sources", b"sources", "unavailable", b"unavailable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
+
+@_typing.final
+class FeatureContribution(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    value: _builtins.float
+    contribution: _builtins.float
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        value: _builtins.float = ...,
+        contribution: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution", "feature", b"feature", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureContribution: _TypeAlias = FeatureContribution  # noqa: Y015
+
+@_typing.final
 class UserFeatures(_message.Message):
     """What the features service knows about a user, as the other stages consume it."""
 

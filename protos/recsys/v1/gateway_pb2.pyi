@@ -48,11 +48,14 @@ class RecommendRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     k: _builtins.int
     """1..1000"""
     debug: _builtins.bool
     """Fill `timings` in the response."""
+    explain: _builtins.bool
+    """Fill `explanations`: why each item was recommended."""
     @_builtins.property
     def context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -67,10 +70,11 @@ class RecommendRequest(_message.Message):
         context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         debug: _builtins.bool = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "debug", b"debug", "exclude_item_ids", b"exclude_item_ids", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "debug", b"debug", "exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -131,6 +135,7 @@ class RecommendResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
     degraded: _builtins.bool
     """True when a stage failed or ran out of time and its fallback answered instead."""
     trace_id: _builtins.str
@@ -150,6 +155,10 @@ class RecommendResponse(_message.Message):
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageTiming]:
         """Per-stage wall time, only when the request set `debug`."""
 
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Explanation]:
+        """With `explain`: one per item of `items`, in the same order."""
+
     def __init__(
         self,
         *,
@@ -160,10 +169,11 @@ class RecommendResponse(_message.Message):
         timings: _abc.Iterable[Global___StageTiming] | None = ...,
         trace_id: _builtins.str = ...,
         artifact_version: _builtins.str = ...,
+        explanations: _abc.Iterable[_common_pb2.Explanation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "assignments", b"assignments", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "items", b"items", "timings", b"timings", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "assignments", b"assignments", "degraded", b"degraded", "degraded_reasons", b"degraded_reasons", "explanations", b"explanations", "items", b"items", "timings", b"timings", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,6 +29,7 @@ class RankRequest(_message.Message):
     MMR_LAMBDA_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     artifact_version: _builtins.str
     """Score with this artifact version's ranker and item features (CURRENT or one listed in
@@ -42,6 +43,8 @@ class RankRequest(_message.Message):
     """
     debug: _builtins.bool
     """Return the feature rows the ranker scored the returned items on."""
+    explain: _builtins.bool
+    """Return an Explanation per returned item (slower: LightGBM computes the contributions)."""
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures: ...
     @_builtins.property
@@ -60,10 +63,11 @@ class RankRequest(_message.Message):
         mmr_lambda: _builtins.float = ...,
         candidates: _common_pb2.Candidates | None = ...,
         debug: _builtins.bool = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "debug", b"debug", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "debug", b"debug", "explain", b"explain", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,6 +81,7 @@ class RankResponse(_message.Message):
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
     artifact_version: _builtins.str
     features: _builtins.bytes
     """With `debug`: row-major float32 little-endian, one row per returned item, columns `feature_names`."""
@@ -86,6 +91,10 @@ class RankResponse(_message.Message):
 
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Explanation]:
+        """With `explain`: one per item of `items`, in the same order."""
+
     def __init__(
         self,
         *,
@@ -93,11 +102,134 @@ class RankResponse(_message.Message):
         artifact_version: _builtins.str = ...,
         features: _builtins.bytes = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        explanations: _abc.Iterable[_common_pb2.Explanation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "feature_names", b"feature_names", "features", b"features", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "explanations", b"explanations", "feature_names", b"feature_names", "features", b"features", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RankResponse: _TypeAlias = RankResponse  # noqa: Y015
+
+@_typing.final
+class GetFeatureStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    artifact_version: _builtins.str
+    """CURRENT when empty; else a served (CURRENT or PINNED) version. Unknown: FAILED_PRECONDITION."""
+    def __init__(
+        self,
+        *,
+        artifact_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureStatsRequest: _TypeAlias = GetFeatureStatsRequest  # noqa: Y015
+
+@_typing.final
+class FeatureHistogram(_message.Message):
+    """One feature's counts on fixed edges: bin 0 is (-inf, edges[0]], bin i is (edges[i-1], edges[i]], the
+    last (edges[-1], inf); NaN values are counted in `missing`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    missing: _builtins.int
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        edges: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        missing: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "edges", b"edges", "missing", b"missing", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureHistogram: _TypeAlias = FeatureHistogram  # noqa: Y015
+
+@_typing.final
+class FeatureWindow(_message.Message):
+    """The rows sampled from scored requests over [start_ms, end_ms)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    start_ms: _builtins.int
+    end_ms: _builtins.int
+    rows: _builtins.int
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureHistogram]: ...
+    def __init__(
+        self,
+        *,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        features: _abc.Iterable[Global___FeatureHistogram] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_ms", b"end_ms", "features", b"features", "rows", b"rows", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureWindow: _TypeAlias = FeatureWindow  # noqa: Y015
+
+@_typing.final
+class GetFeatureStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    artifact_version: _builtins.str
+    @_builtins.property
+    def reference(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureHistogram]:
+        """The version's training reference (manifest features.reference.ranker); empty for a version
+        trained without one.
+        """
+
+    @_builtins.property
+    def current(self) -> Global___FeatureWindow:
+        """The window being counted, and the last complete one (unset before the first has ended)."""
+
+    @_builtins.property
+    def previous(self) -> Global___FeatureWindow: ...
+    def __init__(
+        self,
+        *,
+        artifact_version: _builtins.str = ...,
+        reference: _abc.Iterable[Global___FeatureHistogram] | None = ...,
+        current: Global___FeatureWindow | None = ...,
+        previous: Global___FeatureWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "current", b"current", "previous", b"previous", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureStatsResponse: _TypeAlias = GetFeatureStatsResponse  # noqa: Y015

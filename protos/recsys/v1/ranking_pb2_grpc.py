@@ -40,6 +40,11 @@ class RankingServiceStub:
                 request_serializer=recsys_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_ranking__pb2.RankResponse.FromString,
                 _registered_method=True)
+        self.GetFeatureStats = channel.unary_unary(
+                '/recsys.v1.RankingService/GetFeatureStats',
+                request_serializer=recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RankingServiceServicer:
@@ -52,6 +57,14 @@ class RankingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFeatureStats(self, request, context):
+        """The distributions of the features this replica scored, beside the version's training reference:
+        what `recsys monitor drift` computes PSI from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_RankingServiceServicer_to_server(servicer, server):
                     servicer.Rank,
                     request_deserializer=recsys_dot_v1_dot_ranking__pb2.RankRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_ranking__pb2.RankResponse.SerializeToString,
+            ),
+            'GetFeatureStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeatureStats,
+                    request_deserializer=recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class RankingService:
             '/recsys.v1.RankingService/Rank',
             recsys_dot_v1_dot_ranking__pb2.RankRequest.SerializeToString,
             recsys_dot_v1_dot_ranking__pb2.RankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeatureStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RankingService/GetFeatureStats',
+            recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsRequest.SerializeToString,
+            recsys_dot_v1_dot_ranking__pb2.GetFeatureStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

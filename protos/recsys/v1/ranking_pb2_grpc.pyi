@@ -34,6 +34,10 @@ class RankingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RankingServiceAsyncStub: ...
     Rank: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.RankRequest, _ranking_pb2.RankResponse]
+    GetFeatureStats: _grpc.UnaryUnaryMultiCallable[_ranking_pb2.GetFeatureStatsRequest, _ranking_pb2.GetFeatureStatsResponse]
+    """The distributions of the features this replica scored, beside the version's training reference:
+    what `recsys monitor drift` computes PSI from.
+    """
 
 @_typing.type_check_only
 class RankingServiceAsyncStub(RankingServiceStub):
@@ -41,6 +45,10 @@ class RankingServiceAsyncStub(RankingServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Rank: _aio.UnaryUnaryMultiCallable[_ranking_pb2.RankRequest, _ranking_pb2.RankResponse]  # type: ignore[assignment]
+    GetFeatureStats: _aio.UnaryUnaryMultiCallable[_ranking_pb2.GetFeatureStatsRequest, _ranking_pb2.GetFeatureStatsResponse]  # type: ignore[assignment]
+    """The distributions of the features this replica scored, beside the version's training reference:
+    what `recsys monitor drift` computes PSI from.
+    """
 
 class RankingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Learning-to-rank over retrieval candidates."""
@@ -51,5 +59,15 @@ class RankingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ranking_pb2.RankRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ranking_pb2.RankResponse, _abc.Awaitable[_ranking_pb2.RankResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetFeatureStats(
+        self,
+        request: _ranking_pb2.GetFeatureStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranking_pb2.GetFeatureStatsResponse, _abc.Awaitable[_ranking_pb2.GetFeatureStatsResponse]]:
+        """The distributions of the features this replica scored, beside the version's training reference:
+        what `recsys monitor drift` computes PSI from.
+        """
 
 def add_RankingServiceServicer_to_server(servicer: RankingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -138,6 +138,14 @@ writes a whole 1000000 as "1e+06", which an integer flag rejects: whole numbers 
 - name: OTEL_TRACES_EXPORTER
   value: none
 {{- end }}
+- name: OTEL_METRICS_EXPORTER
+  value: {{ include "recsys.metricsExporter" .root | quote }}
+{{- end }}
+
+{{/* OTEL_METRICS_EXPORTER: telemetry.metrics.exporter, or otlp when there is somewhere to push to. */}}
+{{- define "recsys.metricsExporter" -}}
+{{- $m := .Values.telemetry.metrics.exporter }}
+{{- if $m }}{{ $m }}{{ else if include "recsys.otlpEndpoint" . }}otlp{{ else }}none{{ end }}
 {{- end }}
 
 {{- define "recsys.resourceAttributes" -}}
