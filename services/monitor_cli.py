@@ -2,8 +2,10 @@
 reference and against the previous window; exit 1 on drift (PSI above the threshold), so a CronJob or
 the retraining loop can act on it.
 
-The counts come from a running ranking service (`GetFeatureStats`) or from a file an earlier run saved
-(`--save`, then `--from`): the same JSON either way. A report directory gets drift.json and drift.png
+The counts come from a running ranking service (`GetFeatureStats`), from its exported metrics (a
+Prometheus scrape of `recsys.ranking.feature_rows`: the rows counted since the version was loaded,
+judged against the reference in the version's manifest; no previous window), or from a file an earlier
+run saved (`--save`, then `--from`): the same JSON in every case. A report directory gets drift.json and drift.png
 (reference against live shares for each flagged feature, or the six largest PSIs when none is).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = drift.add_mutually_exclusive_group()
     source.add_argument("--ranking", default="127.0.0.1:50054", help="ranking service HOST:PORT")
     source.add_argument("--from", dest="from_file", type=Path, default=None, help="counts saved by --save")
+    source.add_argument(
+        "--metrics-url",
+        default=None,
+        help="a ranking replica's Prometheus endpoint, e.g. http://host:9464/metrics (needs --artifacts-dir)",
+    )
+    drift.add_argument(
+        "--artifacts-dir",
+        type=Path,
+        default=None,
+        help="with --metrics-url: where the versions' manifests are",
+    )
     drift.add_argument("--artifact-version", default="", help="a served version (default: CURRENT)")
     drift.add_argument("--threshold", type=float, default=THRESHOLD, help="PSI above this is drift")
     drift.add_argument(
@@ -78,6 +92,50 @@ def fetch(address: str, version: str) -> dict[str, Any]:
         except grpc.RpcError as e:
             raise DriftError(f"{address}: {e.code().name}: {e.details()}") from e
     return stats_to_json(reply)
+
+
+_SAMPLE = re.compile(r"^recsys_ranking_feature_rows(?:_total)?\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(url: str, artifacts: Path | None, version: str) -> dict[str, Any]:
+    """The counts a Prometheus endpoint exports for `version` (default: the one CURRENT names), with
+    the reference from that version's manifest."""
+    import urllib.error
+    import urllib.request
+
+    from services.common.artifacts import ArtifactError, open_current, open_version
+
+    if artifacts is None:
+        raise DriftError("--metrics-url needs --artifacts-dir (the reference is in the version's manifest)")
+    try:
+        served = open_version(artifacts, version) if version else open_current(artifacts)
+    except (ArtifactError, OSError) as e:
+        raise DriftError(f"--artifacts-dir {artifacts}: {e}") from e
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DriftError(f"--metrics-url {url}: {e}") from e
+    counts: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        found = _SAMPLE.match(line)
+        if found:
+            labels = dict(_LABEL.findall(found["labels"]))
+            if labels.get("version") == served.version:
+                counts.setdefault(labels["feature"], {})[labels["bin"]] = float(found["value"])
+    reference = (served.manifest.get("features") or {}).get("reference", {}).get("ranker", {})
+    features = {}
+    for name, raw in reference.items():
+        bins = counts.get(name, {})
+        edges = raw["edges"]
+        features[name] = Histogram(
+            tuple(edges),
+            tuple(int(bins.get(str(i), 0)) for i in range(len(edges) + 1)),
+            int(bins.get("missing", 0)),
+        ).to_json()
+    rows = max((sum(h["counts"]) + h["missing"] for h in features.values()), default=0)
+    window = {"start_ms": 0, "end_ms": 0, "rows": rows, "features": features}
+    return {"artifact_version": served.version, "reference": reference, "current": window, "previous": None}
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -165,7 +223,12 @@ def plot(stats: dict[str, Any], rows: list[Row], path: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        stats = read(args.from_file) if args.from_file else fetch(args.ranking, args.artifact_version)
+        if args.from_file:
+            stats = read(args.from_file)
+        elif args.metrics_url:
+            stats = scrape(args.metrics_url, args.artifacts_dir, args.artifact_version)
+        else:
+            stats = fetch(args.ranking, args.artifact_version)
     except DriftError as e:
         print(f"recsys monitor drift: {e}", file=sys.stderr)
         return 2

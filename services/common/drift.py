@@ -132,6 +132,12 @@ class LiveCounts:
         self.missing += missing.sum(axis=0)
         self.rows += x.shape[0]
 
+    def merge(self, other: LiveCounts) -> None:
+        """Add `other`'s counts (same names and edges) to these."""
+        self.counts += other.counts
+        self.missing += other.missing
+        self.rows += other.rows
+
     def histograms(self) -> dict[str, Histogram]:
         out = {}
         for j, name in enumerate(self.names):

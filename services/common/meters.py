@@ -14,6 +14,8 @@ Instruments (every one carries the `recsys.service` resource attribute):
     recsys.gateway.exposure_backlog gauge     -                exposures queued, not yet written
     recsys.retrieval.candidates    counter    source           candidates sent to ranking, by source
     recsys.ranking.feature_psi     gauge      feature, version PSI of the scored features (services.ranking.monitor)
+    recsys.ranking.feature_rows    counter    feature, version, bin  the sampled rows per reference bin
+                                                           (`recsys monitor drift --metrics-url` reads it)
 """
 
 from __future__ import annotations

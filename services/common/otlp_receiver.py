@@ -1,6 +1,7 @@
 """A small OTLP/gRPC trace receiver: what the services export to when there is no collector
 (tests, and reports read from a live run). Spans are kept in memory as flat records, and can be read
-from OTLP JSON lines files (one ExportTraceServiceRequest per line, as the file exporter writes)."""
+from OTLP JSON lines files (one ExportTraceServiceRequest per line, as the file exporter writes).
+Metric exports are accepted too (the services push both to one endpoint); only their names are kept."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -97,14 +99,30 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, sink: OtlpReceiver) -> None:
+        self.sink = sink
+
+    def Export(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        names = {m.name for r in request.resource_metrics for s in r.scope_metrics for m in s.metrics}
+        with self.sink._lock:
+            self.sink.metric_names |= names
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class OtlpReceiver:
     """Listens on `host:port` (0 picks a free port); `endpoint` is what OTEL_EXPORTER_OTLP_ENDPOINT takes."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._lock = threading.Lock()
         self._spans: list[ReceivedSpan] = []
+        #: the names of every metric pushed to this receiver
+        self.metric_names: set[str] = set()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self.server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), self.server)  # type: ignore[no-untyped-call]
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         self.endpoint = f"http://{host}:{self.port}"
 

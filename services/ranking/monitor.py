@@ -3,7 +3,8 @@
 Each request gives `sample_rows` of its scored rows, drawn at random, to the version's counts,
 after its response is on its way (`RankingService` schedules `observe` on the event loop), on the edges
 of the version's reference histograms. Counts are kept in windows of `window_seconds`: the one being
-counted and the last complete one, so memory is bounded by (features x bins x 2) whatever the traffic.
+counted and the last complete one, and the sum of every complete window (what the metrics export as a
+cumulative counter), so memory is bounded by (features x bins x 3) whatever the traffic.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FeatureMonitor:
         self._rng = np.random.default_rng(seed)
         self._start = clock()
         self._current = self._fresh()
+        self._completed = self._fresh()
         self.previous: Window | None = None
 
     def _fresh(self) -> LiveCounts:
@@ -61,6 +63,7 @@ class FeatureMonitor:
     def _roll(self, now: float) -> None:
         if now - self._start >= self.window_seconds:
             self.previous = Window(self._start, now, self._current.rows, self._current.histograms())
+            self._completed.merge(self._current)
             self._start = now
             self._current = self._fresh()
 
@@ -83,6 +86,13 @@ class FeatureMonitor:
         """The window being counted, as it is: never rolls, so a metrics thread may call it."""
         counts = self._current
         return Window(self._start, self._clock(), counts.rows, counts.histograms())
+
+    def cumulative(self) -> dict[str, Histogram]:
+        """Every row counted since the version was loaded (never rolls: a metrics thread may call it)."""
+        total = self._fresh()
+        total.merge(self._completed)
+        total.merge(self._current)
+        return total.histograms()
 
     def psi(self, min_rows: int = MIN_ROWS) -> dict[str, float]:
         """PSI per feature against the reference: of the window being counted once it holds

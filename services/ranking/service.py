@@ -173,6 +173,11 @@ def _psi_observations(_options: CallbackOptions) -> Iterable[Observation]:
         yield from service.psi_observations()
 
 
+def _count_observations(_options: CallbackOptions) -> Iterable[Observation]:
+    for service in list(_SERVICES):
+        yield from service.count_observations()
+
+
 #: The live services of this process (one, but tests make many): one gauge reads them all, because an
 #: instrument's name registers once per process.
 _SERVICES: weakref.WeakSet[RankingService] = weakref.WeakSet()
@@ -180,6 +185,12 @@ meter("ranking").create_observable_gauge(
     "recsys.ranking.feature_psi",
     [_psi_observations],
     description="PSI of each scored feature against the version's training reference",
+)
+meter("ranking").create_observable_counter(
+    "recsys.ranking.feature_rows",
+    [_count_observations],
+    unit="{row}",
+    description="sampled scored rows per feature and reference bin (bin: 0.., or missing)",
 )
 
 
@@ -197,12 +208,22 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         self._compiling: set[asyncio.Task[None]] = set()
         _SERVICES.add(self)
 
-    def psi_observations(self) -> Iterable[Observation]:
+    def _monitored(self) -> list[Model]:
         models = [self.versions.current, *self.versions.pinned.values()]
-        for model in models:
-            if model is not None and model.monitor.enabled:
-                for feature, value in model.monitor.psi().items():
-                    yield Observation(value, {"feature": feature, "version": model.version})
+        return [m for m in models if m is not None and m.monitor.enabled]
+
+    def psi_observations(self) -> Iterable[Observation]:
+        for model in self._monitored():
+            for feature, value in model.monitor.psi().items():
+                yield Observation(value, {"feature": feature, "version": model.version})
+
+    def count_observations(self) -> Iterable[Observation]:
+        for model in self._monitored():
+            for feature, h in model.monitor.cumulative().items():
+                labels = {"feature": feature, "version": model.version}
+                for i, count in enumerate(h.counts):
+                    yield Observation(count, {**labels, "bin": str(i)})
+                yield Observation(h.missing, {**labels, "bin": "missing"})
 
     @property
     def _model(self) -> Model | None:

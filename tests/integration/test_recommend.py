@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import grpc
 import pytest
 
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
+from services.cli import main as cli_main
 from services.client import Client, event
 from services.common.artifacts import ArtifactVersion
 from services.local import LocalPlatform
@@ -51,6 +53,43 @@ def test_explanations_through_the_gateway_sum_to_the_ranker_score(client: Client
         total = why.base + sum(c.contribution for c in why.contributions)
         assert abs(total - why.ranker_score) < 1e-4
     assert not client.recommend("1", k=10).explanations
+
+
+def test_drift_from_the_rpc_and_from_the_exported_metrics_agree_and_flag_the_candidates_arm(
+    client: Client,
+    platform: LocalPlatform,
+    metrics_ports: dict[str, int],
+    trained: ArtifactVersion,
+    tmp_path: Path,
+) -> None:
+    """Half the users rank 200 candidates (the default experiments file's arm) where the version was
+    trained on 100: the fused position's distribution moves, and both ways of reading the counts say so."""
+    users = json.loads(trained.file("user_ids.json").read_text())[:150]
+    for user in users:
+        client.recommend(user, k=10)
+    rpc, metrics = tmp_path / "rpc.json", tmp_path / "metrics.json"
+    by_rpc = cli_main(["monitor", "drift", "--ranking", platform.address("ranking"), "--save", str(rpc)])
+    by_metrics = cli_main(
+        [
+            "monitor",
+            "drift",
+            "--metrics-url",
+            f"http://127.0.0.1:{metrics_ports['ranking']}/metrics",
+            "--artifacts-dir",
+            str(trained.path.parent),
+            "--save",
+            str(metrics),
+            "--report",
+            str(tmp_path / "report"),
+        ]
+    )
+    from_rpc, from_metrics = json.loads(rpc.read_text()), json.loads(metrics.read_text())
+    assert from_rpc["current"]["rows"] >= 150 * 8
+    assert from_metrics["current"]["features"] == from_rpc["current"]["features"]
+    assert from_metrics["reference"] == from_rpc["reference"]
+    assert by_rpc == by_metrics == 1
+    report = json.loads((tmp_path / "report" / "drift.json").read_text())
+    assert "fused_log_rank" in report["flagged"]
 
 
 def test_heaviest_user_still_gets_unseen_items(client: Client, trained: ArtifactVersion) -> None:

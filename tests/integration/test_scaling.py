@@ -22,7 +22,11 @@ def test_gateway_balances_over_backend_replicas_and_survives_losing_one(
         event_log=tmp_path / "events.jsonl",
         replicas={"retrieval": 2, "ranking": 2},
         extra_args={"gateway": RELAXED_BUDGETS},
-        env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"},
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",  # ms: pushed while the versions are served
+        },
     )
     with platform, Client(platform.address("gateway")) as client:
         assert platform.target("ranking").startswith("ipv4:") and platform.target("ranking").count(",") == 1
@@ -50,3 +54,11 @@ def test_gateway_balances_over_backend_replicas_and_survives_losing_one(
         time.sleep(0.5)
         ranked = [not client.recommend(f"user-{i}", k=5).degraded for i in range(10)]
         assert all(ranked[2:]), ranked
+    # Metrics went to the same OTLP endpoint (the default exporter when one is set).
+    assert {
+        "recsys.rpc.requests",
+        "recsys.rpc.duration",
+        "recsys.gateway.stage.duration",
+        "recsys.retrieval.candidates",
+        "recsys.ranking.feature_rows",
+    } <= otlp.metric_names
