@@ -7,10 +7,19 @@ RELEASE ?= recsys
 NAMESPACE ?= recsys
 KIND_CLUSTER ?= recsys
 
-.PHONY: image kind-load minikube-load install-kind install-minikube smoke uninstall chart-test
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+BASE_IMAGE ?= recsys-base:bookworm
 
-image:  ## build the one recsys image (entrypoint `recsys`)
-	docker build -t $(IMAGE):$(VERSION) .
+.PHONY: base-image image kind-load minikube-load install-kind install-minikube smoke uninstall chart-test
+
+base-image:  ## a bookworm + python3 base image made without a registry (debootstrap, docker import)
+	rootfs=$$(mktemp -d) && debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+	  bookworm "$$rootfs" $(DEBIAN_MIRROR) && tar -C "$$rootfs" -c . | docker import - $(BASE_IMAGE); \
+	  status=$$?; rm -rf "$$rootfs"; exit $$status
+
+image:  ## build the one recsys image (entrypoint `recsys`); PYTHON_IMAGE=$(BASE_IMAGE) after base-image
+	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	  $(if $(EXTRA_CA_CERTS),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_CERTS))") -t $(IMAGE):$(VERSION) .
 
 kind-load: image  ## put the image into the kind cluster's node
 	kind load docker-image $(IMAGE):$(VERSION) --name $(KIND_CLUSTER)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from services.healthcheck import health_status
 
 BACKENDS = ("features", "retrieval", "ranking")
 SERVICES = (*BACKENDS, "gateway")
@@ -29,18 +30,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def health_status(address: str, service: str = "", timeout_s: float = 1.0) -> int:
-    """The grpc.health.v1 status at `address` (UNKNOWN when it does not answer)."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
-            )
-        except grpc.RpcError:
-            return int(health_pb2.HealthCheckResponse.UNKNOWN)
-        return int(reply.status)
 
 
 class ServiceFailed(RuntimeError):

@@ -5,6 +5,7 @@ to the served version), and point CURRENT at it."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
     published."""
     pipeline = config.pipeline
     pipeline.check()
+    writable(config.out)
     started = time.perf_counter()
     progress = Progress(config.progress, "train: ")
     with progress.step("load"):
@@ -67,6 +69,16 @@ def train(config: TrainConfig) -> ArtifactVersion:
         version = export(config.out, final, manifest)
     log.info("trained", extra={"version": version.version, "seconds": manifest["training"]["seconds"]})
     return version
+
+
+def writable(root: Path) -> None:
+    """Fail before minutes of fitting, not at export: ValueError when `root` cannot take a version."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {root}: cannot create the artifact root ({e.strerror})") from e
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {root}: the artifact root is not writable by this user (uid {os.getuid()})")
 
 
 def describe(data: Dataset) -> dict[str, Any]:

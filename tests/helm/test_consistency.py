@@ -225,6 +225,12 @@ def test_the_image_matches_what_the_chart_assumes(releases: dict[str, Release]) 
         assert pod_spec(release.component_deployment(service))["securityContext"]["runAsUser"] == uid
     dockerignore = (ROOT / ".dockerignore").read_text().split()
     assert "**" in dockerignore and "!data/ml-latest-small/" in dockerignore
+    # Builds offline with either builder: no frontend image to fetch, the base image a build argument,
+    # the extra CA certificates for pip in the build stage only (never in the published stage).
+    assert not re.search(r"^#\s*syntax=", dockerfile, re.M | re.I)
+    assert re.search(r"^ARG PYTHON_IMAGE=", dockerfile, re.M)
+    build, runtime = dockerfile.split("AS runtime", 1)
+    assert "EXTRA_CA_CERTS" in build and "EXTRA_CA_CERTS" not in runtime and "PIP_CERT" not in runtime
 
 
 def test_schema_config_keys_are_service_flags() -> None:

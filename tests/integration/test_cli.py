@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.local import SERVICES, LocalPlatform, free_port, health_status
+from services.healthcheck import health_status
+from services.local import SERVICES, LocalPlatform, free_port
 
 SERVING = 1
 

@@ -13,7 +13,8 @@ from grpc_health.v1 import health_pb2
 
 from services.client import Client
 from services.common.artifacts import ArtifactVersion, set_current
-from services.local import LocalPlatform, free_port, health_status
+from services.healthcheck import health_status
+from services.local import LocalPlatform, free_port
 from tests.support import RELAXED_BUDGETS
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

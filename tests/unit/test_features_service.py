@@ -24,7 +24,8 @@ from services.common.sources.base import HISTORY_LIMIT
 from services.features import Config, FeaturesComponent, create
 from services.features.redis_store import RedisStore
 from services.features.store import EventType
-from services.local import free_port, health_status
+from services.healthcheck import health_status
+from services.local import free_port
 from tests.support import redis_server, serving
 from tests.unit.features_fixtures import Tables, build_version
 

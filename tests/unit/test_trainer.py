@@ -188,3 +188,14 @@ def test_too_small_a_log_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recsys train: ")
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_an_artifact_root_that_cannot_be_written_stops_before_fitting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    out = blocker / "artifacts"
+    assert main(parse(["--data", str(BUNDLED_DATA), "--out", str(out), "--no-progress"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recsys train: --out {out}: cannot create the artifact root (Not a directory)"]
