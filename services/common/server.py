@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import meters, telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
 from services.common.config import non_negative, option, port_number, positive
+from services.common.decoding import DecodeErrorInterceptor
 from services.common.faults import DelayInterceptor
 from services.common.loops import PeriodicTask
 
@@ -84,7 +85,9 @@ def server_options() -> list[tuple[str, int]]:
 
 async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
-    interceptors = [DelayInterceptor(config.inject_delay_ms)] if config.inject_delay_ms > 0 else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [DecodeErrorInterceptor()]  # type: ignore[type-arg]
+    if config.inject_delay_ms > 0:
+        interceptors.append(DelayInterceptor(config.inject_delay_ms))
     server = grpc.aio.server(options=server_options(), interceptors=interceptors)
     component.add_to_server(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
