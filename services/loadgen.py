@@ -86,6 +86,8 @@ class LoadResult:
     degraded: int = 0
     elapsed_s: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: of the requests answered OK only (a shed request's fast refusal is not a fast answer)
+    ok_latency_ms: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,6 +111,7 @@ def summarize(latencies_ms: list[float]) -> dict[str, float]:
 
 async def _run(config: LoadConfig) -> LoadResult:
     latencies: list[float] = []
+    ok_latencies: list[float] = []
     errors: Counter[str] = Counter()
     degraded = 0
     sent = 0
@@ -121,12 +124,17 @@ async def _run(config: LoadConfig) -> LoadResult:
         async def one(i: int, scheduled: float) -> None:
             nonlocal degraded
             request = gateway_pb2.RecommendRequest(user_id=config.users[i % len(config.users)], k=config.k)
+            ok = False
             try:
                 response = await stub.Recommend(request, timeout=config.timeout_s)
                 degraded += response.degraded
+                ok = True
             except grpc.aio.AioRpcError as e:
                 errors[e.code().name] += 1
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+            latency = (time.perf_counter() - scheduled) * 1000
+            latencies.append(latency)
+            if ok:
+                ok_latencies.append(latency)
 
         start = time.perf_counter()
         deadline = start + config.duration_s
@@ -160,6 +168,7 @@ async def _run(config: LoadConfig) -> LoadResult:
         degraded=degraded,
         elapsed_s=elapsed,
         latency_ms=summarize(latencies),
+        ok_latency_ms=summarize(ok_latencies),
         config={k: v for k, v in asdict(config).items() if k != "users"} | {"users": len(config.users)},
     )
 

@@ -33,6 +33,10 @@ class NotReady(RuntimeError):
     """The service has no artifacts loaded yet."""
 
 
+class Overloaded(RuntimeError):
+    """The service sheds this request to stay within its capacity (RESOURCE_EXHAUSTED: retry later)."""
+
+
 class UnknownVersion(LookupError):
     """A request asked for an artifact version this service does not serve (FAILED_PRECONDITION)."""
 
@@ -68,7 +72,7 @@ def require_finite(value: float, field: str) -> None:
 
 
 def _base(error: Exception) -> type[Exception]:
-    return next(t for t in (InvalidArgument, NotReady, UnknownVersion) if isinstance(error, t))
+    return next(t for t in (InvalidArgument, NotReady, UnknownVersion, Overloaded) if isinstance(error, t))
 
 
 def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -93,6 +97,7 @@ def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], H
         InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
         NotReady: grpc.StatusCode.UNAVAILABLE,
         UnknownVersion: grpc.StatusCode.FAILED_PRECONDITION,
+        Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 
     def decorate(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
@@ -103,7 +108,7 @@ def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], H
             with tracer(service).start_as_current_span(span_name) as span:
                 try:
                     return await method(self, request, context)
-                except (InvalidArgument, NotReady, UnknownVersion) as e:
+                except (InvalidArgument, NotReady, UnknownVersion, Overloaded) as e:
                     status = codes[_base(e)]
                     code = status.name
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))

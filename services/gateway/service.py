@@ -29,13 +29,14 @@ from recsys.v1 import (
 )
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
-from services.common.config import option, positive
+from services.common.config import non_negative, option, positive
 from services.common.loops import PeriodicTask
 from services.common.meters import meter
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig, channel_options
 from services.common.telemetry import current_trace_id, tracer
 from services.gateway import experiments
+from services.gateway.admission import Admission
 from services.gateway.budgets import Budget
 from services.gateway.exposures import ExposureLogger
 from services.gateway.interleaving import team_draft
@@ -78,6 +79,13 @@ class Config(ServerConfig):
     popular_refresh_s: float = option(30.0, "how often to refresh the cached popular list", positive)
     experiments_reload_s: float = option(1.0, "how often to look for a changed experiments file", positive)
     log_exposures: bool = option(True, "write an EXPOSURE event per (user, experiment, arm) served")
+    max_in_flight: int = option(
+        8,
+        "Recommends run at once; more wait in a short queue, then RESOURCE_EXHAUSTED (0: no limit)",
+        non_negative,
+    )
+    max_queued: int = option(8, "Recommends that may wait for a slot", non_negative)
+    queue_ms: float = option(10.0, "how long a queued Recommend may wait for a slot", positive)
 
     def validate(self) -> None:
         # Fail at start, not at the first request, on a bad experiments file.
@@ -177,6 +185,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels[1])
         self.ranking = ranking_pb2_grpc.RankingServiceStub(self._channels[2])
         self.exposures = ExposureLogger(self._write_exposures)
+        self.admission = Admission(config.max_in_flight, config.max_queued, config.queue_ms)
         self.popular = PopularCache(self.retrieval)
         self._watch: PeriodicTask | None = None
         self._next_popular = 0.0
@@ -369,6 +378,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
         require_max_len(request.context, "context", MAX_CONTEXT)
         self._start_watch()
+        async with self.admission.admit():
+            return await self._recommend(request, context, trip)
+
+    async def _recommend(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any], trip: Trip
+    ) -> gateway_pb2.RecommendResponse:
 
         config = self.experiment_config  # one config for the whole request, whatever a reload does meanwhile
         forced = request.context.get(experiments.FORCE_KEY) or _metadata(context, experiments.FORCE_KEY)

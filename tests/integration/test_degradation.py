@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from recsys.v1 import features_pb2, features_pb2_grpc, gateway_pb2
-from services.client import Client
+from services.client import Client, event
 from services.common.artifacts import ArtifactVersion
 from services.common.sources import SOURCE_NAMES
 from services.loadgen import LoadConfig, LoadResult, run
@@ -212,3 +212,44 @@ def test_redis_stopped_under_load_every_request_is_answered_and_features_recover
         client.close()
     finally:
         platform.stop()
+
+
+def test_an_overloaded_gateway_sheds_recommends_at_once_and_never_feedback(
+    artifacts_root: Path, tmp_path: Path
+) -> None:
+    """One Recommend slot, no queue, and a ranking slowed to 300 ms: of 6 concurrent Recommends one is
+    answered and the others are refused with RESOURCE_EXHAUSTED; Feedback meanwhile is accepted."""
+    platform = LocalPlatform.on_free_ports(
+        artifacts_root,
+        tmp_path / "logs",
+        event_log=tmp_path / "events.jsonl",
+        extra_args={
+            "ranking": ["--inject-delay-ms", "300"],
+            "gateway": [*RELAXED_BUDGETS, "--max-in-flight", "1", "--max-queued", "0"],
+        },
+    )
+    with platform, Client(platform.address("gateway")) as client:
+        wait_until_healthy(client, "1", timeout_s=60)
+        outcomes: list[str] = []
+        lock = threading.Lock()
+
+        def recommend(user: str) -> None:
+            try:
+                client.recommend(user, k=5)
+                outcome = "OK"
+            except grpc.RpcError as e:
+                outcome = e.code().name
+            with lock:
+                outcomes.append(outcome)
+
+        threads = [threading.Thread(target=recommend, args=(str(u),)) for u in range(1, 7)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)  # while the admitted one waits on ranking
+        accepted = client.feedback([event("1", "1", "click")])
+        for t in threads:
+            t.join()
+        assert accepted == 1
+        assert outcomes.count("OK") >= 1 and outcomes.count("RESOURCE_EXHAUSTED") >= 3, outcomes
+        assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+        assert client.recommend("2", k=5).items  # capacity back once the burst is over
