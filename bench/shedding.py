@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench.latency_1m import ensure_artifacts  # noqa: E402
 from bench.served import wait_compiled  # noqa: E402
 from services.common.artifacts import open_current  # noqa: E402
+from services.common.fusion import FusionParams  # noqa: E402
 from services.loadgen import LoadConfig, LoadResult, run  # noqa: E402
 from services.local import LocalPlatform  # noqa: E402
 
@@ -92,7 +93,7 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shedding.json")
     args = parser.parse_args()
-    ensure_artifacts(args.artifacts_dir, args.items, 100)
+    ensure_artifacts(args.artifacts_dir, args.items, FusionParams().candidates)
     users = json.loads(open_current(args.artifacts_dir).file("user_ids.json").read_text())[:2000]
     capacity = measure(args.artifacts_dir, users, [], None, args)
     rate = capacity["capacity_rps"] * args.factor

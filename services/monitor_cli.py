@@ -141,10 +141,15 @@ def scrape(url: str, artifacts: Path | None, version: str) -> dict[str, Any]:
 def read(path: Path) -> dict[str, Any]:
     try:
         stats = json.loads(path.read_text())
-        for key in ("artifact_version", "reference", "current"):
-            stats[key]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise DriftError(f"--from {path}: not a saved drift file ({e})") from e
+    missing = [
+        k
+        for k in ("artifact_version", "reference", "current")
+        if not isinstance(stats, dict) or k not in stats
+    ]
+    if missing:
+        raise DriftError(f"--from {path}: not a saved drift file (no {', '.join(missing)})")
     return dict(stats)
 
 
@@ -181,12 +186,11 @@ def judge(stats: dict[str, Any], threshold: float, min_rows: int) -> list[Row]:
 
 
 def format_rows(rows: list[Row], threshold: float) -> str:
+    def cell(v: float, width: int) -> str:
+        return f"{v:>{width}.4f}" if math.isfinite(v) else f"{'-':>{width}}"
+
     lines = [f"{'feature':<34} {'PSI vs ref':>10} {'vs prev':>8}  drift (> {threshold:g})"]
     for r in rows:
-
-        def cell(v: float, width: int) -> str:
-            return f"{v:>{width}.4f}" if math.isfinite(v) else f"{'-':>{width}}"
-
         lines.append(
             f"{r.feature:<34} {cell(r.vs_reference, 10)} {cell(r.vs_previous, 8)}  {'DRIFT' if r.flagged else ''}"
         )

@@ -71,15 +71,19 @@ def require_finite(value: float, field: str) -> None:
     require(math.isfinite(value), field, f"must be a finite number, got {value}")
 
 
-def _base(error: Exception) -> type[Exception]:
-    return next(t for t in (InvalidArgument, NotReady, UnknownVersion, Overloaded) if isinstance(error, t))
-
-
 def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The status a handler aborted with itself (context.abort), else UNKNOWN (an unexpected error)."""
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
+
+#: Our errors and the status each becomes.
+STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    UnknownVersion: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 Handler = Callable[[S, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 
@@ -93,12 +97,6 @@ def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], H
     duration = meter(service).create_histogram(
         "recsys.rpc.duration", unit="ms", description="from the request's arrival to the reply"
     )
-    codes = {
-        InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-        NotReady: grpc.StatusCode.UNAVAILABLE,
-        UnknownVersion: grpc.StatusCode.FAILED_PRECONDITION,
-        Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
 
     def decorate(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         @functools.wraps(method)
@@ -108,13 +106,13 @@ def handler(service: str, operation: str) -> Callable[[Handler[S, Req, Resp]], H
             with tracer(service).start_as_current_span(span_name) as span:
                 try:
                     return await method(self, request, context)
-                except (InvalidArgument, NotReady, UnknownVersion, Overloaded) as e:
-                    status = codes[_base(e)]
+                except tuple(STATUS_OF) as e:
+                    status = next(s for kind, s in STATUS_OF.items() if isinstance(e, kind))
                     code = status.name
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
                     await context.abort(status, str(e))
-                except BaseException:
-                    code = code if code != "OK" else _aborted_code(context)
+                except BaseException:  # not ours: a handler's own abort, or a bug (UNKNOWN)
+                    code = _aborted_code(context)
                     raise
                 finally:
                     requests.add(1, {"method": operation, "code": code})
