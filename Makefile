@@ -13,9 +13,7 @@ BASE_IMAGE ?= recsys-base:bookworm
 .PHONY: base-image image kind-load minikube-load install-kind install-minikube smoke uninstall chart-test
 
 base-image:  ## a bookworm + python3 base image made without a registry (debootstrap, docker import)
-	rootfs=$$(mktemp -d) && debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-	  bookworm "$$rootfs" $(DEBIAN_MIRROR) && tar -C "$$rootfs" -c . | docker import - $(BASE_IMAGE); \
-	  status=$$?; rm -rf "$$rootfs"; exit $$status
+	deploy/base-image.sh $(BASE_IMAGE) $(DEBIAN_MIRROR)
 
 image:  ## build the one recsys image (entrypoint `recsys`); PYTHON_IMAGE=$(BASE_IMAGE) after base-image
 	docker build $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
