@@ -9,6 +9,7 @@ from types import TracebackType
 import grpc
 
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.common.event_ids import new_event_id
 
 EVENT_TYPES = {
     "impression": common_pb2.EVENT_TYPE_IMPRESSION,
@@ -17,11 +18,15 @@ EVENT_TYPES = {
 }
 
 
-def event(user_id: str, item_id: str, kind: str, rating: float = 0.0) -> common_pb2.Event:
-    """An event of kind impression, click or rating, stamped now."""
+def event(
+    user_id: str, item_id: str, kind: str, rating: float = 0.0, event_id: str | None = None
+) -> common_pb2.Event:
+    """An event of kind impression, click or rating, stamped now, with a new id (or `event_id`): send
+    the same event object again after a failed call and it is written once."""
     if kind not in EVENT_TYPES:
         raise ValueError(f"event type {kind!r}: expected one of {', '.join(EVENT_TYPES)}")
     return common_pb2.Event(
+        event_id=event_id or new_event_id(),
         user_id=user_id,
         item_id=item_id,
         type=EVENT_TYPES[kind],

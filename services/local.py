@@ -75,6 +75,10 @@ class LocalPlatform:
         addresses = [self.address(r) for r in self.replica_names(service)]
         return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
 
+    def spool(self, replica: str, kind: str) -> Path:
+        """Each replica its own spool file (a spool is locked by the process that holds it)."""
+        return self.log_dir.parent / "spool" / f"{replica}.{kind}.jsonl"
+
     def command(self, replica: str) -> list[str]:
         service = replica.split(".")[0]
         args = [
@@ -92,12 +96,13 @@ class LocalPlatform:
         ]
         if service == "features":
             if self.redis_url:
-                args += ["--redis-url", self.redis_url]
+                args += ["--redis-url", self.redis_url, "--spool", str(self.spool(replica, "events"))]
             if self.event_log:
                 args += ["--event-log", str(self.event_log)]
         if service == "gateway":
             for backend in BACKENDS:
                 args += [f"--{backend}-addr", self.target(backend)]
+            args += ["--exposure-spool", str(self.spool(replica, "exposures"))]
         return args + self.extra_args.get(service, [])
 
     def start_service(self, service: str) -> None:

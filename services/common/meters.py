@@ -11,7 +11,9 @@ Instruments (every one carries the `recsys.service` resource attribute):
     recsys.rpc.duration            histogram  method           ms, from arrival to the reply
     recsys.gateway.stage.duration  histogram  stage            ms per gateway stage (features, ...)
     recsys.gateway.degraded        counter    stage            responses a fallback answered, by stage
-    recsys.gateway.exposure_backlog gauge     -                exposures queued, not yet written
+    recsys.gateway.exposure_spool  gauge      -                bytes of exposures spooled, not yet written
+    recsys.features.events.spooled counter    -                events spooled while the store was unreachable
+    recsys.features.events.drained counter    -                spooled events delivered to the store
     recsys.retrieval.candidates    counter    source           candidates sent to ranking, by source
     recsys.ranking.feature_psi     gauge      feature, version PSI of the scored features (services.ranking.monitor)
     recsys.ranking.feature_rows    counter    feature, version, bin  the sampled rows per reference bin

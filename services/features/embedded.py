@@ -13,7 +13,8 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from services.common.artifacts import ArtifactVersion
 from services.features.store import (
     EMPTY,
+    IDEMPOTENCY_WINDOW_S,
     RECENT_MAX,
     BoolArray,
     Event,
@@ -42,6 +44,8 @@ class EmbeddedConfig:
     event_log: Path = Path("var/events.jsonl")
     #: Recent items per user (live feedback + history).
     recent_max: int = RECENT_MAX
+    #: How long an event id is remembered.
+    idempotency_window_s: int = IDEMPOTENCY_WINDOW_S
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class EmbeddedStore:
         self._pinned: dict[str, _Snapshot] = {}
         self._recent: dict[str, list[str]] = {}
         self._seen: dict[str, set[str]] = {}
+        #: Event ids written within the idempotency window -> when (epoch s), oldest first.
+        self._written_ids: dict[str, float] = {}
         self._log_lock = asyncio.Lock()
         self._materialize_lock = asyncio.Lock()
         self._events_path = config.event_log
@@ -160,17 +166,35 @@ class EmbeddedStore:
 
     async def append_events(self, events: Sequence[Event]) -> int:
         check_events(events)
-        if not events:
-            return 0
-        data = "".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in events).encode()
         # Shielded: a cancelled caller must not leave a batch in the log but not in memory.
-        await asyncio.shield(asyncio.ensure_future(self._commit(events, data)))
-        return len(events)
+        return await asyncio.shield(asyncio.ensure_future(self._commit(events)))
 
-    async def _commit(self, events: Sequence[Event], data: bytes) -> None:
+    async def _commit(self, events: Sequence[Event]) -> int:
         async with self._log_lock:
+            self._forget_old_ids(time.time())
+            new: dict[str, Event] = {}
+            for e in events:
+                if e.event_id not in self._written_ids:
+                    new.setdefault(e.event_id, e)
+            if not new:
+                return 0
+            fresh, now = list(new.values()), time.time()
+            # written_ms: when the id was first written, for the idempotency window after a restart.
+            stamp = int(now * 1000)
+            data = "".join(
+                json.dumps({**e.to_json(), "written_ms": stamp}, separators=(",", ":")) + "\n" for e in fresh
+            ).encode()
             await asyncio.to_thread(self._append_to_log, data)
-            self._apply(events)  # only after the whole batch is durable in the log
+            self._apply(fresh, {e.event_id: now for e in fresh})  # only once the batch is durable in the log
+            return len(fresh)
+
+    def _forget_old_ids(self, now: float) -> None:
+        horizon = now - self.config.idempotency_window_s
+        while self._written_ids:
+            oldest, written_at = next(iter(self._written_ids.items()))
+            if written_at >= horizon:
+                return
+            del self._written_ids[oldest]
 
     def _append_to_log(self, data: bytes) -> None:
         with self._events_path.open("ab") as f:
@@ -189,9 +213,11 @@ class EmbeddedStore:
             written = os.write(fd, view)
             view = view[written:]
 
-    def _apply(self, events: Sequence[Event]) -> None:
+    def _apply(self, events: Sequence[Event], written_at: Mapping[str, float]) -> None:
+        """The live state, and the ids remembered with when they were written (epoch s)."""
         limit = self.config.recent_max
         for event in events:
+            self._written_ids[event.event_id] = written_at[event.event_id]
             if not event.type.interacts:
                 continue
             recent = self._recent.setdefault(event.user_id, [])
@@ -225,7 +251,15 @@ class EmbeddedStore:
                     extra={"path": str(path), "bytes": len(data) - end},
                 )
                 f.truncate(end)
-        self._apply([Event.from_json(json.loads(line)) for line in data[:end].splitlines() if line.strip()])
+        records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        events = [Event.from_json(r) for r in records]
+        # A line logged before written_ms was counts as written now: remembered for a whole window.
+        now_ms = time.time() * 1000
+        written = {
+            e.event_id: r.get("written_ms", now_ms) / 1000 for e, r in zip(events, records, strict=True)
+        }
+        self._apply(events, written)
+        self._written_ids = dict(sorted(self._written_ids.items(), key=lambda kv: kv[1]))
 
     async def close(self) -> None:
         return None

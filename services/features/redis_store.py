@@ -12,9 +12,10 @@ Keys (`p` = the configured prefix, default "recsys"; `V` = an artifact version):
                            `events_max_len` entries when that is set, oldest trimmed first)
     p:live:recent:<user>   list: the user's live clicked/rated items, newest first (LREM+LPUSH+LTRIM)
     p:live:seen:<user>     set: every item the user clicked or rated live
+    p:eid:<event_id>       an event id written within the idempotency window (expires)
 
 Round trips: `get_items` is one MGET; `get_user` is one non-transactional pipeline; `append_events` is
-one MULTI/EXEC; `materialize` writes MSET batches over a pipeline (`batch_size` keys per round trip).
+one script (atomic: all of the batch's new events or none); `materialize` writes MSET batches over a pipeline (`batch_size` keys per round trip).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.artifacts import ArtifactVersion
+from services.common.event_ids import new_event_id
 from services.common.server import StartupError
 from services.features.store import (
     EMPTY,
+    IDEMPOTENCY_WINDOW_S,
     RECENT_MAX,
     ArtifactTables,
     BoolArray,
@@ -52,6 +55,36 @@ from services.features.store import (
 )
 
 log = logging.getLogger(__name__)
+
+#: append_events in one atomic step. KEYS: the stream, then per event its id key, recent list and seen
+#: set. ARGV: recent limit, stream cap (0: none), idempotency window (s), then per event 10 values:
+#: interacts ("1" or ""), event id, user, item, type, rating, timestamp, context, experiment, arm.
+APPEND_EVENTS = """
+local limit, cap, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+for i = 0, (#KEYS - 1) / 3 - 1 do
+  local a = 4 + i * 10
+  local id_key, recent, seen = KEYS[2 + i * 3], KEYS[3 + i * 3], KEYS[4 + i * 3]
+  if redis.call('SET', id_key, '1', 'NX', 'EX', window) then
+    local entry = {'event_id', ARGV[a + 1], 'user_id', ARGV[a + 2], 'item_id', ARGV[a + 3],
+                   'type', ARGV[a + 4], 'rating', ARGV[a + 5], 'timestamp_ms', ARGV[a + 6],
+                   'context', ARGV[a + 7], 'experiment', ARGV[a + 8], 'arm', ARGV[a + 9]}
+    if cap > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', unpack(entry))
+    else
+      redis.call('XADD', KEYS[1], '*', unpack(entry))
+    end
+    if ARGV[a] == '1' then
+      redis.call('LREM', recent, 0, ARGV[a + 3])
+      redis.call('LPUSH', recent, ARGV[a + 3])
+      redis.call('LTRIM', recent, 0, limit - 1)
+      redis.call('SADD', seen, ARGV[a + 3])
+    end
+    written = written + 1
+  end
+end
+return written
+"""
 
 #: Keys per MSET command (several of them go into one pipelined round trip).
 MSET_KEYS = 1000
@@ -74,6 +107,8 @@ class RedisConfig:
     #: so the stream may hold up to one stream node (100 entries by default) more than the cap; the
     #: oldest events go first, and `read_events` (the experiment report) sees only what is kept.
     events_max_len: int = 0
+    #: How long an event id is remembered (one small key per event, expiring).
+    idempotency_window_s: int = IDEMPOTENCY_WINDOW_S
     connect_timeout_s: float = 2.0
     socket_timeout_s: float = 30.0
 
@@ -152,6 +187,7 @@ class RedisStore:
         self._events_key = f"{p}:events"
         self._current_key = f"{p}:current"
         self._versions_key = f"{p}:versions"
+        self._append = self.redis.register_script(APPEND_EVENTS)
 
     # ---- keys -----------------------------------------------------------------------------------
 
@@ -164,6 +200,9 @@ class RedisStore:
 
     def _seen_key(self, user_id: str) -> str:
         return f"{self.config.prefix}:live:seen:{user_id}"
+
+    def _event_id_key(self, event_id: str) -> str:
+        return f"{self.config.prefix}:eid:{event_id}"
 
     # ---- served version -------------------------------------------------------------------------
 
@@ -372,33 +411,27 @@ class RedisStore:
         check_events(events)
         if not events:
             return 0
-        limit = self.config.recent_max
-        cap = self.config.events_max_len or None
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for e in events:
-                pipe.xadd(
-                    self._events_key,
-                    {
-                        "user_id": e.user_id,
-                        "item_id": e.item_id,
-                        "type": e.type.value,
-                        "rating": "" if e.rating is None else repr(e.rating),
-                        "timestamp_ms": str(e.timestamp_ms),
-                        "context": json.dumps(dict(e.context), separators=(",", ":")),
-                        "experiment": e.experiment,
-                        "arm": e.arm,
-                    },
-                    maxlen=cap,
-                    approximate=True,
-                )
-                if e.type.interacts:
-                    recent = self._recent_key(e.user_id)
-                    pipe.lrem(recent, 0, e.item_id)
-                    pipe.lpush(recent, e.item_id)
-                    pipe.ltrim(recent, 0, limit - 1)
-                    pipe.sadd(self._seen_key(e.user_id), e.item_id)
-            await pipe.execute()
-        return len(events)
+        keys = [self._events_key]
+        args: list[str | int] = [
+            self.config.recent_max,
+            self.config.events_max_len,
+            self.config.idempotency_window_s,
+        ]
+        for e in events:
+            keys += [self._event_id_key(e.event_id), self._recent_key(e.user_id), self._seen_key(e.user_id)]
+            args += [
+                "1" if e.type.interacts else "",
+                e.event_id,
+                e.user_id,
+                e.item_id,
+                e.type.value,
+                "" if e.rating is None else repr(e.rating),
+                str(e.timestamp_ms),
+                json.dumps(dict(e.context), separators=(",", ":")),
+                e.experiment,
+                e.arm,
+            ]
+        return int(await self._append(keys=keys, args=args))
 
     async def read_events(self) -> list[Event]:
         out: list[Event] = []
@@ -417,6 +450,7 @@ class RedisStore:
                         context=json.loads(f["context"]),
                         experiment=f.get("experiment", ""),
                         arm=f.get("arm", ""),
+                        event_id=f.get("event_id") or new_event_id(),
                     )
                 )
             if len(page) < READ_PAGE:

@@ -16,8 +16,10 @@ from redis.exceptions import RedisError
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
 from services.common.config import non_negative, option, port_number, positive
+from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.rpc import (
+    MAX_ID_LENGTH,
     NotReady,
     UnknownVersion,
     handler,
@@ -26,15 +28,19 @@ from services.common.rpc import (
     require_id,
     require_max_len,
 )
-from services.common.server import ServerConfig
+from services.common.server import ServerConfig, StartupError
+from services.common.spool import Spool, SpoolInUse
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.store import RECENT_MAX, Event, EventType, OnlineStore, VersionNotServed
+from services.features.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
 MAX_ITEM_IDS = 10_000
 MAX_EVENTS = 1000
+#: How often the spool is offered to the store while it holds events.
+SPOOL_DRAIN_S = 0.5
 
 _EVENT_TYPES = {
     common_pb2.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
@@ -61,10 +67,19 @@ class Config(ServerConfig):
         "about 100 entries); 0 keeps every event",
         non_negative,
     )
+    spool: Path = option(
+        Path("var/spool/events.jsonl"),
+        "Redis store only: local file holding accepted events while Redis is unreachable, drained in order",
+    )
+    spool_max_mb: float = option(256.0, "size limit of the spool; a full spool refuses events", positive)
+    store_timeout_ms: float = option(
+        250.0, "Redis store only: a write slower than this goes to the spool instead", positive
+    )
 
 
 def events_from_request(events: Any, now_ms: int) -> list[Event]:
-    """Validate the whole batch (InvalidArgument naming the field), then convert; nothing is written here."""
+    """Validate the whole batch (InvalidArgument naming the field), then convert; nothing is written here.
+    An event without an id gets one."""
     require(len(events) > 0, "events", "must hold at least one event")
     require_max_len(events, "events", MAX_EVENTS)
     out: list[Event] = []
@@ -86,6 +101,14 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
         if kind is EventType.RATING:
             require_finite(e.rating, f"events[{i}].rating")
         require(e.timestamp_ms >= 0, f"events[{i}].timestamp_ms", f"must be >= 0, got {e.timestamp_ms}")
+        require(
+            len(e.event_id) <= MAX_ID_LENGTH,
+            f"events[{i}].event_id",
+            f"must be at most {MAX_ID_LENGTH} characters",
+        )
+        require(
+            e.event_id == e.event_id.strip(), f"events[{i}].event_id", "must not start or end with whitespace"
+        )
         out.append(
             Event(
                 user_id=e.user_id,
@@ -96,6 +119,7 @@ def events_from_request(events: Any, now_ms: int) -> list[Event]:
                 context=dict(e.context),
                 experiment=e.experiment if kind is EventType.EXPOSURE else "",
                 arm=e.arm if kind is EventType.EXPOSURE else "",
+                event_id=e.event_id or new_event_id(),
             )
         )
     return out
@@ -114,8 +138,9 @@ async def store_errors() -> AsyncIterator[None]:
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
-    def __init__(self, store: OnlineStore) -> None:
+    def __init__(self, store: OnlineStore, writer: EventWriter | None = None) -> None:
         self.store = store
+        self.writer = writer or EventWriter(store)
 
     def _served(self) -> str:
         version = self.store.version
@@ -165,8 +190,10 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         events = events_from_request(request.events, int(time.time() * 1000))
         self._served()
         async with store_errors():
-            written = await self.store.append_events(events)
-        return features_pb2.WriteEventsResponse(written=written)
+            await self.writer.write(events)
+        # Accepted: every event of the batch is in the log (or the spool), once, whether it was new or
+        # a retry of one already written.
+        return features_pb2.WriteEventsResponse(written=len(events))
 
 
 class FeaturesComponent:
@@ -176,11 +203,15 @@ class FeaturesComponent:
     service_name = "recsys.v1.FeatureService"
     needs_artifacts = True
 
-    def __init__(self, store: OnlineStore, repair_interval_s: float = 2.0) -> None:
+    def __init__(
+        self, store: OnlineStore, writer: EventWriter | None = None, repair_interval_s: float = 2.0
+    ) -> None:
         self.store = store
-        self.servicer = FeatureServicer(store)
+        self.servicer = FeatureServicer(store, writer)
+        self.writer = self.servicer.writer
         self.repair_interval_s = repair_interval_s
         self._repair: PeriodicTask | None = None
+        self._drain: PeriodicTask | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
@@ -190,6 +221,8 @@ class FeaturesComponent:
         await self.store.materialize(version)
         if self._repair is None:
             self._repair = PeriodicTask("store-repair", self._repair_store, self.repair_interval_s)
+        if self._drain is None:
+            self._drain = PeriodicTask("spool-drain", self.writer.drain, SPOOL_DRAIN_S)
 
     async def _repair_store(self) -> None:
         """Put back what the backend lost (a Redis restarted without persistence comes back empty)."""
@@ -209,14 +242,18 @@ class FeaturesComponent:
         self.store.unpin(name)
 
     async def close(self) -> None:
-        if self._repair is not None:
-            await self._repair.stop()
+        for task in (self._repair, self._drain):
+            if task is not None:
+                await task.stop()
+        await self.writer.drain()  # what it can deliver now; the rest waits in the spool for the next start
+        self.writer.close()
         await self.store.close()
 
 
 def create(config: Config) -> FeaturesComponent:
     """The component on Redis when `redis_url` is set (PING now: StartupError if unreachable), else in-process."""
     store: OnlineStore
+    spool: Spool | None = None
     if config.redis_url:
         store = RedisStore(
             RedisConfig(
@@ -226,6 +263,11 @@ def create(config: Config) -> FeaturesComponent:
                 events_max_len=config.events_max_len,
             )
         )
+        try:
+            spool = Spool(config.spool, max_bytes=int(config.spool_max_mb * 2**20))
+        except (SpoolInUse, OSError) as e:
+            raise StartupError(f"--spool {config.spool}: {e}") from None
     else:
         store = EmbeddedStore(EmbeddedConfig(event_log=config.event_log, recent_max=config.recent_max))
-    return FeaturesComponent(store, repair_interval_s=config.reload_interval_s)
+    writer = EventWriter(store, spool, store_timeout_s=config.store_timeout_ms / 1000)
+    return FeaturesComponent(store, writer, repair_interval_s=config.reload_interval_s)

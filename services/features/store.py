@@ -7,7 +7,8 @@
 * `pin(version)` / `unpin(name)` keep more versions readable beside it (experiment arms, <artifacts>/PINNED);
 * `get_user` / `get_items` read the served version (or a pinned one by name) plus the live feedback;
 * `append_events` appends a batch of events to the append-only log and updates the users' live recent
-  and seen items, all or nothing;
+  and seen items, all or nothing; an event whose `event_id` was written within the idempotency window
+  is skipped (a retried batch is written once);
 * `read_events` returns the whole log, oldest first.
 
 Backends: `services.features.embedded.EmbeddedStore` (in-process numpy arrays + a JSON-lines log; the
@@ -27,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.event_ids import new_event_id
 from services.common.sources.base import HISTORY_LIMIT
 
 #: How many recent items a profile holds by default (live feedback first, then training history): as
@@ -36,6 +38,9 @@ RECENT_MAX = HISTORY_LIMIT
 #: Files of an artifact version that the store reads.
 ITEM_FILES = ("item_ids.json", "item_features.npy")
 USER_FILES = ("user_ids.json", "user_features.npy", "user_history.json")
+
+#: How long an event id is remembered: a retry of the same event within it is not written again.
+IDEMPOTENCY_WINDOW_S = 86_400
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -68,9 +73,12 @@ class Event:
     #: Exposures only: the experiment and arm the response was served under ("" otherwise).
     experiment: str = ""
     arm: str = ""
+    #: The idempotency key: the client's, or assigned when the event was accepted.
+    event_id: str = field(default_factory=new_event_id)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "event_id": self.event_id,
             "user_id": self.user_id,
             "item_id": self.item_id,
             "type": self.type.value,
@@ -94,6 +102,8 @@ class Event:
             context={str(k): str(v) for k, v in (data.get("context") or {}).items()},
             experiment=str(data.get("experiment") or ""),
             arm=str(data.get("arm") or ""),
+            # Logs written before events had ids: each line is its own event.
+            event_id=str(data.get("event_id") or new_event_id()),
         )
 
 
@@ -102,6 +112,8 @@ def check_events(events: Sequence[Event]) -> None:
     for i, event in enumerate(events):
         if not isinstance(event.type, EventType):
             raise ValueError(f"events[{i}]: type must be an EventType, got {event.type!r}")
+        if not event.event_id:
+            raise ValueError(f"events[{i}]: event_id must not be empty")
         if not event.user_id or (not event.item_id and event.type is not EventType.EXPOSURE):
             raise ValueError(f"events[{i}]: user_id and item_id must not be empty")
         if event.type is EventType.EXPOSURE and not (event.experiment and event.arm):
@@ -181,7 +193,8 @@ class OnlineStore(Protocol):
         """Rows of the item feature matrix, float32 [len(item_ids), item_dim]; missing rows NaN/False."""
 
     async def append_events(self, events: Sequence[Event]) -> int:
-        """Log every event and apply clicks/ratings to the live state, all or nothing; returns the count."""
+        """Log every event and apply clicks/ratings to the live state, all or nothing, skipping events
+        whose id was written within the idempotency window; returns how many were written."""
 
     async def read_events(self) -> list[Event]:
         """The whole event log, oldest first."""

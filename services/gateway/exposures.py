@@ -1,122 +1,136 @@
-"""Exposure events: one per (user, experiment, arm) served, written to the features service's log."""
+"""Exposure events: one per (user, experiment, arm) served, written to the features service's log.
+
+A response's exposures are appended to a local spool before the response is returned (a write to the
+page cache, no fsync: it survives the gateway being killed, not the machine losing power), and one
+worker delivers the spool to the features service in batches, off the request path. Each event carries
+an id and the store writes an id once, so a batch delivered again after a crash or a timed-out write
+that did land is in the log once. While the features service is unreachable, the spool holds the
+events (up to its size limit; past it they are dropped and counted, never failing a Recommend)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from recsys.v1 import common_pb2
 from services.common.meters import meter
+from services.common.spool import Record, Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
+#: Codes after which a batch is worth sending again (the features service or its store was away).
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+
 
 def _backlog(_options: CallbackOptions) -> Iterable[Observation]:
-    yield Observation(sum(logger.backlog for logger in list(_LOGGERS)))
+    yield Observation(sum(logger.spool.backlog_bytes for logger in list(_LOGGERS)))
 
 
 #: The process's loggers (one per gateway): an instrument's name registers once per process.
 _LOGGERS: weakref.WeakSet[ExposureLogger] = weakref.WeakSet()
 meter("gateway").create_observable_gauge(
-    "recsys.gateway.exposure_backlog",
+    "recsys.gateway.exposure_spool",
     [_backlog],
-    unit="{event}",
-    description="exposure events queued, not yet written to the features service",
+    unit="By",
+    description="bytes of exposure events spooled, not yet written to the features service",
 )
 
 
 class ExposureLogger:
-    """Writes exposure events to the features service's append-only log off the request path.
-
-    Responses enqueue their events; one worker drains the queue in batches (one all-or-nothing
-    WriteEvents per batch) and retries a failed batch with backoff. `flush` waits until everything
-    queued is written; the gateway flushes at shutdown, after in-flight requests finish."""
-
     def __init__(
         self,
         write: Callable[[list[common_pb2.Event]], Awaitable[None]],
+        spool_path: Path,
+        max_bytes: int = 64 * 2**20,
         max_batch: int = 500,
-        attempts: int = 8,
-        max_queued: int = 200_000,
         linger_s: float = 0.1,
+        max_backoff_s: float = 5.0,
     ) -> None:
         self._write = write
+        self.spool = Spool(spool_path, max_bytes, fsync=False)
         self.max_batch = max_batch
         #: How long the first event of a batch waits for company: one write per batch, not per request
         #: (a write per response cost ~3.5 ms of p50 latency at one request in flight).
         self.linger_s = linger_s
-        self.attempts = attempts
-        self.max_queued = max_queued
-        self._queue: asyncio.Queue[common_pb2.Event] | None = None
+        self.max_backoff_s = max_backoff_s
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.dropped = 0
         _LOGGERS.add(self)
 
-    @property
-    def backlog(self) -> int:
-        """Events queued and not yet written."""
-        return self._queue.qsize() if self._queue is not None else 0
-
     def submit(self, events: list[common_pb2.Event]) -> None:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        if self._queue.qsize() + len(events) > self.max_queued:
+        """Spool the events (before the response that caused them is sent) and wake the worker."""
+        try:
+            self.spool.append([json_format.MessageToDict(e) for e in events])
+        except SpoolFull:
             self.dropped += len(events)
-            log.error("exposure queue full: events dropped", extra={"dropped": len(events)})
+            log.error("exposure spool full: events dropped", extra={"dropped": len(events)})
             return
-        for e in events:
-            self._queue.put_nowait(e)
+        self.start()
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the worker (it also delivers what a previous process left in the spool)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._wake.set()
 
     async def _run(self) -> None:
-        assert self._queue is not None
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            if queue.qsize() < self.max_batch:
-                await asyncio.sleep(self.linger_s)
-            while len(batch) < self.max_batch and not queue.empty():
-                batch.append(queue.get_nowait())
-            try:
-                await self._send(batch)
-            finally:
-                for _ in batch:
-                    queue.task_done()
-
-    async def _send(self, batch: list[common_pb2.Event]) -> None:
         delay = 0.05
-        for attempt in range(1, self.attempts + 1):
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.spool.backlog_bytes < 64 * self.max_batch:  # a small backlog: wait for company
+                await asyncio.sleep(self.linger_s)
             try:
-                await self._write(batch)
-                self.written += len(batch)
-                return
-            except grpc.aio.AioRpcError as e:
-                retry = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not retry or attempt == self.attempts:
-                    self.dropped += len(batch)
-                    log.error(
-                        "exposure events lost",
-                        extra={"events": len(batch), "code": e.code().name, "attempts": attempt},
-                    )
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                await self.spool.drain(self._deliver, self.max_batch)
+                delay = 0.05
+            except grpc.aio.AioRpcError as e:  # retryable: kept in the spool, tried again after a pause
+                log.warning(
+                    "exposure delivery failed: retrying", extra={"code": e.code().name, "retry_s": delay}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+                self._wake.set()
+
+    async def _deliver(self, records: list[Record]) -> None:
+        batch = [json_format.ParseDict(r, common_pb2.Event()) for r in records]
+        try:
+            await self._write(batch)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in RETRYABLE:
+                raise
+            # Refused as malformed: sending it again cannot succeed, and it must not block the rest.
+            self.dropped += len(batch)
+            log.error("exposure events refused: dropped", extra={"events": len(batch), "code": e.code().name})
+            return
+        self.written += len(batch)
 
     async def flush(self, timeout_s: float = 30.0) -> None:
-        if self._queue is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
+        """Deliver what is spooled (what cannot be delivered in time stays for the next start)."""
+        deadline = time.monotonic() + timeout_s
+        while self.spool.pending and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
-        await self.flush()
         if self._task is not None:
+            await self.flush()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.spool.close()

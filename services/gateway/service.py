@@ -30,6 +30,7 @@ from recsys.v1 import (
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
 from services.common.config import non_negative, option, positive
+from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.meters import meter
 from services.common.rpc import handler, require, require_id, require_max_len
@@ -50,6 +51,8 @@ DEGRADED = meter("gateway").create_counter(
 )
 
 MAX_K = 1000
+#: Pause between Feedback attempts while the features service is unavailable.
+FEEDBACK_RETRY_S = 0.05
 MAX_EXCLUDE = 1000
 MAX_CONTEXT = 64
 
@@ -79,6 +82,16 @@ class Config(ServerConfig):
     popular_refresh_s: float = option(30.0, "how often to refresh the cached popular list", positive)
     experiments_reload_s: float = option(1.0, "how often to look for a changed experiments file", positive)
     log_exposures: bool = option(True, "write an EXPOSURE event per (user, experiment, arm) served")
+    exposure_spool: Path = option(
+        Path("var/spool/exposures.jsonl"),
+        "local file exposures wait in until the features service has them (one per gateway process)",
+    )
+    exposure_spool_max_mb: float = option(
+        64.0, "size limit of the exposure spool (past it: dropped)", positive
+    )
+    feedback_budget_ms: float = option(
+        1000.0, "time a Feedback may take, retries on another features replica included", positive
+    )
     max_in_flight: int = option(
         8,
         "Recommends run at once; more wait in a short queue, then RESOURCE_EXHAUSTED (0: no limit)",
@@ -184,7 +197,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.features = features_pb2_grpc.FeatureServiceStub(self._channels[0])
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels[1])
         self.ranking = ranking_pb2_grpc.RankingServiceStub(self._channels[2])
-        self.exposures = ExposureLogger(self._write_exposures)
+        self.exposures = ExposureLogger(
+            self._write_exposures, config.exposure_spool, max_bytes=int(config.exposure_spool_max_mb * 2**20)
+        )
         self.admission = Admission(config.max_in_flight, config.max_queued, config.queue_ms)
         self.popular = PopularCache(self.retrieval)
         self._watch: PeriodicTask | None = None
@@ -204,6 +219,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _start_watch(self) -> None:
         if self._watch is None:
             self._watch = PeriodicTask("gateway-upkeep", self._upkeep, self.config.experiments_reload_s)
+            self.exposures.start()  # what an earlier process left in the spool goes out too
 
     async def _upkeep(self) -> None:
         """Reload a changed experiments file; refresh the cached popular list when it is due."""
@@ -473,6 +489,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 ctx["team_b"] = ",".join(i for i, t in teams.items() if t == "b")
             events.append(
                 common_pb2.Event(
+                    event_id=new_event_id(),
                     user_id=user_id,
                     type=common_pb2.EVENT_TYPE_EXPOSURE,
                     timestamp_ms=now,
@@ -489,21 +506,32 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self, request: gateway_pb2.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.FeedbackResponse:
         # The features service validates every event and writes all or nothing; its status is ours.
+        events = []
         for i, e in enumerate(request.events):
             require(
                 e.type != common_pb2.EVENT_TYPE_EXPOSURE,
                 f"events[{i}].type",
                 "EXPOSURE events are written by the gateway itself",
             )
-        try:
-            written = await self.features.WriteEvents(
-                features_pb2.WriteEventsRequest(events=request.events),
-                timeout=self.config.features_budget_ms / 1000,
-            )
-        except grpc.aio.AioRpcError as e:
-            await context.abort(e.code(), e.details() or e.code().name)
-            raise  # unreachable: abort raises
-        return gateway_pb2.FeedbackResponse(accepted=written.written)
+            # An id before the first attempt: a retry below (another replica) is then written once.
+            event = common_pb2.Event()
+            event.CopyFrom(e)
+            event.event_id = e.event_id or new_event_id()
+            events.append(event)
+        deadline = time.monotonic() + self.config.feedback_budget_ms / 1000
+        while True:
+            try:
+                written = await self.features.WriteEvents(
+                    features_pb2.WriteEventsRequest(events=events),
+                    timeout=max(0.001, deadline - time.monotonic()),
+                )
+                return gateway_pb2.FeedbackResponse(accepted=written.written)
+            except grpc.aio.AioRpcError as e:
+                # UNAVAILABLE: that replica is gone or restarting; round_robin picks another.
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + FEEDBACK_RETRY_S >= deadline:
+                    await context.abort(e.code(), e.details() or e.code().name)
+                    raise  # unreachable: abort raises
+            await asyncio.sleep(FEEDBACK_RETRY_S)
 
 
 class Gateway:

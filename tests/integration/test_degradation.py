@@ -110,7 +110,7 @@ def test_slow_ranking_degrades_to_retrieval_order_and_the_budget_report_flags_it
         assert (
             matching(gateway, "recsys_gateway_stage_duration_milliseconds_count", 'stage="retrieval"') == 12
         )
-        assert "recsys_gateway_exposure_backlog" in {s.split("{")[0] for s in gateway}
+        assert "recsys_gateway_exposure_spool_bytes" in {s.split("{")[0] for s in gateway}
         retrieval = scrape(metrics_ports["retrieval"])
         assert matching(retrieval, "recsys_rpc_requests_total", 'method="retrieve"', 'code="OK"') >= 12
         by_source = {s: v for s, v in retrieval.items() if s.startswith("recsys_retrieval_candidates_total")}

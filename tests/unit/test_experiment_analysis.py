@@ -154,15 +154,22 @@ def test_interleaving_credit_and_sign_test() -> None:
     assert "sign test" in report.format()
 
 
-def test_exposure_logger_loses_nothing_under_concurrency_and_failures() -> None:
+class Flaky(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "down", None)
+
+
+def exposures_of(i: int) -> list[common_pb2.Event]:
+    return [
+        common_pb2.Event(
+            event_id=f"{i}-{e}", user_id=f"u{i}", experiment=e, arm="a", context={"request_id": f"{i}-{e}"}
+        )
+        for e in ("e1", "e2")
+    ]
+
+
+def test_exposure_logger_loses_nothing_under_concurrency_and_failures(tmp_path: Path) -> None:
     written: list[str] = []
-
-    class Flaky(grpc.aio.AioRpcError):
-        def __init__(self) -> None:
-            super().__init__(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down", None
-            )
-
     rng = random.Random(0)
 
     async def write(events: list[common_pb2.Event]) -> None:
@@ -172,18 +179,11 @@ def test_exposure_logger_loses_nothing_under_concurrency_and_failures() -> None:
         written.extend(e.context["request_id"] for e in events)
 
     async def main() -> None:
-        logger = ExposureLogger(write, max_batch=37, attempts=20)
+        logger = ExposureLogger(write, tmp_path / "exposures.jsonl", max_batch=37, max_backoff_s=0.05)
 
         async def request(i: int) -> None:
             await asyncio.sleep(rng.random() / 100)
-            logger.submit(
-                [
-                    common_pb2.Event(
-                        user_id=f"u{i}", experiment=e, arm="a", context={"request_id": f"{i}-{e}"}
-                    )
-                    for e in ("e1", "e2")
-                ]
-            )
+            logger.submit(exposures_of(i))
 
         await asyncio.gather(*(request(i) for i in range(1000)))
         await logger.close()
@@ -191,6 +191,49 @@ def test_exposure_logger_loses_nothing_under_concurrency_and_failures() -> None:
 
     asyncio.run(main())
     assert sorted(written) == sorted(f"{i}-{e}" for i in range(1000) for e in ("e1", "e2"))
+
+
+def test_exposures_survive_the_gateway_being_killed(tmp_path: Path) -> None:
+    """A logger that never delivered (its process killed: no flush, no close) leaves its exposures in
+    the spool; the next process on the same file delivers them."""
+    spool = tmp_path / "exposures.jsonl"
+    delivered: list[str] = []
+
+    async def unreachable(events: list[common_pb2.Event]) -> None:
+        raise Flaky()
+
+    async def write(events: list[common_pb2.Event]) -> None:
+        delivered.extend(e.event_id for e in events)
+
+    async def killed() -> None:
+        logger = ExposureLogger(unreachable, spool, max_backoff_s=0.05)
+        for i in range(10):
+            logger.submit(exposures_of(i))
+        await asyncio.sleep(0.3)
+        assert logger.written == 0
+        logger.spool.close()  # what the kernel does to a killed process's files; nothing else runs
+
+    async def restarted() -> None:
+        logger = ExposureLogger(write, spool)
+        logger.start()
+        await logger.close()
+
+    asyncio.run(killed())
+    asyncio.run(restarted())
+    assert sorted(delivered) == sorted(f"{i}-{e}" for i in range(10) for e in ("e1", "e2"))
+
+
+def test_a_refused_exposure_batch_is_dropped_not_retried_forever(tmp_path: Path) -> None:
+    async def refuse(events: list[common_pb2.Event]) -> None:
+        raise Flaky(grpc.StatusCode.INVALID_ARGUMENT)
+
+    async def main() -> None:
+        logger = ExposureLogger(refuse, tmp_path / "exposures.jsonl", linger_s=0)
+        logger.submit(exposures_of(0))
+        await logger.close()
+        assert logger.dropped == 2 and not logger.spool.pending
+
+    asyncio.run(main())
 
 
 def test_simulate_over_a_gateway_waits_for_every_late_exposure(

@@ -40,7 +40,11 @@ def v1(tmp_path_factory: pytest.TempPathFactory) -> Tables:
 
 @pytest.fixture(params=["embedded", "redis"])
 def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    base = Config(event_log=tmp_path / "events.jsonl", artifacts_dir=tmp_path / "artifacts")
+    base = Config(
+        event_log=tmp_path / "events.jsonl",
+        artifacts_dir=tmp_path / "artifacts",
+        spool=tmp_path / "spool.jsonl",
+    )
     if request.param == "embedded":
         return base
     url: str = request.getfixturevalue("redis_url")
@@ -237,8 +241,8 @@ def test_config_defaults_and_environment(tmp_path: Path) -> None:
         config_mod.parse(Config, ["--events-max-len", "-1"], env={})
 
 
-def test_the_event_cap_reaches_the_redis_store(redis_url: str) -> None:
-    component = create(Config(redis_url=redis_url, events_max_len=5000))
+def test_the_event_cap_reaches_the_redis_store(redis_url: str, tmp_path: Path) -> None:
+    component = create(Config(redis_url=redis_url, events_max_len=5000, spool=tmp_path / "spool.jsonl"))
     assert isinstance(component.store, RedisStore) and component.store.config.events_max_len == 5000
     asyncio.run(component.close())
 
@@ -270,26 +274,82 @@ def test_served_by_the_common_bootstrap(config: Config, v1: Tables) -> None:
     asyncio.run(main())
 
 
-def test_redis_going_away_is_unavailable(tmp_path: Path, v1: Tables) -> None:
-    """A Redis that dies after start-up: calls fail with UNAVAILABLE (retryable), not UNKNOWN."""
+def test_redis_going_away_reads_are_unavailable_writes_are_spooled_then_delivered_once(
+    tmp_path: Path, v1: Tables
+) -> None:
+    """A Redis that dies after start-up: reads fail with UNAVAILABLE (retryable), not UNKNOWN; writes
+    are accepted into the spool and reach the log, in order and once each, when Redis is back."""
+    port = free_port()
+    config = Config(redis_prefix="gone", spool=tmp_path / "spool.jsonl", reload_interval_s=0.2)
 
-    async def main(url: str, stop_redis: Callable[[], None]) -> None:
-        component = create(Config(redis_url=url, redis_prefix="gone"))
+    async def main(stack: ExitStack) -> None:
+        url = stack.enter_context(redis_server(tmp_path / "redis", port))
+        component = create(replace(config, redis_url=url))
         async with serving(component, features_pb2_grpc.FeatureServiceStub) as stub:
             await component.load(v1.version)
-            await stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id="u0"))
-            stop_redis()
-            calls: list[Callable[[], Awaitable[object]]] = [
+            first = event(item="before", event_id="e-0")
+            await stub.WriteEvents(features_pb2.WriteEventsRequest(events=[first]))
+            stack.close()  # Redis is gone
+            reads: list[Callable[[], Awaitable[object]]] = [
                 lambda: stub.GetUserFeatures(features_pb2.GetUserFeaturesRequest(user_id="u0")),
                 lambda: stub.GetItemFeatures(features_pb2.GetItemFeaturesRequest(item_ids=["i1"])),
-                lambda: stub.WriteEvents(features_pb2.WriteEventsRequest(events=[event()])),
             ]
-            for call in calls:
+            for call in reads:
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await call()
                 assert info.value.code() == grpc.StatusCode.UNAVAILABLE
                 assert "online store unavailable" in (info.value.details() or "")
+            spooled = [event(item=f"while-down-{i}", event_id=f"e-{i}") for i in range(1, 4)]
+            for e in spooled:
+                reply = await stub.WriteEvents(features_pb2.WriteEventsRequest(events=[e]))
+                assert reply.written == 1
+            # A client retry of an event already spooled: accepted again, written once.
+            await stub.WriteEvents(features_pb2.WriteEventsRequest(events=[spooled[0]]))
+            assert component.writer.spool is not None and component.writer.spool.pending
+
+            with redis_server(tmp_path / "redis-again", port):  # back, empty (no persistence)
+                deadline = time.monotonic() + 20
+                while component.writer.spool.pending and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert not component.writer.spool.pending
+                log = await component.store.read_events()
+                assert [e.event_id for e in log] == ["e-1", "e-2", "e-3"]
+                assert [e.item_id for e in log] == ["while-down-1", "while-down-2", "while-down-3"]
+                # Written after the spool drained: straight to Redis, behind what was spooled.
+                await stub.WriteEvents(
+                    features_pb2.WriteEventsRequest(events=[event(item="after", event_id="e-9")])
+                )
+                assert [e.event_id for e in await component.store.read_events()][-1] == "e-9"
 
     with ExitStack() as stack:
-        url = stack.enter_context(redis_server(tmp_path / "redis"))
-        asyncio.run(main(url, stack.close))
+        asyncio.run(main(stack))
+
+
+def test_a_full_spool_is_resource_exhausted_and_keeps_what_it_holds(tmp_path: Path, v1: Tables) -> None:
+    port = free_port()
+    config = Config(redis_prefix="full", spool=tmp_path / "spool.jsonl", spool_max_mb=0.001)
+
+    async def main(stack: ExitStack) -> None:
+        url = stack.enter_context(redis_server(tmp_path / "redis", port))
+        component = create(replace(config, redis_url=url))
+        async with serving(component, features_pb2_grpc.FeatureServiceStub) as stub:
+            await component.load(v1.version)
+            stack.close()
+            accepted = 0
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                for i in range(100):
+                    await stub.WriteEvents(features_pb2.WriteEventsRequest(events=[event(item=f"i{i}")]))
+                    accepted += 1
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "spool.jsonl is full" in (info.value.details() or "")
+            assert 0 < accepted < 100
+            with redis_server(tmp_path / "redis-again", port):
+                deadline = time.monotonic() + 20
+                while len(await component.store.read_events()) < accepted and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert [e.item_id for e in await component.store.read_events()] == [
+                    f"i{i}" for i in range(accepted)
+                ]
+
+    with ExitStack() as stack:
+        asyncio.run(main(stack))

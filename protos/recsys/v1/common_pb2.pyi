@@ -299,6 +299,7 @@ class Event(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     ARM_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     item_id: _builtins.str
     type: Global___EventType.ValueType
@@ -311,6 +312,11 @@ class Event(_message.Message):
     item_id may be empty for an exposure.
     """
     arm: _builtins.str
+    event_id: _builtins.str
+    """Idempotency key (at most 256 characters): an event whose id the log already holds (within the
+    store's idempotency window, a day by default) is acknowledged but not written again, so a retried
+    Feedback call is written once. Empty: the gateway assigns one (then only its own retries dedupe).
+    """
     @_builtins.property
     def context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -324,10 +330,11 @@ class Event(_message.Message):
         context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         experiment: _builtins.str = ...,
         arm: _builtins.str = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "context", b"context", "experiment", b"experiment", "item_id", b"item_id", "rating", b"rating", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arm", b"arm", "context", b"context", "event_id", b"event_id", "experiment", b"experiment", "item_id", b"item_id", "rating", b"rating", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
