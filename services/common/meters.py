@@ -12,6 +12,8 @@ Instruments (every one carries the `recsys.service` resource attribute):
     recsys.gateway.stage.duration  histogram  stage            ms per gateway stage (features, ...)
     recsys.gateway.degraded        counter    stage            responses a fallback answered, by stage
     recsys.gateway.exposure_backlog gauge     -                exposures queued, not yet written
+    recsys.gateway.auth.refused    counter    reason, method   calls refused by authentication (reason:
+                                                           missing, malformed, unknown key; role)
     recsys.retrieval.candidates    counter    source           candidates sent to ranking, by source
     recsys.ranking.feature_psi     gauge      feature, version PSI of the scored features (services.ranking.monitor)
     recsys.ranking.feature_rows    counter    feature, version, bin  the sampled rows per reference bin
