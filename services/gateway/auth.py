@@ -10,8 +10,8 @@ second header). The gateway hashes what it was sent and looks the hash up among 
 Health (`grpc.health.v1.Health`) and reflection are exempt unless configured otherwise; when they are
 not, any known key may call them. Refusals are counted (`recsys.gateway.auth.refused`, by reason and
 method) and logged by the key's name at most once a minute per (reason, method, name); neither a key
-nor its hash is ever logged or echoed back. The keys file is polled for changes on the request path (at
-most every `reload_s`), so a rotated Kubernetes Secret takes effect without a restart.
+nor its hash is ever logged or echoed back. The gateway polls the keys file for changes in the
+background (`poll`), so a rotated Kubernetes Secret takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -86,19 +86,14 @@ def _index(path: Path) -> dict[str, ApiKey]:
 class Authorizer:
     """Decides each call from its method and metadata against the keys file."""
 
-    def __init__(self, path: Path, reload_s: float, health: bool = False, reflection: bool = False) -> None:
+    def __init__(self, path: Path, health: bool = False, reflection: bool = False) -> None:
         self.keys = WatchedFile(path, _index, "API keys", lambda index: {"keys": names(index)})
-        self.reload_s = reload_s
-        self._next_poll = time.monotonic() + reload_s
         exempt = [prefix for prefix, required in ((HEALTH, health), (REFLECTION, reflection)) if not required]
         self.exempt = tuple(exempt)
 
-    def _current(self) -> dict[str, ApiKey]:
-        now = time.monotonic()
-        if now >= self._next_poll:
-            self._next_poll = now + self.reload_s
-            self.keys.poll()
-        return self.keys.value
+    async def poll(self) -> None:
+        """Re-read the keys file if it changed (a PeriodicTask step)."""
+        self.keys.poll()
 
     def check(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> Refusal | None:
         """None when the call may proceed."""
@@ -115,7 +110,7 @@ class Authorizer:
             )
         # A dict lookup by the presented key's hash: how long it takes depends on the hash, which the
         # caller cannot steer toward a stored one, so timing reveals nothing of the stored keys.
-        key = self._current().get(keys.digest(token))
+        key = self.keys.value.get(keys.digest(token))
         if key is None:
             return Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,

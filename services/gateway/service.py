@@ -546,11 +546,11 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.servicer = GatewayServicer(config)
         self.auth: auth.AuthInterceptor | None = None
+        self._keys_watch: PeriodicTask | None = None
         if config.api_keys_file is not None:
-            authorizer = auth.Authorizer(
-                config.api_keys_file, config.api_keys_reload_s, config.auth_health, config.auth_reflection
-            )
+            authorizer = auth.Authorizer(config.api_keys_file, config.auth_health, config.auth_reflection)
             self.auth = auth.AuthInterceptor(authorizer)
+            self._keys_watch = PeriodicTask("api-keys-reload", authorizer.poll, config.api_keys_reload_s)
             loaded = auth.names(authorizer.keys.value)
             log.info(
                 "authentication on",
@@ -580,6 +580,8 @@ class Gateway:
         raise NotImplementedError("the gateway loads no artifacts")
 
     async def close(self) -> None:
+        if self._keys_watch is not None:
+            await self._keys_watch.stop()
         await self.servicer.close()
 
 

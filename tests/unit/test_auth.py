@@ -3,6 +3,7 @@ who is refused with which status, rotation, and the start-up rules for running w
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ REFLECTION_INFO = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInf
 
 def test_decisions(store: tuple[Path, dict[str, str]]) -> None:
     path, made = store
-    authorizer = auth.Authorizer(path, reload_s=60)
+    authorizer = auth.Authorizer(path)
 
     def decide(method: str, metadata: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str] | None:
         refusal = authorizer.check(method, metadata)
@@ -218,7 +219,7 @@ def test_health_and_reflection_can_require_any_known_key(
     store: tuple[Path, dict[str, str]], health: bool, reflection: bool
 ) -> None:
     path, made = store
-    authorizer = auth.Authorizer(path, reload_s=60, health=health, reflection=reflection)
+    authorizer = auth.Authorizer(path, health=health, reflection=reflection)
     for method, required in ((HEALTH_CHECK, health), (REFLECTION_INFO, reflection)):
         refusal = authorizer.check(method, [])
         assert (refusal is not None and refusal.code == grpc.StatusCode.UNAUTHENTICATED) is required
@@ -236,16 +237,20 @@ def test_method_labels_are_bounded() -> None:
 
 def test_a_rotated_file_takes_effect_and_a_bad_one_keeps_the_keys(store: tuple[Path, dict[str, str]]) -> None:
     path, made = store
-    authorizer = auth.Authorizer(path, reload_s=1e-9)
+    authorizer = auth.Authorizer(path)
     new = keys.add(path, "reader-2", ["recommend"])
     keys.remove(path, "reader")
+    assert authorizer.check(RECOMMEND, bearer(new)) is not None  # until the next poll
+    asyncio.run(authorizer.poll())
     assert authorizer.check(RECOMMEND, bearer(new)) is None
     assert authorizer.check(RECOMMEND, bearer(made["reader"])) is not None
     path.write_text("keys: [{name: broken}]\n")
     os.utime(path, ns=(1, 1))
+    asyncio.run(authorizer.poll())
     assert authorizer.check(RECOMMEND, bearer(new)) is None
     assert "missing sha256" in (authorizer.keys.refused or "")
     path.unlink()  # a vanished file keeps them too
+    asyncio.run(authorizer.poll())
     assert authorizer.check(RECOMMEND, bearer(new)) is None
 
 
