@@ -40,8 +40,9 @@ API_KEY_ENV = "RECSYS_API_KEY"
 
 
 def api_key_from_env() -> str | None:
-    """The key the CLI sends: RECSYS_API_KEY, or None when it is unset or empty."""
-    return os.environ.get(API_KEY_ENV) or None
+    """The key the CLI sends: RECSYS_API_KEY (stripped: a key saved with `recsys keys add > FILE` ends in
+    a newline, which metadata cannot carry), or None when it is unset or empty."""
+    return os.environ.get(API_KEY_ENV, "").strip() or None
 
 
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

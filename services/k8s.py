@@ -2,8 +2,9 @@
 
 Waits for the release's Deployments and its trainer Job, checks that every pod is ready, port-forwards to
 a gateway pod through the Kubernetes API (no `kubectl` needed) and sends one Recommend with the Python
-client. Its API key: RECSYS_API_KEY when set, else the `test-key` (recommend role only) of the Secret the
-gateway pod mounts its keys file from (reading it needs `get` on that Secret). Prints one line per check; a failure ends with one line naming what is wrong and exit code 1.
+client. Its API key: RECSYS_API_KEY when set, else the `smoke-key` (recommend role only) of the Secret the
+gateway pod mounts its keys file from (reading it needs `get` on that Secret). Prints one line per
+check; a failure ends with one line naming what is wrong and exit code 1.
 
 The decisions (is this Deployment / Job / Pod ready? which objects belong to the release?) are pure
 functions of `kubernetes.client` model objects, tested without a cluster; only `smoke` talks to one.
@@ -32,7 +33,7 @@ SERVICES = ("gateway", "features", "retrieval", "ranking")
 #: The gateway pod's volume holding the keys file, and the key of its Secret holding a plain API key with
 #: the recommend role for `helm test` and smoke (deploy/helm/recsys/templates/gateway-auth-secret.yaml).
 KEYS_VOLUME = "api-keys"
-TEST_KEY = "test-key"
+SMOKE_KEY = "smoke-key"
 #: Container states that will not fix themselves: fail at once instead of waiting for the timeout.
 FATAL_WAITING_REASONS = frozenset(
     {
@@ -260,7 +261,7 @@ class Cluster:
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         data = self.core.read_namespaced_secret(name, namespace).data or {}
-        return base64.b64decode(data[key]).decode() if key in data else None
+        return base64.b64decode(data[key]).decode().strip() if key in data else None
 
     def look(self, namespace: str, selector: str) -> tuple[list[Any], list[Any], list[Any]]:
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector).items
@@ -375,7 +376,7 @@ def port_forward(cluster: Cluster, namespace: str, pod: str, port: int) -> Itera
 
 
 def smoke_api_key(cluster: Cluster, namespace: str, gateway: Any, say: Callable[[str], None]) -> str | None:
-    """RECSYS_API_KEY, else the test key of the gateway's keys Secret (None: the gateway has no keys)."""
+    """RECSYS_API_KEY, else the smoke key of the gateway's keys Secret (None: the gateway has no keys)."""
     from services.client import API_KEY_ENV, api_key_from_env
 
     if (key := api_key_from_env()) is not None:
@@ -385,18 +386,18 @@ def smoke_api_key(cluster: Cluster, namespace: str, gateway: Any, say: Callable[
     if secret is None:
         return None
     try:
-        key = cluster.secret_value(namespace, secret, TEST_KEY)
+        key = cluster.secret_value(namespace, secret, SMOKE_KEY)
     except Exception as e:
         raise SmokeError(
-            f"cannot read Secret {secret} for its {TEST_KEY} ({_api_error(e)}): "
+            f"cannot read Secret {secret} for its {SMOKE_KEY} ({_api_error(e)}): "
             f"set {API_KEY_ENV} to a key with the recommend role"
         ) from e
     if key is None:
         raise SmokeError(
-            f"Secret {secret} has no {TEST_KEY}: add a key with the recommend role to it, "
+            f"Secret {secret} has no {SMOKE_KEY}: add a key with the recommend role to it, "
             f"or set {API_KEY_ENV} to one"
         )
-    say(f"API key: {TEST_KEY} of Secret {secret}")
+    say(f"API key: {SMOKE_KEY} of Secret {secret}")
     return key
 
 

@@ -271,15 +271,15 @@ def test_the_api_key_comes_from_the_environment_or_the_gateways_keys_secret(
 
     monkeypatch.delenv("RECSYS_API_KEY", raising=False)
     lines: list[str] = []
-    cluster = SecretCluster({"shop-recsys-gateway-auth": {k8s.TEST_KEY: "rsk_from_secret"}})
+    cluster = SecretCluster({"shop-recsys-gateway-auth": {k8s.SMOKE_KEY: "rsk_from_secret"}})
     assert k8s.smoke_api_key(cluster, "recs", open_gateway, lines.append) is None
     assert k8s.smoke_api_key(cluster, "recs", secured, lines.append) == "rsk_from_secret"
-    assert lines == ["API key: test-key of Secret shop-recsys-gateway-auth"]  # never the key itself
+    assert lines == ["API key: smoke-key of Secret shop-recsys-gateway-auth"]  # never the key itself
     monkeypatch.setenv("RECSYS_API_KEY", "rsk_from_env")
     assert k8s.smoke_api_key(cluster, "recs", secured, lines.append) == "rsk_from_env"
     monkeypatch.delenv("RECSYS_API_KEY")
 
-    with pytest.raises(k8s.SmokeError, match="Secret shop-recsys-gateway-auth has no test-key"):
+    with pytest.raises(k8s.SmokeError, match="Secret shop-recsys-gateway-auth has no smoke-key"):
         k8s.smoke_api_key(SecretCluster({"shop-recsys-gateway-auth": {}}), "recs", secured, lines.append)
     forbidden = k.ApiException(status=403, reason="Forbidden")
     with pytest.raises(
