@@ -91,3 +91,13 @@ def test_a_malformed_file_is_named_and_kept(tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().err.splitlines() == [
         f"recsys keys remove: {tmp_path / 'none.yaml'}: no such file"
     ]
+
+
+def test_the_cli_reads_its_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.client import api_key_from_env, auth_metadata
+
+    monkeypatch.setenv("RECSYS_API_KEY", "rsk_saved_with_a_newline\n")  # `recsys keys add ... > FILE`
+    assert api_key_from_env() == "rsk_saved_with_a_newline"
+    assert auth_metadata(api_key_from_env()) == (("authorization", "Bearer rsk_saved_with_a_newline"),)
+    monkeypatch.setenv("RECSYS_API_KEY", "")
+    assert api_key_from_env() is None and auth_metadata(None) == ()
