@@ -152,14 +152,32 @@ def _refusing(handler: grpc.RpcMethodHandler[Any, Any] | None, refusal: Refusal)
     return make(refuse)
 
 
+class LogThrottle:
+    """An unauthenticated flood must not become a log flood: one line per slot (reason, method, key name)
+    every `every_s`, with the number of refusals left unlogged since the last one."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        #: slot -> (when its next line may be logged, refusals not logged since the last)
+        self._slots: dict[tuple[str, str, str], tuple[float, int]] = {}
+
+    def admit(self, slot: tuple[str, str, str], now: float) -> int | None:
+        """None: do not log this one; else log it, with this many left unlogged before it."""
+        due, skipped = self._slots.get(slot, (0.0, 0))
+        if now < due:
+            self._slots[slot] = (due, skipped + 1)
+            return None
+        self._slots[slot] = (now + self.every_s, 0)
+        return skipped
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     """First of the gateway's interceptors: a refused call is never decoded, delayed or handled, and an
     unknown method needs a key like any other (without one the caller learns nothing of what exists)."""
 
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
-        #: (reason, method, key name) -> (when the next line may be logged, refusals not logged since)
-        self._logged: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self.throttle = LogThrottle()
 
     async def intercept_service(
         self,
@@ -172,29 +190,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
             return await continuation(handler_call_details)
         label = method_label(method)
         REFUSED.add(1, {"reason": refusal.reason, "method": label})
-        self._log(refusal, label)
+        skipped = self.throttle.admit((refusal.reason, label, refusal.key_name), time.monotonic())
+        if skipped is not None:
+            log.warning(
+                "call refused",
+                extra={
+                    "code": refusal.code.name,
+                    "reason": refusal.reason,
+                    "method": label,
+                    "key": refusal.key_name or None,
+                    "refused_unlogged": skipped,
+                },
+            )
         refused: grpc.RpcMethodHandler[Any, Any] = _refusing(
             await continuation(handler_call_details), refusal
         )
         return refused
-
-    def _log(self, refusal: Refusal, label: str) -> None:
-        """An unauthenticated flood must not become a log flood: one line per (reason, method, key name)
-        a minute, counting the refusals in between."""
-        slot = (refusal.reason, label, refusal.key_name)
-        now = time.monotonic()
-        due, skipped = self._logged.get(slot, (0.0, 0))
-        if now < due:
-            self._logged[slot] = (due, skipped + 1)
-            return
-        self._logged[slot] = (now + LOG_EVERY_S, 0)
-        log.warning(
-            "call refused",
-            extra={
-                "code": refusal.code.name,
-                "reason": refusal.reason,
-                "method": label,
-                "key": refusal.key_name or None,
-                "refused_unlogged": skipped,
-            },
-        )

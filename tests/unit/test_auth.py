@@ -297,3 +297,13 @@ def test_contradictions_and_bad_files_stop_start_up(tmp_path: Path, argv: list[s
     with pytest.raises(config.ConfigError) as raised:
         gateway_config(argv)
     assert message.replace("MISSING", paths["MISSING"]).replace("BAD", paths["BAD"]) in str(raised.value)
+
+
+def test_refusal_logs_are_throttled_per_reason_method_and_key() -> None:
+    throttle = auth.LogThrottle(every_s=60)
+    slot = ("unknown", "Recommend", "")
+    assert throttle.admit(slot, now=1000.0) == 0
+    assert [throttle.admit(slot, now=1000.0 + i) for i in range(1, 50)] == [None] * 49
+    assert throttle.admit(("role", "Feedback", "reader"), now=1010.0) == 0  # another slot logs at once
+    assert throttle.admit(slot, now=1060.0) == 49  # the next line says how many went unlogged
+    assert throttle.admit(slot, now=1061.0) is None
