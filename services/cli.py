@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run all four services on loopback until Ctrl-C")
     up.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="artifact root to serve")
     up.add_argument("--redis-url", default=None, help="features store in Redis (default: embedded)")
-    up.add_argument("--host", default="127.0.0.1", help="address every service listens on")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address every service listens on (not loopback: the gateway needs RECSYS_API_KEYS_FILE, "
+        "or RECSYS_ALLOW_UNAUTHENTICATED=true)",
+    )
     up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
     up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
     up.add_argument("--replicas", type=int, default=1, help="processes per backend service (round_robin)")

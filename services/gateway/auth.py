@@ -124,7 +124,7 @@ class Authorizer:
             return Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "role",
-                f"API key {key.name!r} lacks the {role!r} role that {method_label(method)} needs "
+                f"API key {key.name!r} lacks the {role!r} role that {method.rsplit('/', 1)[-1]} needs "
                 f"(it has {', '.join(key.roles)})",
                 key.name,
             )

@@ -304,3 +304,23 @@ def test_the_cli_and_the_load_generator_send_the_key(secured: tuple[LocalPlatfor
     assert "api_key" not in with_key.config
     without = run(load)
     assert without.errors == {"UNAUTHENTICATED": 20}
+
+
+def test_a_gateway_refuses_to_start_open_on_a_reachable_host_or_with_a_bad_keys_file(tmp_path: Path) -> None:
+    result = recsys("serve", "gateway", "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(
+        "recsys serve: --host 0.0.0.0 is reachable from other machines and no --api-keys-file"
+    )
+    bad = tmp_path / "keys.yaml"
+    bad.write_text(
+        "keys:\n  - name: backend-1\n    sha256: rsk_oops_the_key_itself\n    roles: [recommend]\n"
+    )
+    result = recsys("serve", "gateway", "--host", "0.0.0.0", "--api-keys-file", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"recsys serve: {bad}: keys[0].sha256: expected 64 lowercase hex digits, the SHA-256 of the key "
+        "(never the key itself)"
+    ]
+    assert "rsk_oops" not in result.stderr
