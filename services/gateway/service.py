@@ -109,8 +109,11 @@ class Config(ServerConfig):
                 raise ConfigError("--allow-unauthenticated contradicts --api-keys-file: choose one")
             keys.load(self.api_keys_file)
             return
-        for flag, set_ in (("--auth-health", self.auth_health), ("--auth-reflection", self.auth_reflection)):
-            if set_:
+        for flag, required in (
+            ("--auth-health", self.auth_health),
+            ("--auth-reflection", self.auth_reflection),
+        ):
+            if required:
                 raise ConfigError(f"{flag} needs --api-keys-file (RECSYS_API_KEYS_FILE)")
         if not auth.is_loopback(self.host) and not self.allow_unauthenticated:
             # Exposure without authentication must be a choice someone made, not a default (cf. Gorse's
