@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run all four services on loopback until Ctrl-C")
     up.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="artifact root to serve")
     up.add_argument("--redis-url", default=None, help="features store in Redis (default: embedded)")
-    up.add_argument("--host", default="127.0.0.1", help="address every service listens on")
+    up.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address every service listens on (not loopback: the gateway needs RECSYS_API_KEYS_FILE, "
+        "or RECSYS_ALLOW_UNAUTHENTICATED=true)",
+    )
     up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
     up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
     up.add_argument("--replicas", type=int, default=1, help="processes per backend service (round_robin)")
@@ -68,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--user", required=True, help="user id")
     recommend.add_argument("-k", type=int, default=10, help="items to return")
     recommend.add_argument("--exclude", nargs="*", default=[], help="item ids never to return")
-    recommend.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    recommend.add_argument(
+        "--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT (its API key: env RECSYS_API_KEY)"
+    )
     recommend.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"), help="for titles")
     recommend.add_argument(
         "--explain", action="store_true", help="why each item: its sources and top feature contributions"
@@ -81,13 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--type", choices=["impression", "click", "rating"], default="click", help="event type"
     )
     feedback.add_argument("--rating", type=float, default=0.0, help="the rating of a rating event")
-    feedback.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT")
+    feedback.add_argument(
+        "--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT (its API key: env RECSYS_API_KEY)"
+    )
 
     bench = commands.add_parser("bench", help="benchmarks against a running platform").add_subparsers(
         dest="bench", required=True
     )
     load = bench.add_parser("load", help="bounded closed- or open-loop load on the gateway (loopback only)")
-    load.add_argument("--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT (loopback only)")
+    load.add_argument(
+        "--gateway",
+        default="127.0.0.1:50051",
+        help="gateway HOST:PORT (loopback only; its API key: env RECSYS_API_KEY)",
+    )
     load.add_argument(
         "--mode",
         choices=["closed", "open"],
@@ -148,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_monitor_arguments(commands.add_parser("monitor", help="feature drift of a running ranking service"))
 
+    from services.keys_cli import add_arguments as add_keys_arguments
+
+    add_keys_arguments(commands.add_parser("keys", help="the gateway's API keys: add or remove one"))
+
     from services.experiment.cli import add_arguments as add_experiment_arguments
 
     add_experiment_arguments(commands.add_parser("experiment", help="A/B report and simulator"))
@@ -194,10 +211,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     import grpc
 
-    from services.client import Client
+    from services.client import Client, api_key_from_env
     from services.demo import format_response, load_titles
 
-    with Client(args.gateway) as client:
+    with Client(args.gateway, api_key=api_key_from_env()) as client:
         try:
             response = client.recommend(
                 args.user, k=args.k, exclude=args.exclude, debug=True, explain=args.explain
@@ -211,9 +228,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_feedback(args: argparse.Namespace) -> int:
     import grpc
 
-    from services.client import Client, event
+    from services.client import Client, api_key_from_env, event
 
-    with Client(args.gateway) as client:
+    with Client(args.gateway, api_key=api_key_from_env()) as client:
         try:
             accepted = client.feedback([event(args.user, args.item, args.type, args.rating)])
         except grpc.RpcError as e:
@@ -225,6 +242,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
+    from services.client import api_key_from_env
     from services.loadgen import LoadConfig, LoadError, format_result, run
 
     users = [f"load-user-{i}" for i in range(args.users)]
@@ -241,6 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         max_requests=args.max_requests,
         k=args.k,
+        api_key=api_key_from_env(),
     )
     try:
         result = run(config)
@@ -326,6 +345,12 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return k8s_main(args)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from services.keys_cli import main as keys_main
+
+    return keys_main(args)
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from services.experiment.cli import main as experiment_main
 
@@ -365,6 +390,7 @@ COMMANDS = {
     "synth": cmd_synth,
     "k8s": cmd_k8s,
     "monitor": cmd_monitor,
+    "keys": cmd_keys,
 }
 
 

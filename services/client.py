@@ -1,7 +1,13 @@
-"""The Python client product backends use: Recommend and Feedback on the gateway."""
+"""The Python client product backends use: Recommend and Feedback on the gateway.
+
+A gateway with API keys needs one on every call: `Client(address, api_key=...)` sends it as the metadata
+`authorization: Bearer <key>`. The `recsys` commands that call a gateway take theirs from the
+environment variable RECSYS_API_KEY (never a flag: a flag's value shows in `ps` and shell history).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -35,11 +41,26 @@ def event(
     )
 
 
+API_KEY_ENV = "RECSYS_API_KEY"
+
+
+def api_key_from_env() -> str | None:
+    """The key the CLI sends: RECSYS_API_KEY (stripped: a key saved with `recsys keys add > FILE` ends in
+    a newline, which metadata cannot carry), or None when it is unset or empty."""
+    return os.environ.get(API_KEY_ENV, "").strip() or None
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries `api_key` (none without a key)."""
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
 class Client:
-    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 5.0, api_key: str | None = None) -> None:
         self.channel = grpc.insecure_channel(address)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = auth_metadata(api_key)
 
     def recommend(
         self,
@@ -58,12 +79,14 @@ class Client:
             debug=debug,
             explain=explain,
         )
-        response: gateway_pb2.RecommendResponse = self.stub.Recommend(request, timeout=self.timeout_s)
+        response: gateway_pb2.RecommendResponse = self.stub.Recommend(
+            request, timeout=self.timeout_s, metadata=self.metadata
+        )
         return response
 
     def feedback(self, events: Iterable[common_pb2.Event]) -> int:
         reply: gateway_pb2.FeedbackResponse = self.stub.Feedback(
-            gateway_pb2.FeedbackRequest(events=list(events)), timeout=self.timeout_s
+            gateway_pb2.FeedbackRequest(events=list(events)), timeout=self.timeout_s, metadata=self.metadata
         )
         return reply.accepted
 

@@ -2,7 +2,9 @@
 
 Waits for the release's Deployments and its trainer Job, checks that every pod is ready, port-forwards to
 a gateway pod through the Kubernetes API (no `kubectl` needed) and sends one Recommend with the Python
-client. Prints one line per check; a failure ends with one line naming what is wrong and exit code 1.
+client. Its API key: RECSYS_API_KEY when set, else the `smoke-key` (recommend role only) of the Secret the
+gateway pod mounts its keys file from (reading it needs `get` on that Secret). Prints one line per
+check; a failure ends with one line naming what is wrong and exit code 1.
 
 The decisions (is this Deployment / Job / Pod ready? which objects belong to the release?) are pure
 functions of `kubernetes.client` model objects, tested without a cluster; only `smoke` talks to one.
@@ -12,6 +14,7 @@ Needs the `kubernetes` package: `pip install 'recsys[k8s]'`.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import select
 import socket
@@ -27,6 +30,10 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 NAME_LABEL = "app.kubernetes.io/name"
 SERVICES = ("gateway", "features", "retrieval", "ranking")
+#: The gateway pod's volume holding the keys file, and the key of its Secret holding a plain API key with
+#: the recommend role for `helm test` and smoke (deploy/helm/recsys/templates/gateway-auth-secret.yaml).
+KEYS_VOLUME = "api-keys"
+SMOKE_KEY = "smoke-key"
 #: Container states that will not fix themselves: fail at once instead of waiting for the timeout.
 FATAL_WAITING_REASONS = frozenset(
     {
@@ -211,6 +218,14 @@ def grpc_port(pod: Any, name: str = "grpc") -> int:
     raise SmokeError(f"pod {pod.metadata.name} has no container port named {name!r}")
 
 
+def keys_secret(pod: Any) -> str | None:
+    """The Secret the gateway pod's keys file comes from; None when the gateway runs without keys."""
+    for volume in pod.spec.volumes or []:
+        if volume.name == KEYS_VOLUME and volume.secret is not None:
+            return str(volume.secret.secret_name)
+    return None
+
+
 def format_recommendation(response: Any) -> str:
     arms = ", ".join(f"{a.experiment}={a.arm}" for a in response.assignments) or "-"
     items = " ".join(i.item_id for i in response.items)
@@ -243,6 +258,10 @@ class Cluster:
             except Exception:
                 raise SmokeError(f"no Kubernetes configuration: {kube_error}") from kube_error
         return cls(client.CoreV1Api(), client.AppsV1Api(), client.BatchV1Api())
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        data = self.core.read_namespaced_secret(name, namespace).data or {}
+        return base64.b64decode(data[key]).decode().strip() if key in data else None
 
     def look(self, namespace: str, selector: str) -> tuple[list[Any], list[Any], list[Any]]:
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector).items
@@ -356,6 +375,32 @@ def port_forward(cluster: Cluster, namespace: str, pod: str, port: int) -> Itera
         listener.close()
 
 
+def smoke_api_key(cluster: Cluster, namespace: str, gateway: Any, say: Callable[[str], None]) -> str | None:
+    """RECSYS_API_KEY, else the smoke key of the gateway's keys Secret (None: the gateway has no keys)."""
+    from services.client import API_KEY_ENV, api_key_from_env
+
+    if (key := api_key_from_env()) is not None:
+        say(f"API key from {API_KEY_ENV}")
+        return key
+    secret = keys_secret(gateway)
+    if secret is None:
+        return None
+    try:
+        key = cluster.secret_value(namespace, secret, SMOKE_KEY)
+    except Exception as e:
+        raise SmokeError(
+            f"cannot read Secret {secret} for its {SMOKE_KEY} ({_api_error(e)}): "
+            f"set {API_KEY_ENV} to a key with the recommend role"
+        ) from e
+    if key is None:
+        raise SmokeError(
+            f"Secret {secret} has no {SMOKE_KEY}: add a key with the recommend role to it, "
+            f"or set {API_KEY_ENV} to one"
+        )
+    say(f"API key: {SMOKE_KEY} of Secret {secret}")
+    return key
+
+
 def smoke(
     release: str,
     namespace: str,
@@ -378,9 +423,10 @@ def smoke(
     pods = wait_ready(cluster, namespace, selector, timeout_s, say)
     gateway = pick_gateway_pod(pods)
     port = grpc_port(gateway)
+    api_key = smoke_api_key(cluster, namespace, gateway, say)
     with port_forward(cluster, namespace, gateway.metadata.name, port) as local_port:
         say(f"port-forward 127.0.0.1:{local_port} -> pod/{gateway.metadata.name}:{port}")
-        with Client(f"127.0.0.1:{local_port}", timeout_s=10.0) as client:
+        with Client(f"127.0.0.1:{local_port}", timeout_s=10.0, api_key=api_key) as client:
             try:
                 response = client.recommend(user, k=k)
             except grpc.RpcError as e:

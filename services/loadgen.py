@@ -21,6 +21,7 @@ import grpc
 import uvloop
 
 from recsys.v1 import gateway_pb2, gateway_pb2_grpc
+from services.client import auth_metadata
 
 MAX_DURATION_S = 600.0
 MAX_REQUESTS = 1_000_000
@@ -42,6 +43,8 @@ class LoadConfig:
     max_requests: int = 10_000
     k: int = 10
     timeout_s: float = 1.0
+    #: sent as `authorization: Bearer <key>` (services.client.auth_metadata)
+    api_key: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         if self.mode not in ("closed", "open"):
@@ -120,13 +123,14 @@ async def _run(config: LoadConfig) -> LoadResult:
     options = [("grpc.lb_policy_name", "round_robin")]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
+        metadata = auth_metadata(config.api_key)
 
         async def one(i: int, scheduled: float) -> None:
             nonlocal degraded
             request = gateway_pb2.RecommendRequest(user_id=config.users[i % len(config.users)], k=config.k)
             ok = False
             try:
-                response = await stub.Recommend(request, timeout=config.timeout_s)
+                response = await stub.Recommend(request, timeout=config.timeout_s, metadata=metadata)
                 degraded += response.degraded
                 ok = True
             except grpc.aio.AioRpcError as e:
@@ -169,7 +173,9 @@ async def _run(config: LoadConfig) -> LoadResult:
         elapsed_s=elapsed,
         latency_ms=summarize(latencies),
         ok_latency_ms=summarize(ok_latencies),
-        config={k: v for k, v in asdict(config).items() if k != "users"} | {"users": len(config.users)},
+        # never the key in a result file
+        config={k: v for k, v in asdict(config).items() if k not in ("users", "api_key")}
+        | {"users": len(config.users)},
     )
 
 

@@ -14,6 +14,8 @@ Instruments (every one carries the `recsys.service` resource attribute):
     recsys.gateway.exposure_spool  gauge      -                bytes of exposures spooled, not yet written
     recsys.features.events.spooled counter    -                events spooled while the store was unreachable
     recsys.features.events.drained counter    -                spooled events delivered to the store
+    recsys.gateway.auth.refused    counter    reason, method   calls refused by authentication (reason:
+                                                           missing, malformed, unknown key; role)
     recsys.retrieval.candidates    counter    source           candidates sent to ranking, by source
     recsys.ranking.feature_psi     gauge      feature, version PSI of the scored features (services.ranking.monitor)
     recsys.ranking.feature_rows    counter    feature, version, bin  the sampled rows per reference bin

@@ -85,7 +85,12 @@ def server_options() -> list[tuple[str, int]]:
 
 async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [DecodeErrorInterceptor()]  # type: ignore[type-arg]
+    # Optional: interceptors a component puts in front of every other (the gateway's authentication), so a
+    # call they refuse is never decoded, delayed or handled.
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        *getattr(component, "interceptors", list)(),
+        DecodeErrorInterceptor(),
+    ]
     if config.inject_delay_ms > 0:
         interceptors.append(DelayInterceptor(config.inject_delay_ms))
     server = grpc.aio.server(options=server_options(), interceptors=interceptors)

@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sim.add_argument("--seed", type=int, default=0, help="random seed of the simulated clicks")
     sim.add_argument("--experiment", default="sim", help="experiment id")
     sim.add_argument(
-        "--gateway", default=None, help="drive a running gateway instead (exposures come from it)"
+        "--gateway",
+        default=None,
+        help="drive a running gateway instead (exposures come from it; API key with the recommend and "
+        "feedback roles: env RECSYS_API_KEY)",
     )
     sim.add_argument("--control", default="control", help="control arm")
     experiments_file(sim)
@@ -131,6 +134,7 @@ def main(args: argparse.Namespace) -> int:
         weights, control = _expected(args.experiments, args.experiment)
         return _report(args, weights, args.control or control)
 
+    from services.client import api_key_from_env
     from services.experiment import simulate
 
     if args.gateway:
@@ -142,6 +146,7 @@ def main(args: argparse.Namespace) -> int:
             args.base_ctr,
             control=args.control,
             seed=args.seed,
+            api_key=api_key_from_env(),
         )
         counts = {arm: len(users) for arm, users in sorted(per_arm.items())}
         print(f"simulated {sum(counts.values())} users over {args.gateway}: {counts}")

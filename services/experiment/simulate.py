@@ -174,6 +174,7 @@ def simulate_wire(
     requests_per_user: int = 2,
     control: str = "control",
     seed: int = 0,
+    api_key: str | None = None,
 ) -> dict[str, dict[str, int]]:
     """Real traffic: each synthetic user asks for k items `requests_per_user` times and clicks each
     served item with probability base_ctr / k (times 1 + lift outside the control arm). Returns, per
@@ -183,7 +184,7 @@ def simulate_wire(
 
     rng = np.random.default_rng(seed)
     per_arm: dict[str, dict[str, int]] = {}
-    with Client(gateway) as client:
+    with Client(gateway, api_key=api_key) as client:
         for i in range(users):
             user = f"sim-{seed}-{i}"
             for _ in range(requests_per_user):

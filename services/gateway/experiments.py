@@ -39,9 +39,7 @@ MMR lambda in (0, 1) the ranker re-ranks with; unset = relevance alone).
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +49,7 @@ import yaml
 
 from services.common.config import ConfigError
 from services.common.sources import SOURCE_NAMES
-
-log = logging.getLogger(__name__)
+from services.common.watched import WatchedFile
 
 BUCKETS = 10_000
 DEFAULT_FILE = Path(__file__).with_name("experiments.yaml")
@@ -447,45 +444,13 @@ def load(path: Path) -> Config:
     return parse(document, path.name)
 
 
-class Reloader:
-    """The experiments config, reloaded when the file changes (mtime, size or inode: a ConfigMap swaps a
-    symlink). A file that fails validation is refused with the field named in the log, and the previous
-    config keeps serving. Requests read `config` once: a reload never changes a request midway."""
+class Reloader(WatchedFile[Config]):
+    """The experiments config, reloaded when the file changes; a file that fails validation is refused
+    with the field named in the log, and the previous config keeps serving."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._signature = self._stat()
-        self.config = load(path)
-        self.reloads = 0
-        self.refused: str | None = None
+        super().__init__(path, load, "experiments", lambda c: {"experiments": [e.id for e in c.experiments]})
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def poll(self) -> bool:
-        """Reload if the file changed; True when a new config was swapped in."""
-        signature = self._stat()
-        if signature == self._signature:
-            return False
-        self._signature = signature
-        try:
-            config = load(self.path)
-        except ConfigError as e:
-            self.refused = str(e)
-            log.error(
-                "experiments file refused; the previous config keeps serving",
-                extra={"path": str(self.path), "reason": str(e)},
-            )
-            return False
-        self.config = config  # one assignment: requests see the old or the new config
-        self.refused = None
-        self.reloads += 1
-        log.info(
-            "experiments reloaded",
-            extra={"path": str(self.path), "experiments": [e.id for e in config.experiments]},
-        )
-        return True
+    @property
+    def config(self) -> Config:
+        return self.value

@@ -29,14 +29,14 @@ from recsys.v1 import (
 )
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
-from services.common.config import non_negative, option, positive
+from services.common.config import ConfigError, non_negative, option, positive
 from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.meters import meter
 from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig, channel_options
 from services.common.telemetry import current_trace_id, tracer
-from services.gateway import experiments
+from services.gateway import auth, experiments, keys
 from services.gateway.admission import Admission
 from services.gateway.budgets import Budget
 from services.gateway.exposures import ExposureLogger
@@ -99,10 +99,44 @@ class Config(ServerConfig):
     )
     max_queued: int = option(8, "Recommends that may wait for a slot", non_negative)
     queue_ms: float = option(10.0, "how long a queued Recommend may wait for a slot", positive)
+    api_keys_file: Path | None = option(
+        None,
+        "API keys file (`recsys keys add`): every call then needs `authorization: Bearer <key>` with the "
+        "method's role; unset: no authentication, which needs a loopback --host or --allow-unauthenticated",
+    )
+    api_keys_reload_s: float = option(2.0, "how often to look for a changed API keys file", positive)
+    auth_health: bool = option(
+        False, "health checks need an API key too (the kubelet's gRPC probes cannot send one)"
+    )
+    auth_reflection: bool = option(False, "reflection needs an API key too")
+    allow_unauthenticated: bool = option(
+        False,
+        "serve without API keys on a non-loopback --host: anyone who reaches the gateway may call every RPC",
+    )
 
     def validate(self) -> None:
-        # Fail at start, not at the first request, on a bad experiments file.
+        # Fail at start, not at the first request, on a bad experiments or keys file.
         experiments.load(self.experiments)
+        if self.api_keys_file is not None:
+            if self.allow_unauthenticated:
+                raise ConfigError("--allow-unauthenticated contradicts --api-keys-file: choose one")
+            keys.load(self.api_keys_file)
+            return
+        for flag, required in (
+            ("--auth-health", self.auth_health),
+            ("--auth-reflection", self.auth_reflection),
+        ):
+            if required:
+                raise ConfigError(f"{flag} needs --api-keys-file (RECSYS_API_KEYS_FILE)")
+        if not auth.is_loopback(self.host) and not self.allow_unauthenticated:
+            # Exposure without authentication must be a choice someone made, not a default (cf. Gorse's
+            # open admin API, gorse-io/gorse#1292: anyone reaching it could write feedback).
+            raise ConfigError(
+                f"--host {self.host} is reachable from other machines and no --api-keys-file "
+                "(RECSYS_API_KEYS_FILE) is set: anyone could call the gateway. Give it an API keys file "
+                "(`recsys keys add`), or --allow-unauthenticated (RECSYS_ALLOW_UNAUTHENTICATED=true) to "
+                "serve openly on purpose"
+            )
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
@@ -542,6 +576,33 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.servicer = GatewayServicer(config)
+        self.auth: auth.AuthInterceptor | None = None
+        self._keys_watch: PeriodicTask | None = None
+        if config.api_keys_file is not None:
+            authorizer = auth.Authorizer(config.api_keys_file, config.auth_health, config.auth_reflection)
+            self.auth = auth.AuthInterceptor(authorizer)
+            self._keys_watch = PeriodicTask("api-keys-reload", authorizer.poll, config.api_keys_reload_s)
+            loaded = auth.names(authorizer.keys.value)
+            log.info(
+                "authentication on",
+                extra={
+                    "path": str(config.api_keys_file),
+                    "keys": loaded,
+                    "health_exempt": not config.auth_health,
+                    "reflection_exempt": not config.auth_reflection,
+                },
+            )
+            if not loaded:
+                log.warning("the API keys file lists no keys: every call is refused until one is added")
+        else:
+            log.log(
+                logging.INFO if auth.is_loopback(config.host) else logging.WARNING,
+                "authentication off: every caller may call every RPC",
+                extra={"host": config.host},
+            )
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
+        return [] if self.auth is None else [self.auth]
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServicer_to_server(self.servicer, server)
@@ -550,6 +611,8 @@ class Gateway:
         raise NotImplementedError("the gateway loads no artifacts")
 
     async def close(self) -> None:
+        if self._keys_watch is not None:
+            await self._keys_watch.stop()
         await self.servicer.close()
 
 

@@ -25,6 +25,14 @@ def gateway_addresses(release: Release) -> list[str]:
     return [f"127.0.0.1:{pod.host_port(GATEWAY_PORT)}" for pod in release.pods["gateway"]]
 
 
+def smoke_key(release: Release) -> str:
+    """The recommend-only key the chart generates for its test pod (authentication is on by default)."""
+    keys = {release.node.secret_value(name, "smoke-key") for name in release.node.secrets} - {None}
+    (key,) = keys
+    assert key is not None
+    return key
+
+
 def test_the_charts_test_pod_passes(release: Release) -> None:
     release.run_hooks("test")
 
@@ -32,6 +40,10 @@ def test_the_charts_test_pod_passes(release: Release) -> None:
 def test_recommend_from_the_host_through_a_published_port(release: Release) -> None:
     for address in gateway_addresses(release):
         with Client(address, timeout_s=10) as client:
+            with pytest.raises(grpc.RpcError) as refused:
+                client.recommend("1", k=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with Client(address, timeout_s=10, api_key=smoke_key(release)) as client:
             reply = client.recommend("1", k=10)
         assert len(reply.items) == 10
         assert len({item.item_id for item in reply.items}) == 10
@@ -59,6 +71,7 @@ class Traffic:
     """Recommend calls from the host, round robin over the gateway pods, until stopped."""
 
     addresses: list[str]
+    api_key: str
     interval_s: float = 0.05
     codes: Counter[str] = field(default_factory=Counter)
     versions: list[str] = field(default_factory=list)
@@ -70,7 +83,7 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        clients = [Client(a, timeout_s=5) for a in self.addresses]
+        clients = [Client(a, timeout_s=5, api_key=self.api_key) for a in self.addresses]
         i = 0
         while not self._stop.is_set():
             client = clients[i % len(clients)]
@@ -98,7 +111,7 @@ class Traffic:
 
 
 def test_upgrade_trains_a_new_version_and_rolls_a_backend_without_a_failed_request(release: Release) -> None:
-    with Traffic(gateway_addresses(release)) as traffic:
+    with Traffic(gateway_addresses(release), smoke_key(release)) as traffic:
         time.sleep(2)
         before = set(traffic.versions)
         release.run_hooks("pre-upgrade")  # the trainer Job: a new version becomes CURRENT

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from services.cli import SERVICE_MODULES, build_parser
 from services.common import config
+from services.gateway import keys
 from tests.helm.chart import ROOT, SERVICES, Release, containers, pod_spec
 from tests.helm.test_consistency import component_class
 
@@ -83,15 +85,17 @@ def test_args_env_and_ports_are_the_charts(releases: dict[str, Release], name: s
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_the_env_is_what_the_config_loader_reads(name: str) -> None:
+def test_the_env_is_what_the_config_loader_reads(name: str, tmp_path: Path) -> None:
     service = compose()["services"][name]
     args = build_parser().parse_args([substituted(a) for a in service["command"]])
     cls = importlib.import_module(SERVICE_MODULES[name]).Config
     known = {config.env_name(f.name) for f in dataclasses.fields(cls)}
     env = compose_env(service)
     assert not {k for k in env if k.startswith(config.ENV_PREFIX)} - known
-    if name == "gateway":  # the mounted directory, read from the repository
+    if name == "gateway":  # the mounted directories: the repository's experiments, a keys file made here
         env["RECSYS_EXPERIMENTS"] = str(COMPOSE / "experiments" / "experiments.yaml")
+        keys.add(tmp_path / "keys.yaml", "local", ["recommend", "feedback"])
+        env["RECSYS_API_KEYS_FILE"] = str(tmp_path / "keys.yaml")
     cfg = config.parse(cls, args.flags, env=env)
     assert cfg.host == "0.0.0.0"
     if name == "gateway":
@@ -140,3 +144,15 @@ def test_the_experiments_are_the_charts(releases: dict[str, Release]) -> None:
     source, target, _ = gateway["volumes"][0].split(":")
     assert (Path(source), target) == (Path("./experiments"), "/etc/recsys/experiments")
     assert compose_env(gateway)["RECSYS_EXPERIMENTS"] == f"{target}/experiments.yaml"
+
+
+def test_the_gateway_authenticates_with_a_keys_file_git_never_sees() -> None:
+    gateway = compose()["services"]["gateway"]
+    mounts = {target: source for source, target, _ in (v.split(":") for v in gateway["volumes"])}
+    keys_file = Path(compose_env(gateway)["RECSYS_API_KEYS_FILE"])
+    assert mounts[str(keys_file.parent)] == "./auth"  # a directory: replaced files reach the gateway
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(COMPOSE / "auth" / keys_file.name)], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "deploy/compose/auth/keys.yaml must be git-ignored"
+    assert "recsys keys add --file deploy/compose/auth/keys.yaml" in (COMPOSE / "compose.yaml").read_text()

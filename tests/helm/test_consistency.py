@@ -4,6 +4,7 @@ ask for the service's real health name."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib
 import re
@@ -15,7 +16,8 @@ import yaml
 
 from services.cli import SERVICE_MODULES, build_parser
 from services.common import config
-from tests.helm.chart import CHART, NAMESPACE, ROOT, SERVICES, Release, containers, pod_spec
+from services.gateway import keys
+from tests.helm.chart import CHART, NAMESPACE, ROOT, SERVICES, Release, containers, pod_spec, render
 
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 SECRET = "s3cret"
@@ -36,17 +38,37 @@ def kube_env(container: dict[str, Any], files: dict[str, Path]) -> dict[str, str
     return env
 
 
+def secret_files(release: Release, volume: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    """filename -> text of a Secret volume (its `items` only, when listed). A Secret the chart does not make
+    (an existingSecret) holds what the chart's documentation asks of it: for the gateway, a keys file."""
+    secret = volume["secret"]
+    made = [s for s in release.of_kind("Secret") if s["metadata"]["name"] == secret["secretName"]]
+    if made:
+        data = {k: base64.b64decode(v).decode() for k, v in made[0].get("data", {}).items()}
+    else:
+        stand_in = tmp_path / "existing-secret" / "keys.yaml"
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        keys.add(stand_in, "backend-1", ["recommend", "feedback"])
+        data = {"keys.yaml": stand_in.read_text()}
+    items = secret.get("items")
+    return {i["path"]: data[i["key"]] for i in items} if items else data
+
+
 def mounted_files(release: Release, workload: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
-    """container path -> a local copy, for every file of every ConfigMap the container mounts."""
+    """container path -> a local copy, for every file of every ConfigMap and Secret the container mounts."""
     volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
     maps = release.config_map_files()
     out: dict[str, Path] = {}
     for c in containers(workload):
         for m in c.get("volumeMounts", []):
-            cm = volumes[m["name"]].get("configMap")
-            if cm is None:
+            volume = volumes[m["name"]]
+            if "configMap" in volume:
+                files = maps[volume["configMap"]["name"]]
+            elif "secret" in volume:
+                files = secret_files(release, volume, tmp_path)
+            else:
                 continue
-            for filename, text in maps[cm["name"]].items():
+            for filename, text in files.items():
                 local = tmp_path / m["name"] / filename
                 local.parent.mkdir(parents=True, exist_ok=True)
                 local.write_text(text)
@@ -247,3 +269,91 @@ def test_schema_config_keys_are_service_flags() -> None:
         for key in props:
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
             assert snake in fields, f"components.{service}.config.{key}: no --{snake.replace('_', '-')} flag"
+
+
+RECOMMEND, FEEDBACK = "/recsys.v1.Gateway/Recommend", "/recsys.v1.Gateway/Feedback"
+
+
+def bearer(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+def smoke_key(release: Release) -> str:
+    from services import k8s
+
+    (secret,) = [s for s in release.of_kind("Secret") if k8s.SMOKE_KEY in s.get("data", {})]
+    return base64.b64decode(secret["data"][k8s.SMOKE_KEY]).decode()
+
+
+def test_the_gateway_accepts_the_rendered_keys_and_the_smoke_key_may_only_recommend(
+    release: Release, tmp_path: Path
+) -> None:
+    from services.gateway import auth
+
+    cfg, _ = load_service_config(release, "gateway", tmp_path)
+    assert cfg.api_keys_file is not None and not cfg.allow_unauthenticated
+    authorizer = auth.Authorizer(cfg.api_keys_file)  # the gateway's own loader, on the mounted file
+    if release.values.get("components", {}).get("gateway", {}).get("auth", {}).get("existingSecret"):
+        return  # the operator's keys: the stand-in proves only that the env and mount lead to a keys file
+    key = smoke_key(release)
+    assert auth.names(authorizer.keys.value) == ["smoke"]
+    assert authorizer.check(RECOMMEND, bearer(key)) is None
+    denied = authorizer.check(FEEDBACK, bearer(key))
+    assert denied is not None and denied.reason == "role"
+
+
+def test_keys_from_values_are_served_beside_the_smoke_key(tmp_path: Path) -> None:
+    from services.gateway import auth
+
+    mine = keys.generate()
+    values = {
+        "components": {
+            "gateway": {
+                "auth": {
+                    "keys": [
+                        {"name": "shop", "sha256": keys.digest(mine), "roles": ["recommend", "feedback"]}
+                    ],
+                    "requireForReflection": True,
+                }
+            }
+        }
+    }
+    release = Release("keys", values, render(values))
+    cfg, _ = load_service_config(release, "gateway", tmp_path)
+    assert cfg.auth_reflection and not cfg.auth_health and cfg.api_keys_file is not None
+    authorizer = auth.Authorizer(cfg.api_keys_file, reflection=True)
+    assert auth.names(authorizer.keys.value) == ["shop", "smoke"]
+    assert authorizer.check(FEEDBACK, bearer(mine)) is None
+    assert authorizer.check(RECOMMEND, bearer(smoke_key(release))) is None
+
+
+def test_without_auth_the_gateway_serves_openly_on_purpose(tmp_path: Path) -> None:
+    from services import k8s
+
+    values = {"components": {"gateway": {"auth": {"enabled": False}}}}
+    release = Release("open", values, render(values))
+    cfg, env = load_service_config(release, "gateway", tmp_path)
+    assert cfg.host == "0.0.0.0" and cfg.allow_unauthenticated and cfg.api_keys_file is None
+    assert env["RECSYS_ALLOW_UNAUTHENTICATED"] == "true"
+    assert not [s for s in release.of_kind("Secret") if k8s.SMOKE_KEY in s.get("data", {})]
+    gateway = release.component_deployment("gateway")
+    assert k8s.KEYS_VOLUME not in {v["name"] for v in pod_spec(gateway)["volumes"]}
+    (test_pod,) = release.of_kind("Pod")
+    assert "RECSYS_API_KEY" not in {e["name"] for e in test_pod["spec"]["containers"][0]["env"]}
+    # and without that variable, the gateway refuses to listen on 0.0.0.0 with no keys
+    (c,) = containers(gateway)
+    args = build_parser().parse_args(c["args"])
+    closed = {k: v for k, v in env.items() if k != "RECSYS_ALLOW_UNAUTHENTICATED"}
+    with pytest.raises(config.ConfigError, match=r"--host 0\.0\.0\.0 is reachable from other machines"):
+        config.parse(importlib.import_module(SERVICE_MODULES["gateway"]).Config, args.flags, env=closed)
+
+
+def test_the_schema_knows_the_keys_files_rules() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    entry = schema["definitions"]["gatewayComponent"]["properties"]["auth"]["properties"]["keys"]["items"]
+    assert tuple(entry["properties"]["roles"]["items"]["enum"]) == keys.ROLES
+    assert entry["properties"]["name"]["pattern"] == keys.NAME.pattern
+    assert entry["properties"]["sha256"]["pattern"] == keys.SHA256.pattern
+    assert set(entry["properties"]) == set(keys.FIELDS)

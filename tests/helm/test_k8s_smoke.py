@@ -240,3 +240,49 @@ def test_without_a_kubeconfig_it_fails_with_one_line(
     assert main(["k8s", "smoke", "--timeout", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("recsys k8s smoke: no Kubernetes configuration")
+
+
+class SecretCluster(FakeCluster):
+    def __init__(self, secrets: dict[str, dict[str, str]], error: Exception | None = None) -> None:
+        super().__init__([([], [], [])])
+        self.secrets = secrets
+        self.error = error
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        if self.error is not None:
+            raise self.error
+        return self.secrets[name].get(key)
+
+
+def test_the_api_key_comes_from_the_environment_or_the_gateways_keys_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    open_gateway = pod("g")
+    secured = pod("g")
+    assert secured.spec is not None
+    secured.spec.volumes = [
+        k.V1Volume(name="tmp", empty_dir=k.V1EmptyDirVolumeSource()),
+        k.V1Volume(
+            name=k8s.KEYS_VOLUME, secret=k.V1SecretVolumeSource(secret_name="shop-recsys-gateway-auth")
+        ),
+    ]
+    assert k8s.keys_secret(open_gateway) is None
+    assert k8s.keys_secret(secured) == "shop-recsys-gateway-auth"
+
+    monkeypatch.delenv("RECSYS_API_KEY", raising=False)
+    lines: list[str] = []
+    cluster = SecretCluster({"shop-recsys-gateway-auth": {k8s.SMOKE_KEY: "rsk_from_secret"}})
+    assert k8s.smoke_api_key(cluster, "recs", open_gateway, lines.append) is None
+    assert k8s.smoke_api_key(cluster, "recs", secured, lines.append) == "rsk_from_secret"
+    assert lines == ["API key: smoke-key of Secret shop-recsys-gateway-auth"]  # never the key itself
+    monkeypatch.setenv("RECSYS_API_KEY", "rsk_from_env")
+    assert k8s.smoke_api_key(cluster, "recs", secured, lines.append) == "rsk_from_env"
+    monkeypatch.delenv("RECSYS_API_KEY")
+
+    with pytest.raises(k8s.SmokeError, match="Secret shop-recsys-gateway-auth has no smoke-key"):
+        k8s.smoke_api_key(SecretCluster({"shop-recsys-gateway-auth": {}}), "recs", secured, lines.append)
+    forbidden = k.ApiException(status=403, reason="Forbidden")
+    with pytest.raises(
+        k8s.SmokeError, match=r"\(403 Forbidden\): set RECSYS_API_KEY to a key with the recommend"
+    ):
+        k8s.smoke_api_key(SecretCluster({}, forbidden), "recs", secured, lines.append)

@@ -3,10 +3,11 @@ Deployment, and NetworkPolicies that admit exactly the intended connections."""
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any
 
-from tests.helm.chart import COMPONENT, NAMESPACE, SERVICES, Release, containers, pod_spec
+from tests.helm.chart import COMPONENT, NAMESPACE, RELEASE, SERVICES, Release, containers, pod_spec
 from tests.helm.netpol import Pod, allowed, selects
 
 PINNED_IMAGE = re.compile(
@@ -279,3 +280,30 @@ def test_network_policy_ports_are_exact(releases: dict[str, Release]) -> None:
     assert not allowed(policies, pods["features"], pods["redis"], 6380)
     assert allowed(policies, pods["features"], pods[DNS], 53, "UDP")
     assert not allowed(policies, pods["redis"], pods[DNS], 53, "UDP")
+
+
+def test_the_gateway_reads_its_keys_from_a_secret_mounted_as_a_directory(release: Release) -> None:
+    from services import k8s
+
+    auth = release.values.get("components", {}).get("gateway", {}).get("auth", {})
+    expected = auth.get("existingSecret") or f"{RELEASE}-recsys-gateway-auth"
+    gateway = release.component_deployment("gateway")
+    (c,) = containers(gateway)
+    path = {e["name"]: e.get("value") for e in c["env"]}["RECSYS_API_KEYS_FILE"]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == k8s.KEYS_VOLUME]
+    # a directory (no subPath): the kubelet's update of a rotated Secret reaches the running pod
+    assert mount["mountPath"] == posixpath.dirname(path) and mount["readOnly"] is True
+    assert "subPath" not in mount
+    (volume,) = [v for v in pod_spec(gateway)["volumes"] if v["name"] == k8s.KEYS_VOLUME]
+    assert volume["secret"]["secretName"] == expected
+    # the keys file only: the plain smoke key is not in the gateway's pods
+    assert volume["secret"]["items"] == [{"key": "keys.yaml", "path": posixpath.basename(path)}]
+    # `helm test` authenticates with the Secret's smoke key
+    (test_pod,) = release.of_kind("Pod")
+    (test_container,) = test_pod["spec"]["containers"]
+    ref = {e["name"]: e for e in test_container["env"]}["RECSYS_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (expected, k8s.SMOKE_KEY)
+    assert ref.get("optional", False) is bool(auth.get("existingSecret"))
+    made = [s for s in release.of_kind("Secret") if s["metadata"]["name"] == expected]
+    assert len(made) == (0 if auth.get("existingSecret") else 1)
+    assert all(set(s["data"]) == {"keys.yaml", k8s.SMOKE_KEY} for s in made)

@@ -95,6 +95,9 @@ def test_renders_the_whole_platform(release: Release) -> None:
     redis = bool(release.values.get("redis", {}).get("enabled", True))
     assert (("StatefulSet", "redis") in kinds) is redis
     assert (("Secret", "redis") in kinds) is redis
+    # the chart's keys Secret, unless the user brings one
+    auth = release.values.get("components", {}).get("gateway", {}).get("auth", {})
+    assert (("Secret", "gateway") in kinds) is not auth.get("existingSecret")
     collector = bool(release.values.get("otelCollector", {}).get("enabled", False))
     assert (("Deployment", "otel-collector") in kinds) is collector
     assert all(o["metadata"].get("namespace") in (None, NAMESPACE) for o in release.objects)

@@ -42,6 +42,29 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ),
     ({"logLevel": "loud"}, "/logLevel"),
     ({"experiments": [{"id": "x", "salt": "y", "arms": []}]}, "/experiments/0/arms"),
+    ({"components": {"gateway": {"auth": {"enable": False}}}}, "enable"),
+    ({"components": {"gateway": {"auth": {"enabled": "no"}}}}, "/components/gateway/auth/enabled"),
+    (
+        {
+            "components": {
+                "gateway": {"auth": {"keys": [{"name": "a", "sha256": "rsk_plain", "roles": ["recommend"]}]}}
+            }
+        },
+        "/components/gateway/auth/keys/0/sha256",
+    ),
+    (
+        {
+            "components": {
+                "gateway": {"auth": {"keys": [{"name": "a", "sha256": "a" * 64, "roles": ["root"]}]}}
+            }
+        },
+        "/components/gateway/auth/keys/0/roles/0",
+    ),
+    (
+        {"components": {"gateway": {"auth": {"keys": [{"name": "a", "sha256": "a" * 64, "roles": []}]}}}},
+        "/components/gateway/auth/keys/0/roles",
+    ),
+    ({"components": {"gateway": {"auth": {"keys": [{"name": "a", "roles": ["recommend"]}]}}}}, "sha256"),
 ]
 
 
@@ -64,6 +87,27 @@ def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], field:
         (
             {"components": {"gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}},
             "components.gateway.autoscaling: minReplicas (5) exceeds maxReplicas (3)",
+        ),
+        (
+            {
+                "components": {
+                    "gateway": {
+                        "auth": {
+                            "existingSecret": "mine",
+                            "keys": [{"name": "a", "sha256": "a" * 64, "roles": ["recommend"]}],
+                        }
+                    }
+                }
+            },
+            "components.gateway.auth: keys and existingSecret are exclusive",
+        ),
+        (
+            {
+                "components": {
+                    "gateway": {"auth": {"keys": [{"name": "smoke", "sha256": "a" * 64, "roles": ["admin"]}]}}
+                }
+            },
+            "the name smoke belongs to the chart's own smoke key",
         ),
     ],
 )

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class GatewayStub:
     """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
     """
 
     def __init__(self, channel):
@@ -49,16 +53,22 @@ class GatewayStub:
 
 class GatewayServicer:
     """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
     """
 
     def Recommend(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Role: recommend.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Feedback(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Role: feedback.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -86,6 +96,10 @@ def add_GatewayServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Gateway:
     """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
     """
 
     @staticmethod

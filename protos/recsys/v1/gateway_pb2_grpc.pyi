@@ -27,38 +27,59 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GatewayStub:
-    """The public API: what product backends call."""
+    """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayAsyncStub: ...
     Recommend: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RecommendRequest, _gateway_pb2.RecommendResponse]
+    """Role: recommend."""
     Feedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]
+    """Role: feedback."""
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
-    """The public API: what product backends call."""
+    """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Recommend: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RecommendRequest, _gateway_pb2.RecommendResponse]  # type: ignore[assignment]
+    """Role: recommend."""
     Feedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """Role: feedback."""
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
-    """The public API: what product backends call."""
+    """The public API: what product backends call.
+
+    A gateway with API keys (--api-keys-file; on by default in the Helm chart) needs the metadata
+    `authorization: Bearer <API key>` on every call, from a key holding the method's role:
+    UNAUTHENTICATED without a known key, PERMISSION_DENIED without the role.
+    """
 
     @_abc_1.abstractmethod
     def Recommend(
         self,
         request: _gateway_pb2.RecommendRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.RecommendResponse, _abc.Awaitable[_gateway_pb2.RecommendResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.RecommendResponse, _abc.Awaitable[_gateway_pb2.RecommendResponse]]:
+        """Role: recommend."""
 
     @_abc_1.abstractmethod
     def Feedback(
         self,
         request: _gateway_pb2.FeedbackRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.FeedbackResponse, _abc.Awaitable[_gateway_pb2.FeedbackResponse]]: ...
+    ) -> _typing.Union[_gateway_pb2.FeedbackResponse, _abc.Awaitable[_gateway_pb2.FeedbackResponse]]:
+        """Role: feedback."""
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

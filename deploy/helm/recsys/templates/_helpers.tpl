@@ -206,3 +206,8 @@ writes a whole 1000000 as "1e+06", which an integer flag rejects: whole numbers 
     - {protocol: TCP, port: {{ if gt (len $hostport) 1 }}{{ last $hostport }}{{ else }}4317{{ end }}}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the gateway's keys.yaml (and smoke-key): the user's, or the chart's. */}}
+{{- define "recsys.gatewayAuthSecretName" -}}
+{{- default (include "recsys.componentFullname" (dict "root" . "component" "gateway-auth")) .Values.components.gateway.auth.existingSecret }}
+{{- end }}
