@@ -146,9 +146,23 @@ def test_the_experiments_are_the_charts(releases: dict[str, Release]) -> None:
     assert compose_env(gateway)["RECSYS_EXPERIMENTS"] == f"{target}/experiments.yaml"
 
 
+def test_the_spools_are_on_volumes_that_outlive_the_container() -> None:
+    """Compose's /tmp is a tmpfs, gone with the container: a spool there would not survive a restart."""
+    services = compose()["services"]
+    for name, variable in (("features", "RECSYS_SPOOL"), ("gateway", "RECSYS_EXPOSURE_SPOOL")):
+        spool = compose_env(services[name])[variable]
+        named = {
+            t: s for s, t, *_ in (v.split(":") for v in services[name]["volumes"]) if not s.startswith(".")
+        }
+        assert any(
+            spool.startswith(target + "/") and source in compose()["volumes"]
+            for target, source in named.items()
+        ), name
+
+
 def test_the_gateway_authenticates_with_a_keys_file_git_never_sees() -> None:
     gateway = compose()["services"]["gateway"]
-    mounts = {target: source for source, target, _ in (v.split(":") for v in gateway["volumes"])}
+    mounts = {target: source for source, target, *_ in (v.split(":") for v in gateway["volumes"])}
     keys_file = Path(compose_env(gateway)["RECSYS_API_KEYS_FILE"])
     assert mounts[str(keys_file.parent)] == "./auth"  # a directory: replaced files reach the gateway
     ignored = subprocess.run(

@@ -307,3 +307,28 @@ def test_the_gateway_reads_its_keys_from_a_secret_mounted_as_a_directory(release
     made = [s for s in release.of_kind("Secret") if s["metadata"]["name"] == expected]
     assert len(made) == (0 if auth.get("existingSecret") else 1)
     assert all(set(s["data"]) == {"keys.yaml", k8s.SMOKE_KEY} for s in made)
+
+
+#: Env naming files a service writes (its root filesystem is read-only).
+WRITTEN_FILES = ("RECSYS_EVENT_LOG", "RECSYS_SPOOL", "RECSYS_EXPOSURE_SPOOL")
+
+
+def test_files_the_services_write_are_on_writable_volumes_that_outlive_the_container(
+    release: Release,
+) -> None:
+    """The spools must survive a container restart (an emptyDir does; the root filesystem is read-only)."""
+    found = 0
+    for workload in release.workloads():
+        spec = pod_spec(workload)
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in containers(workload):
+            mounts = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
+            for env in c.get("env", []):
+                if env["name"] not in WRITTEN_FILES:
+                    continue
+                found += 1
+                path = env["value"]
+                (mount,) = [m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")]
+                assert set(volumes[mount["name"]]) & {"emptyDir", "persistentVolumeClaim"}, (env, mount)
+                assert volumes[mount["name"]].get("emptyDir", {}).get("medium") != "Memory", env
+    assert found >= 3
