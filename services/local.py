@@ -107,22 +107,33 @@ class LocalPlatform:
 
     def start_service(self, service: str) -> None:
         """Start every replica of `service`."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for replica in self.replica_names(service):
-            log = (self.log_dir / f"{replica}.log").open("ab")
-            self.processes[replica] = subprocess.Popen(
-                self.command(replica),
-                stdout=log,
-                stderr=log,
-                env={
-                    **os.environ,
-                    "OTEL_SERVICE_NAME": f"recsys-{service}",
-                    # Traces then tell which replica served each call.
-                    "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica}",
-                    **self.env,
-                },
-            )
-            log.close()
+            self.start_replica(replica)
+
+    def start_replica(self, replica: str, more_args: list[str] | None = None) -> None:
+        """Start one replica ("ranking.1"), with `more_args` after the service's extra flags."""
+        service = replica.split(".")[0]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{replica}.log").open("ab")
+        self.processes[replica] = subprocess.Popen(
+            self.command(replica) + (more_args or []),
+            stdout=log,
+            stderr=log,
+            env={
+                **os.environ,
+                "OTEL_SERVICE_NAME": f"recsys-{service}",
+                # Traces then tell which replica served each call.
+                "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica}",
+                **self.env,
+            },
+        )
+        log.close()
+
+    def kill_replica(self, replica: str) -> None:
+        """SIGKILL one replica (a crash: no graceful shutdown, nothing flushed)."""
+        proc = self.processes.pop(replica)
+        proc.kill()
+        proc.wait()
 
     def wait_serving(self, service: str, timeout_s: float = 120.0) -> None:
         """Wait until every replica of `service` reports SERVING."""

@@ -73,44 +73,37 @@ BUNDLED_DATA = REPO / "data" / "ml-latest-small"
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A real redis-server on `port` (default: a free one) on loopback, no persistence; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: run the README's test command, which installs it")
+def redis_server(workdir: Path, port: int | None = None, *, durable: bool = False) -> Iterator[str]:
+    """A real redis-server on `port` (default: a free one) on loopback; yields its URL. No persistence,
+    or with `durable` an append-only file fsynced on every write (in `workdir`: a restart keeps it)."""
     port = port or free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_redis(workdir, port, durable=durable)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def start_redis(workdir: Path, port: int, *, durable: bool = False) -> subprocess.Popen[bytes]:
+    """redis-server on loopback `port`, once it accepts connections (what `redis_server` runs)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run the README's test command, which installs it")
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+    args += ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.05)
 
 
 @asynccontextmanager
