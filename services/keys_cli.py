@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a role the key holds, repeatable: {', '.join(keys.ROLES)}",
     )
     remove = commands.add_parser("remove", help="revoke the key with this name")
+    add.add_argument(
+        "--rate-per-s", type=float, help="calls per second the key may make per gateway (default: no limit)"
+    )
+    add.add_argument(
+        "--burst", type=int, help="calls the key may make at once (default: the rate, at least 1)"
+    )
     remove.add_argument("--file", type=Path, required=True, help="the keys file")
     remove.add_argument("--name", required=True, help="the name of the key to remove")
 
@@ -35,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "add":
-            key = keys.add(args.file, args.name, args.role)
+            key = keys.add(args.file, args.name, args.role, args.rate_per_s, args.burst)
             print(key)
             print(
                 f"added {args.name!r} ({', '.join(dict.fromkeys(args.role))}) to {args.file}: the key above is "

@@ -6,6 +6,7 @@ second header). The gateway hashes what it was sent and looks the hash up among 
 
     no authorization metadata, not `Bearer <key>`, or a key not in the file -> UNAUTHENTICATED
     a known key without the method's role                               -> PERMISSION_DENIED
+    a key over its rate limit (rate_per_s / burst in the file)          -> RESOURCE_EXHAUSTED
 
 Health (`grpc.health.v1.Health`) and reflection are exempt unless configured otherwise; when they are
 not, any known key may call them. Refusals are counted (`recsys.gateway.auth.refused`, by reason and
@@ -30,6 +31,7 @@ from services.common.meters import meter
 from services.common.watched import WatchedFile
 from services.gateway import keys
 from services.gateway.keys import ApiKey
+from services.gateway.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 REFUSED = meter("gateway").create_counter(
@@ -88,6 +90,7 @@ class Authorizer:
 
     def __init__(self, path: Path, health: bool = False, reflection: bool = False) -> None:
         self.keys = WatchedFile(path, _index, "API keys", lambda index: {"keys": names(index)})
+        self.rates = RateLimiter()
         exempt = [prefix for prefix, required in ((HEALTH, health), (REFLECTION, reflection)) if not required]
         self.exempt = tuple(exempt)
 
@@ -126,6 +129,16 @@ class Authorizer:
                 "role",
                 f"API key {key.name!r} lacks the {role!r} role that {method.rsplit('/', 1)[-1]} needs "
                 f"(it has {', '.join(key.roles)})",
+                key.name,
+            )
+        if key.rate_per_s is not None and not self.rates.allow(
+            key.name, key.rate_per_s, key.bucket_size, time.monotonic()
+        ):
+            return Refusal(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "rate",
+                f"API key {key.name!r} is over its rate limit ({key.rate_per_s:g} calls/s, burst "
+                f"{key.bucket_size}); retry later",
                 key.name,
             )
         return None

@@ -6,6 +6,8 @@
         sha256: 9f86d081884c7d65...     # hex SHA-256 of the key, never the key itself
         roles: [recommend, feedback]    # recommend, feedback, admin
         created: 2026-11-27T10:00:00Z   # optional, written by `recsys keys add`
+        rate_per_s: 50                  # optional: calls per second per gateway (RESOURCE_EXHAUSTED past it)
+        burst: 100                      # optional: calls allowed at once (default: the rate, at least 1)
 
 A key is `rsk_` + 43 URL-safe base64 characters: 256 random bits from the OS. The file stores an unsalted
 SHA-256 of it, and that is enough. Salts and slow hashes (bcrypt, argon2) protect *low-entropy* secrets
@@ -19,6 +21,7 @@ to recognise.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -38,7 +41,7 @@ ROLES = ("recommend", "feedback", "admin")
 PREFIX = "rsk_"
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-FIELDS = ("name", "sha256", "roles", "created")
+FIELDS = ("name", "sha256", "roles", "created", "rate_per_s", "burst")
 HEADER = "# recsys gateway API keys (`recsys keys add` / `recsys keys remove`): names, roles, key hashes\n"
 
 
@@ -52,11 +55,22 @@ class ApiKey:
     sha256: str
     roles: tuple[str, ...]
     created: str | None = None
+    #: Calls per second this key may make at one gateway (None: no limit), and how many at once.
+    rate_per_s: float | None = None
+    burst: int | None = None
+
+    @property
+    def bucket_size(self) -> int:
+        return self.burst or max(1, math.ceil(self.rate_per_s or 1))
 
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "sha256": self.sha256, "roles": list(self.roles)}
         if self.created:
             entry["created"] = self.created
+        if self.rate_per_s is not None:
+            entry["rate_per_s"] = self.rate_per_s
+        if self.burst is not None:
+            entry["burst"] = self.burst
         return entry
 
 
@@ -100,7 +114,28 @@ def _entry(raw: Any, where: str) -> ApiKey:
         )
     if created is not None and not isinstance(created, str):
         raise KeyFileError(f"{where}.created: expected a string (an ISO 8601 time)")
-    return ApiKey(name, sha256, check_roles(raw["roles"], f"{where}.roles"), created)
+    rate, burst = raw.get("rate_per_s"), raw.get("burst")
+    check_rate(rate, burst, where)
+    return ApiKey(
+        name,
+        sha256,
+        check_roles(raw["roles"], f"{where}.roles"),
+        created,
+        None if rate is None else float(rate),
+        burst,
+    )
+
+
+def check_rate(rate: Any, burst: Any, where: str) -> None:
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1e6
+    ):
+        raise KeyFileError(f"{where}.rate_per_s: expected a number in (0, 1000000], got {rate!r}")
+    if burst is not None:
+        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= 1_000_000:
+            raise KeyFileError(f"{where}.burst: expected a whole number in 1..1000000, got {burst!r}")
+        if rate is None:
+            raise KeyFileError(f"{where}.burst: only with rate_per_s")
 
 
 def parse(document: Any, source: str) -> list[ApiKey]:
@@ -169,7 +204,9 @@ def _existing(path: Path) -> list[ApiKey]:
     return load(path) if path.exists() else []
 
 
-def add(path: Path, name: str, roles: list[str]) -> str:
+def add(
+    path: Path, name: str, roles: list[str], rate_per_s: float | None = None, burst: int | None = None
+) -> str:
     """Append a new key named `name` to the file (created if missing); returns the key, which is stored
     nowhere: the caller shows it once."""
     if not path.parent.is_dir():
@@ -185,9 +222,10 @@ def add(path: Path, name: str, roles: list[str]) -> str:
             f"--role: {f'unknown role {unknown[0]!r}' if unknown else 'give at least one'}"
             f" (expected {', '.join(ROLES)})"
         )
+    check_rate(rate_per_s, burst, "--rate-per-s/--burst")
     key = generate()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    keys.append(ApiKey(name, digest(key), tuple(dict.fromkeys(roles)), created))
+    keys.append(ApiKey(name, digest(key), tuple(dict.fromkeys(roles)), created, rate_per_s, burst))
     write_atomically(path, dump(keys))
     return key
 

@@ -324,3 +324,25 @@ def test_a_gateway_refuses_to_start_open_on_a_reachable_host_or_with_a_bad_keys_
         "(never the key itself)"
     ]
     assert "rsk_oops" not in result.stderr
+
+
+def test_a_key_over_its_rate_limit_is_resource_exhausted_over_the_wire(
+    platform: LocalPlatform, tmp_path: Path
+) -> None:
+    path = tmp_path / "keys.yaml"
+    limited = keys.add(path, "limited", ["recommend"], rate_per_s=1, burst=5)
+    other = keys.add(path, "other", ["recommend"])
+    with gateway(platform, tmp_path / "logs", "--api-keys-file", str(path)) as gw:
+        codes = []
+        with Client(gw.address("gateway"), api_key=limited) as client:
+            for _ in range(8):
+                try:
+                    client.recommend("1", k=3)
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+                    assert "over its rate limit" in (e.details() or "")
+        # The burst, then refused (the next token is a second away); another key is not limited by it.
+        assert codes[:5] == ["OK"] * 5 and "RESOURCE_EXHAUSTED" in codes[5:]
+        with Client(gw.address("gateway"), api_key=other) as client:
+            assert len(client.recommend("1", k=3).items) == 3

@@ -74,6 +74,10 @@ def test_a_valid_file_parses() -> None:
         ({"keys": [entry(), entry(sha256="b" * 64)]}, "k.yaml: keys[1].name: 'backend-1' is already keys[0]"),
         ({"keys": [entry(), entry("other")]}, "k.yaml: keys[1].sha256: the same key as keys[0]"),
         ({"keys": [{**entry(), "created": 5}]}, "k.yaml: keys[0].created: expected a string"),
+        ({"keys": [{**entry(), "rate_per_s": 0}]}, "k.yaml: keys[0].rate_per_s: expected a number in (0"),
+        ({"keys": [{**entry(), "rate_per_s": "fast"}]}, "k.yaml: keys[0].rate_per_s: expected a number"),
+        ({"keys": [{**entry(), "rate_per_s": 5, "burst": 0}]}, "k.yaml: keys[0].burst: expected a whole"),
+        ({"keys": [{**entry(), "burst": 5}]}, "k.yaml: keys[0].burst: only with rate_per_s"),
     ],
 )
 def test_bad_documents_are_refused_naming_the_field(document: Any, message: str) -> None:
@@ -307,3 +311,28 @@ def test_refusal_logs_are_throttled_per_reason_method_and_key() -> None:
     assert throttle.admit(("role", "Feedback", "reader"), now=1010.0) == 0  # another slot logs at once
     assert throttle.admit(slot, now=1060.0) == 49  # the next line says how many went unlogged
     assert throttle.admit(slot, now=1061.0) is None
+
+
+def test_a_key_over_its_rate_is_resource_exhausted_and_refills(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    limited = keys.add(path, "limited", ["recommend"], rate_per_s=2, burst=3)
+    free = keys.add(path, "free", ["recommend"])
+    assert keys.load(path)[0].to_dict()["rate_per_s"] == 2
+    authorizer = auth.Authorizer(path)
+    decisions = [authorizer.check(RECOMMEND, bearer(limited)) for _ in range(5)]
+    assert [d is None for d in decisions] == [True, True, True, False, False]  # the burst, then refused
+    refused = decisions[-1]
+    assert refused is not None and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.message == "API key 'limited' is over its rate limit (2 calls/s, burst 3); retry later"
+    assert limited not in refused.message
+    assert all(authorizer.check(RECOMMEND, bearer(free)) is None for _ in range(100))  # other keys unaffected
+
+
+def test_the_token_bucket_refills_at_the_rate() -> None:
+    from services.gateway.ratelimit import RateLimiter
+
+    limiter = RateLimiter()
+    assert [limiter.allow("k", 10, 2, now=0.0) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("k", 10, 2, now=0.05) is False  # half a token
+    assert limiter.allow("k", 10, 2, now=0.1) is True
+    assert [limiter.allow("k", 10, 2, now=100.0) for _ in range(3)] == [True, True, False]  # capped at burst
