@@ -1,18 +1,16 @@
 """The in-process online store (the default when no Redis URL is configured).
 
 The served version is one immutable snapshot of numpy arrays and dicts, swapped in with a single
-assignment. The event log is a JSON-lines file: a batch is written with one `write`, flushed and
-fsynced before anything of it is applied in memory; a batch whose write fails is cut off the file again,
-so the log and the live state both hold all of it or none. On open the log is replayed to rebuild the
-users' live recent/seen items (a torn last line, never acknowledged, is cut off).
+assignment. The event log (services.features.event_file) is a JSON-lines file: a batch is durable there
+before anything of it is applied in memory, so the log and the live state both hold all of it or none.
+On open the live state comes from the last checkpoint plus the lines after it; retention compacts the
+file without touching the live state or what the trainer has not consumed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.artifacts import ArtifactVersion
+from services.features.event_file import EventFile
 from services.features.store import (
     EMPTY,
     IDEMPOTENCY_WINDOW_S,
@@ -46,6 +45,11 @@ class EmbeddedConfig:
     recent_max: int = RECENT_MAX
     #: How long an event id is remembered.
     idempotency_window_s: int = IDEMPOTENCY_WINDOW_S
+    #: Retention (`trim_events`): drop events older than this (0: any age) or beyond this many (0: any).
+    events_max_age_s: float = 0.0
+    events_max_len: int = 0
+    #: Events between checkpoints of the live state (start-up reads only what follows the last).
+    checkpoint_every: int = 1000
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,8 @@ class EmbeddedStore:
         self._written_ids: dict[str, float] = {}
         self._log_lock = asyncio.Lock()
         self._materialize_lock = asyncio.Lock()
-        self._events_path = config.event_log
-        self._events_path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = EventFile(config.event_log)
+        self._since_checkpoint = 0
         self._replay()
 
     # ---- served version -------------------------------------------------------------------------
@@ -180,13 +184,22 @@ class EmbeddedStore:
                 return 0
             fresh, now = list(new.values()), time.time()
             # written_ms: when the id was first written, for the idempotency window after a restart.
-            stamp = int(now * 1000)
-            data = "".join(
-                json.dumps({**e.to_json(), "written_ms": stamp}, separators=(",", ":")) + "\n" for e in fresh
-            ).encode()
-            await asyncio.to_thread(self._append_to_log, data)
+            await asyncio.to_thread(self._file.append, [e.to_json() for e in fresh], int(now * 1000))
             self._apply(fresh, {e.event_id: now for e in fresh})  # only once the batch is durable in the log
+            self._since_checkpoint += len(fresh)
+            if self._since_checkpoint >= self.config.checkpoint_every:
+                await self._checkpoint()
             return len(fresh)
+
+    async def _checkpoint(self) -> None:
+        """Under the log lock: the live state cannot change while it is written."""
+        state = {
+            "recent": self._recent,
+            "seen": {user: sorted(items) for user, items in self._seen.items()},
+            "ids": self._written_ids,
+        }
+        await asyncio.to_thread(self._file.checkpoint, state)
+        self._since_checkpoint = 0
 
     def _forget_old_ids(self, now: float) -> None:
         horizon = now - self.config.idempotency_window_s
@@ -195,23 +208,6 @@ class EmbeddedStore:
             if written_at >= horizon:
                 return
             del self._written_ids[oldest]
-
-    def _append_to_log(self, data: bytes) -> None:
-        with self._events_path.open("ab") as f:
-            start = f.tell()
-            try:
-                self._write(f.fileno(), data)
-                f.flush()
-                os.fsync(f.fileno())
-            except BaseException:
-                f.truncate(start)  # cut the partial batch off again: all or nothing
-                raise
-
-    def _write(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
 
     def _apply(self, events: Sequence[Event], written_at: Mapping[str, float]) -> None:
         """The live state, and the ids remembered with when they were written (epoch s)."""
@@ -229,37 +225,46 @@ class EmbeddedStore:
 
     async def read_events(self) -> list[Event]:
         async with self._log_lock:
-            return await asyncio.to_thread(self._read_log)
-
-    def _read_log(self) -> list[Event]:
-        if not self._events_path.exists():
-            return []
-        with self._events_path.open("rb") as f:
-            return [Event.from_json(json.loads(line)) for line in f if line.strip()]
+            return [Event.from_json(r) for r in await asyncio.to_thread(self._file.records)]
 
     def _replay(self) -> None:
-        """Rebuild the live state from the log; cut off a torn (unacknowledged) last line."""
-        path = self._events_path
-        if not path.exists():
-            return
-        with path.open("rb+") as f:
-            data = f.read()
-            end = data.rfind(b"\n") + 1
-            if end != len(data):
-                log.warning(
-                    "cutting a torn line off the event log",
-                    extra={"path": str(path), "bytes": len(data) - end},
-                )
-                f.truncate(end)
-        records = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-        events = [Event.from_json(r) for r in records]
+        """The live state: the checkpoint's, then the log lines after it (not the whole log)."""
+        state, tail = self._file.recover()
+        if state is not None:
+            self._recent = {str(u): list(items) for u, items in state["recent"].items()}
+            self._seen = {str(u): set(items) for u, items in state["seen"].items()}
+            self._written_ids = {str(k): float(v) for k, v in state["ids"].items()}
+        events = [Event.from_json(r) for r in tail]
         # A line logged before written_ms was counts as written now: remembered for a whole window.
         now_ms = time.time() * 1000
-        written = {
-            e.event_id: r.get("written_ms", now_ms) / 1000 for e, r in zip(events, records, strict=True)
-        }
+        written = {e.event_id: r.get("written_ms", now_ms) / 1000 for e, r in zip(events, tail, strict=True)}
         self._apply(events, written)
         self._written_ids = dict(sorted(self._written_ids.items(), key=lambda kv: kv[1]))
+        self._since_checkpoint = len(tail)
+
+    # ---- retention ------------------------------------------------------------------------------
+
+    async def log_position(self) -> str:
+        return str(self._file.seq)
+
+    async def mark_consumed(self, position: str) -> None:
+        if not position.isdigit() or int(position) > self._file.seq:
+            raise ValueError(f"log position {position!r}: expected a seq in 0..{self._file.seq}")
+        await asyncio.to_thread(self._file.mark_consumed, int(position))
+
+    async def trim_events(self, now_s: float) -> int:
+        if not (self.config.events_max_age_s or self.config.events_max_len):
+            return 0
+        async with self._log_lock:
+            await self._checkpoint()  # first: the live state of what compaction drops is kept
+            return await asyncio.to_thread(
+                self._file.compact,
+                self.config.events_max_age_s,
+                self.config.events_max_len,
+                int(now_s * 1000),
+            )
 
     async def close(self) -> None:
-        return None
+        async with self._log_lock:
+            if self._since_checkpoint:
+                await self._checkpoint()

@@ -8,8 +8,10 @@ Keys (`p` = the configured prefix, default "recsys"; `V` = an artifact version):
     p:v:V:meta             hash: dims and counts; written LAST, so it is the version's completion marker
     p:current              the version materialized last (informational)
     p:versions             sorted set of complete versions, scored by completion time
-    p:events               Stream: the append-only event log (XADD, one entry per event; capped at
-                           `events_max_len` entries when that is set, oldest trimmed first)
+    p:events               Stream: the append-only event log (XADD, one entry per event); retention
+                           (`trim_events`) drops the oldest past an age or a count, never an entry
+                           after p:events:consumed
+    p:events:consumed      the id of the last entry the trainer consumed (set by `mark_consumed`)
     p:live:recent:<user>   list: the user's live clicked/rated items, newest first (LREM+LPUSH+LTRIM)
     p:live:seen:<user>     set: every item the user clicked or rated live
     p:eid:<event_id>       an event id written within the idempotency window (expires)
@@ -57,23 +59,19 @@ from services.features.store import (
 log = logging.getLogger(__name__)
 
 #: append_events in one atomic step. KEYS: the stream, then per event its id key, recent list and seen
-#: set. ARGV: recent limit, stream cap (0: none), idempotency window (s), then per event 10 values:
+#: set. ARGV: recent limit, idempotency window (s), then per event 10 values:
 #: interacts ("1" or ""), event id, user, item, type, rating, timestamp, context, experiment, arm.
 APPEND_EVENTS = """
-local limit, cap, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local written = 0
 for i = 0, (#KEYS - 1) / 3 - 1 do
-  local a = 4 + i * 10
+  local a = 3 + i * 10
   local id_key, recent, seen = KEYS[2 + i * 3], KEYS[3 + i * 3], KEYS[4 + i * 3]
   if redis.call('SET', id_key, '1', 'NX', 'EX', window) then
     local entry = {'event_id', ARGV[a + 1], 'user_id', ARGV[a + 2], 'item_id', ARGV[a + 3],
                    'type', ARGV[a + 4], 'rating', ARGV[a + 5], 'timestamp_ms', ARGV[a + 6],
                    'context', ARGV[a + 7], 'experiment', ARGV[a + 8], 'arm', ARGV[a + 9]}
-    if cap > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', unpack(entry))
-    else
-      redis.call('XADD', KEYS[1], '*', unpack(entry))
-    end
+    redis.call('XADD', KEYS[1], '*', unpack(entry))
     if ARGV[a] == '1' then
       redis.call('LREM', recent, 0, ARGV[a + 3])
       redis.call('LPUSH', recent, ARGV[a + 3])
@@ -86,6 +84,8 @@ end
 return written
 """
 
+#: Stream entries read per retention round when trimming by count.
+TRIM_BATCH = 10_000
 #: Keys per MSET command (several of them go into one pipelined round trip).
 MSET_KEYS = 1000
 #: Stream entries per XRANGE page when reading the log.
@@ -103,9 +103,9 @@ class RedisConfig:
     batch_size: int = 10_000
     #: Complete versions kept in Redis; older ones are deleted after a switch (never the served one).
     keep_versions: int = 2
-    #: Cap on the event stream's length (0: keep every event). Trimming is approximate (XADD MAXLEN ~),
-    #: so the stream may hold up to one stream node (100 entries by default) more than the cap; the
-    #: oldest events go first, and `read_events` (the experiment report) sees only what is kept.
+    #: Retention (`trim_events`): drop entries older than this (0: any age) or beyond this many of the
+    #: newest (0: any count), never past the consumer's mark.
+    events_max_age_s: float = 0.0
     events_max_len: int = 0
     #: How long an event id is remembered (one small key per event, expiring).
     idempotency_window_s: int = IDEMPOTENCY_WINDOW_S
@@ -155,6 +155,14 @@ def check_reachable(config: RedisConfig) -> None:
         client.close()
 
 
+def _stream_id(text: str) -> tuple[int, int]:
+    """A stream entry id "<ms>-<seq>" as a pair (ValueError naming it otherwise)."""
+    ms, dash, seq = text.partition("-")
+    if not (dash and ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"log position {text!r}: expected a stream id <ms>-<seq>")
+    return int(ms), int(seq)
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
@@ -185,6 +193,7 @@ class RedisStore:
         self._materialize_lock = asyncio.Lock()
         p = config.prefix
         self._events_key = f"{p}:events"
+        self._consumed_key = f"{p}:events:consumed"
         self._current_key = f"{p}:current"
         self._versions_key = f"{p}:versions"
         self._append = self.redis.register_script(APPEND_EVENTS)
@@ -412,11 +421,7 @@ class RedisStore:
         if not events:
             return 0
         keys = [self._events_key]
-        args: list[str | int] = [
-            self.config.recent_max,
-            self.config.events_max_len,
-            self.config.idempotency_window_s,
-        ]
+        args: list[str | int] = [self.config.recent_max, self.config.idempotency_window_s]
         for e in events:
             keys += [self._event_id_key(e.event_id), self._recent_key(e.user_id), self._seen_key(e.user_id)]
             args += [
@@ -432,6 +437,35 @@ class RedisStore:
                 e.arm,
             ]
         return int(await self._append(keys=keys, args=args))
+
+    async def log_position(self) -> str:
+        last: Any = await self.redis.xrevrange(self._events_key, count=1)
+        return str(last[0][0].decode()) if last else "0-0"
+
+    async def mark_consumed(self, position: str) -> None:
+        _stream_id(position)
+        await self.redis.set(self._consumed_key, position)
+
+    async def trim_events(self, now_s: float) -> int:
+        cutoff: tuple[int, int] | None = None
+        if self.config.events_max_age_s:
+            cutoff = (int((now_s - self.config.events_max_age_s) * 1000), 0)
+        if self.config.events_max_len:
+            excess = int(await self.redis.xlen(self._events_key)) - self.config.events_max_len
+            if excess > 0:
+                # At most TRIM_BATCH entries per call: reading the ids to cut at stays cheap.
+                page: Any = await self.redis.xrange(self._events_key, count=min(excess, TRIM_BATCH))
+                ms, seq = _stream_id(page[-1][0].decode())
+                cutoff = max(cutoff or (0, 0), (ms, seq + 1))
+        if cutoff is None:
+            return 0
+        consumed: Any = await self.redis.get(self._consumed_key)
+        if consumed is not None:
+            ms, seq = _stream_id(consumed.decode())
+            cutoff = min(cutoff, (ms, seq + 1))
+        return int(
+            await self.redis.xtrim(self._events_key, minid=f"{cutoff[0]}-{cutoff[1]}", approximate=False)
+        )
 
     async def read_events(self) -> list[Event]:
         out: list[Event] = []

@@ -41,6 +41,8 @@ MAX_ITEM_IDS = 10_000
 MAX_EVENTS = 1000
 #: How often the spool is offered to the store while it holds events.
 SPOOL_DRAIN_S = 0.5
+#: How often retention runs (when an age or a count is configured).
+RETENTION_S = 30.0
 
 _EVENT_TYPES = {
     common_pb2.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
@@ -63,8 +65,13 @@ class Config(ServerConfig):
     recent_max: int = option(RECENT_MAX, "recent items kept per user (live feedback + history)", positive)
     events_max_len: int = option(
         0,
-        "Redis store only: cap on the event stream's length, oldest trimmed first (approximate, within "
-        "about 100 entries); 0 keeps every event",
+        "retention: events kept beyond this many of the newest are dropped (0: any count); never one the "
+        "trainer has not consumed",
+        non_negative,
+    )
+    events_max_age_days: float = option(
+        0.0,
+        "retention: events older than this are dropped (0: any age); never one not consumed",
         non_negative,
     )
     spool: Path = option(
@@ -212,6 +219,7 @@ class FeaturesComponent:
         self.repair_interval_s = repair_interval_s
         self._repair: PeriodicTask | None = None
         self._drain: PeriodicTask | None = None
+        self._retention: PeriodicTask | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
@@ -223,6 +231,17 @@ class FeaturesComponent:
             self._repair = PeriodicTask("store-repair", self._repair_store, self.repair_interval_s)
         if self._drain is None:
             self._drain = PeriodicTask("spool-drain", self.writer.drain, SPOOL_DRAIN_S)
+        if self._retention is None:
+            self._retention = PeriodicTask("event-retention", self._trim_events, RETENTION_S)
+
+    async def _trim_events(self) -> None:
+        try:
+            dropped = await self.store.trim_events(time.time())
+        except Exception as e:  # the store is away: the next round tries again
+            log.warning("event retention failed", extra={"reason": str(e)})
+            return
+        if dropped:
+            log.info("event retention", extra={"dropped": dropped})
 
     async def _repair_store(self) -> None:
         """Put back what the backend lost (a Redis restarted without persistence comes back empty)."""
@@ -242,7 +261,7 @@ class FeaturesComponent:
         self.store.unpin(name)
 
     async def close(self) -> None:
-        for task in (self._repair, self._drain):
+        for task in (self._repair, self._drain, self._retention):
             if task is not None:
                 await task.stop()
         await self.writer.drain()  # what it can deliver now; the rest waits in the spool for the next start
@@ -261,6 +280,7 @@ def create(config: Config) -> FeaturesComponent:
                 prefix=config.redis_prefix,
                 recent_max=config.recent_max,
                 events_max_len=config.events_max_len,
+                events_max_age_s=config.events_max_age_days * 86_400,
             )
         )
         try:
@@ -268,6 +288,13 @@ def create(config: Config) -> FeaturesComponent:
         except (SpoolInUse, OSError) as e:
             raise StartupError(f"--spool {config.spool}: {e}") from None
     else:
-        store = EmbeddedStore(EmbeddedConfig(event_log=config.event_log, recent_max=config.recent_max))
+        store = EmbeddedStore(
+            EmbeddedConfig(
+                event_log=config.event_log,
+                recent_max=config.recent_max,
+                events_max_len=config.events_max_len,
+                events_max_age_s=config.events_max_age_days * 86_400,
+            )
+        )
     writer = EventWriter(store, spool, store_timeout_s=config.store_timeout_ms / 1000)
     return FeaturesComponent(store, writer, repair_interval_s=config.reload_interval_s)

@@ -197,7 +197,20 @@ class OnlineStore(Protocol):
         whose id was written within the idempotency window; returns how many were written."""
 
     async def read_events(self) -> list[Event]:
-        """The whole event log, oldest first."""
+        """The whole event log (what retention kept), oldest first."""
+
+    async def log_position(self) -> str:
+        """Where the log ends now (opaque; for `mark_consumed`)."""
+        ...
+
+    async def mark_consumed(self, position: str) -> None:
+        """A consumer (the trainer) has every event through `position`: retention may drop those, and
+        never one after it (ValueError for a position this backend did not give)."""
+
+    async def trim_events(self, now_s: float) -> int:
+        """Retention: drop the oldest events past the configured age or count, never one after the
+        consumer's mark; returns how many went. The live state is not changed."""
+        ...
 
     async def close(self) -> None: ...
 

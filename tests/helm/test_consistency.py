@@ -223,6 +223,7 @@ def test_features_store_url(release: Release, tmp_path: Path) -> None:
         assert cfg.redis_url == redis["external"]["url"]
     features = release.values.get("components", {}).get("features", {}).get("config", {})
     assert cfg.events_max_len == features.get("eventsMaxLen", 0)
+    assert cfg.events_max_age_days == features.get("eventsMaxAgeDays", 0)
     # The embedded store's event log (unused with Redis) is on a writable volume, not the read-only root.
     assert str(cfg.event_log).startswith("/var/lib/recsys/")
 

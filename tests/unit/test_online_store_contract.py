@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -408,7 +409,7 @@ def test_embedded_batch_failing_midway_leaves_nothing(
             raise OSError(28, "No space left on device")
 
         with monkeypatch.context() as m:
-            m.setattr(store, "_write", half_then_fail)
+            m.setattr(store._file, "_write", half_then_fail)
             with pytest.raises(OSError, match="No space left"):
                 await store.append_events([ev("u0", "lost-1"), ev("u0", "lost-2"), ev("nobody", "lost-3")])
         assert log.stat().st_size == size  # the partial batch was cut off the file again
@@ -550,27 +551,84 @@ def test_redis_deletes_versions_beyond_the_newest_two(redis_backend: Backend, ve
     assert client.zrange(f"{p}:versions", 0, -1) == [b"v2", b"v3"]
 
 
-def test_redis_caps_the_event_stream_oldest_first(redis_url: str) -> None:
-    """events_max_len bounds the stream (approximately: whole stream nodes of 100 entries are trimmed);
-    what is kept is the newest events, in order, and the live state is not trimmed with the log."""
-    cap = 250
-    config = RedisConfig(
-        url=redis_url, prefix=f"t-{uuid.uuid4().hex[:12]}", recent_max=RECENT, events_max_len=cap
-    )
-    backend = Backend("redis", lambda: RedisStore(config), redis_url, config.prefix)
-    events = [ev(f"u{n % 7}", f"i{n}", ts=n) for n in range(2000)]
+def retention_backend(request: pytest.FixtureRequest, tmp_path: Path, **retention: Any) -> Backend:
+    """The backend of the test's `kind` parameter with retention settings."""
+    if request.node.callspec.params["kind"] == "embedded":
+        log = tmp_path / "events.jsonl"
+        config = EmbeddedConfig(event_log=log, recent_max=RECENT, checkpoint_every=50, **retention)
+        return Backend("embedded", lambda: EmbeddedStore(config))
+    url: str = request.getfixturevalue("redis_url")
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    redis_config = RedisConfig(url=url, prefix=prefix, recent_max=RECENT, **retention)
+    return Backend("redis", lambda: RedisStore(redis_config), url, prefix)
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+def test_retention_keeps_the_newest_and_never_what_was_not_consumed(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    backend = retention_backend(request, tmp_path, events_max_len=50)
+    events = [ev(f"u{n % 7}", f"i{n}", ts=n) for n in range(100)]
 
     async def scenario(store: OnlineStore) -> None:
-        for start in range(0, len(events), 100):
-            assert await store.append_events(events[start : start + 100]) == 100
-        kept = await store.read_events()
-        assert cap <= len(kept) <= cap + 100
-        assert kept == events[-len(kept) :]
+        await store.append_events(events[:30])
+        consumed = await store.log_position()  # the trainer read the first 30
+        await store.mark_consumed(consumed)
+        await store.append_events(events[30:])
+        assert await store.trim_events(time.time()) == 30  # not 50: 30..49 were not consumed
+        assert await store.read_events() == events[30:]
+        await store.mark_consumed(await store.log_position())
+        assert await store.trim_events(time.time()) == 20
+        assert await store.read_events() == events[50:]
+        with pytest.raises(ValueError, match="log position"):
+            await store.mark_consumed("not-a-position")
+
+    async def after_restart(store: OnlineStore) -> None:
+        assert await store.read_events() == events[50:]
+        # The live state is not trimmed with the log.
         profile = await store.get_user("u0")
         assert profile.seen_item_ids == {e.item_id for e in events if e.user_id == "u0"}
 
     run(backend, scenario)
-    assert cap <= redis_client(backend).xlen(f"{config.prefix}:events") <= cap + 100
+    run(backend, after_restart)
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis"])
+def test_retention_by_age(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    backend = retention_backend(request, tmp_path, events_max_age_s=3600.0)
+    events = [ev("u0", f"i{n}", ts=n) for n in range(20)]
+
+    async def scenario(store: OnlineStore) -> None:
+        await store.append_events(events)
+        assert await store.trim_events(time.time()) == 0  # all of them younger than an hour
+        assert await store.trim_events(time.time() + 7200) == 20  # two hours on: all older (no consumer)
+        assert await store.read_events() == []
+
+    run(backend, scenario)
+
+
+def test_embedded_start_up_reads_only_the_log_after_its_checkpoint(tmp_path: Path) -> None:
+    """Proof by a damaged early line: start-up never parses it, because the checkpoint covers it."""
+    log = tmp_path / "events.jsonl"
+    config = EmbeddedConfig(event_log=log, recent_max=RECENT, checkpoint_every=10)
+    events = [ev("u0", f"i{n}", ts=n) for n in range(25)]
+
+    async def first(store: OnlineStore) -> None:
+        for e in events:
+            await store.append_events([e])
+
+    run(Backend("embedded", lambda: EmbeddedStore(config)), first)  # closing checkpoints too
+    lines = log.read_bytes().splitlines(keepends=True)
+    prefix = lines[0][: lines[0].index(b",") + 1]  # {"seq":1,
+    lines[0] = prefix + b"x" * (len(lines[0]) - len(prefix) - 1) + b"\n"
+    log.write_bytes(b"".join(lines))
+
+    async def second(store: OnlineStore) -> None:
+        profile = await store.get_user("u0")
+        assert profile.recent_item_ids == tuple(f"i{n}" for n in range(24, 24 - RECENT, -1))
+        assert await store.append_events([events[3]]) == 0  # its id remembered from the checkpoint
+
+    run(Backend("embedded", lambda: EmbeddedStore(config)), second)
 
 
 def test_repair_rewrites_what_the_backend_lost(backend: Backend, versions: Versions) -> None:
