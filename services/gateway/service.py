@@ -99,6 +99,12 @@ class Config(ServerConfig):
     )
     max_queued: int = option(8, "Recommends that may wait for a slot", non_negative)
     queue_ms: float = option(10.0, "how long a queued Recommend may wait for a slot", positive)
+    admission_target_ms: float = option(
+        50.0,
+        "the in-flight limit adapts (down to 1, up to --max-in-flight) to keep the slowest tenth of admitted "
+        "Recommends within this; 0 keeps it fixed",
+        non_negative,
+    )
     api_keys_file: Path | None = option(
         None,
         "API keys file (`recsys keys add`): every call then needs `authorization: Bearer <key>` with the "
@@ -234,7 +240,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.exposures = ExposureLogger(
             self._write_exposures, config.exposure_spool, max_bytes=int(config.exposure_spool_max_mb * 2**20)
         )
-        self.admission = Admission(config.max_in_flight, config.max_queued, config.queue_ms)
+        self.admission = Admission(
+            config.max_in_flight, config.max_queued, config.queue_ms, config.admission_target_ms
+        )
         self.popular = PopularCache(self.retrieval)
         self._watch: PeriodicTask | None = None
         self._next_popular = 0.0
