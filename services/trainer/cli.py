@@ -60,9 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=BUNDLED_DATA,
         help="a MovieLens directory, a RecBole .inter file, or a CSV/Parquet file user,item[,rating],timestamp"
-        " (default: the bundled MovieLens latest-small)",
+        " (default: the bundled MovieLens latest-small, unless --events is given)",
+    )
+    parser.add_argument(
+        "--events",
+        metavar="SOURCE",
+        help="also train on the platform's own events: a Redis URL (the features service's stream) or the "
+        "embedded store's JSON-lines log; clicks and ratings become interactions, exposures are left out, "
+        "a repeated event id counts once, malformed events are skipped and counted",
+    )
+    parser.add_argument("--events-prefix", default="recsys", help="the features service's --redis-prefix")
+    parser.add_argument(
+        "--click-rating", type=float, default=4.0, help="the rating a click stands for (clicks carry none)"
     )
     parser.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifact root (default: artifacts)"
@@ -87,7 +97,17 @@ def main(ns: argparse.Namespace) -> int:
         pipeline = pipeline_from_args(ns, ns.protocol).with_setting("protocol.leave_n", str(ns.leave_n))
         pipeline = pipeline.with_setting("seed", str(ns.seed))
         pipeline.check()
-        version = train(TrainConfig(Path(ns.data), Path(ns.out), pipeline, progress=not ns.no_progress))
+        data = ns.data if ns.data is not None else (None if ns.events else BUNDLED_DATA)
+        config = TrainConfig(
+            data,
+            Path(ns.out),
+            pipeline,
+            progress=not ns.no_progress,
+            events=ns.events,
+            events_prefix=ns.events_prefix,
+            click_rating=ns.click_rating,
+        )
+        version = train(config)
     except (ValueError, DataError, FitError) as e:
         print(f"recsys train: {e}", file=sys.stderr)
         return 2
@@ -109,5 +129,14 @@ def main(ns: argparse.Namespace) -> int:
     print(
         f"  exported: fitted again on all {version.manifest['training']['final_fit']['interactions']} interactions"
     )
+    read = version.manifest["data"].get("events")
+    if read is not None:
+        c = read["counts"]
+        print(
+            f"  events from {read['source']} through {read['watermark'] or '(none)'}: {c.get('read', 0)} read, "
+            f"{c.get('interactions', 0)} interactions, {c.get('shown_not_chosen', 0)} shown not chosen, "
+            f"{c.get('exposures', 0)} exposures left out, {c.get('duplicates', 0)} duplicates, "
+            f"{c.get('malformed', 0)} malformed{': ' + read['malformed'][0] if read['malformed'] else ''}"
+        )
     print(f"version: {version.path}")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.artifacts import ArtifactVersion
+from services.trainer import events
 from services.trainer.data import DataError, Dataset, Log, load
 from services.trainer.evaluation import evaluate
 from services.trainer.export import export
@@ -22,10 +23,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: Path
+    #: The base file (None: the events alone).
+    data: Path | None
     out: Path
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     progress: bool = True
+    #: The platform's event log to train from as well: a Redis URL or the embedded JSON-lines log.
+    events: str | None = None
+    events_prefix: str = "recsys"
+    #: The rating a click stands for (clicks carry none).
+    click_rating: float = 4.0
 
 
 def counts(log_slice: Log) -> dict[str, int]:
@@ -45,14 +52,26 @@ def train(config: TrainConfig) -> ArtifactVersion:
     started = time.perf_counter()
     progress = Progress(config.progress, "train: ")
     with progress.step("load"):
-        data = load(config.data)
+        read = None
+        if config.events is not None:
+            read = events.read(config.events, config.events_prefix, config.click_rating)
+            if read.counts.get("malformed"):
+                log.warning(
+                    "malformed events skipped",
+                    extra={"count": read.counts["malformed"], "first": read.reasons},
+                )
+            data = events.with_events(load(config.data) if config.data else None, read)
+        elif config.data is not None:
+            data = load(config.data)
+        else:
+            raise DataError("nothing to train on: give --data, --events or both")
         held_in, held_out = pipeline.protocol.holdout(data.log, pipeline.seed)
     evaluation_fit = fit(data, held_in, pipeline, Progress(config.progress, "train: evaluation fit: "))
     with progress.step("evaluate"):
         metrics = evaluate(evaluation_fit, held_out)
     final = fit(data, data.log, pipeline, Progress(config.progress, "train: final fit: "))
     manifest: dict[str, Any] = {
-        "data": describe(data),
+        "data": describe(data) | ({"events": read.describe()} if read is not None else {}),
         "metrics": {
             **metrics,
             "protocol": pipeline.protocol.name,
