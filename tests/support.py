@@ -73,18 +73,31 @@ BUNDLED_DATA = REPO / "data" / "ml-latest-small"
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A real redis-server on `port` (default: a free one) on loopback, no persistence; yields its URL."""
+def redis_server(
+    workdir: Path, port: int | None = None, *, password: str | None = None, tls_dir: Path | None = None
+) -> Iterator[str]:
+    """A real redis-server on `port` (default: a free one) on loopback, no persistence; yields its URL.
+
+    `password`: AUTH required (requirepass; the URL carries it). `tls_dir`: certificates as `recsys certs
+    make` writes them: TLS only (no plaintext port), client certificates signed by its CA required, and a
+    rediss:// URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run the README's test command, which installs it")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    listen = ["--port", str(port)]
+    if tls_dir is not None:
+        listen = [
+            *("--port", "0", "--tls-port", str(port)),
+            *("--tls-cert-file", str(tls_dir / "tls.crt"), "--tls-key-file", str(tls_dir / "tls.key")),
+            *("--tls-ca-cert-file", str(tls_dir / "ca.crt"), "--tls-auth-clients", "yes"),
+        ]
     proc = subprocess.Popen(
         [
             binary,
-            "--port",
-            str(port),
+            *listen,
+            *(("--requirepass", password) if password else ()),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -107,7 +120,8 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        scheme = "redis" if tls_dir is None else "rediss"
+        yield f"{scheme}://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
