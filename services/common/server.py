@@ -99,14 +99,25 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
-async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
-    tls: ServerTLS | None = None
-    if config.tls_cert is not None and config.tls_key is not None:
-        try:
-            tls = ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca)
-        except ConfigError as e:
-            raise StartupError(str(e)) from None
+def server_tls(config: ServerConfig) -> ServerTLS | None:
+    """The TLS `config` asks for, its files read and checked (StartupError naming a bad one)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        return ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+
+
+async def serve(
+    component: Component,
+    config: ServerConfig,
+    stop: asyncio.Event | None = None,
+    tls: ServerTLS | None = None,
+) -> None:
+    """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully. `tls`: the
+    config's TLS already read (`server_tls`), else it is read here."""
+    tls = tls or server_tls(config)
     # Optional: interceptors a component puts in front of every other (the gateway's authentication), so a
     # call they refuse is never decoded, delayed or handled.
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
@@ -210,7 +221,8 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
     async def main() -> None:
-        await serve(create(), config)
+        tls = server_tls(config)  # before the component: a bad file is then the only line printed
+        await serve(create(), config, tls=tls)
 
     try:
         # uvloop: about a fifth less CPU per gRPC call than the default loop (grpc.aio wakes the loop

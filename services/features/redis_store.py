@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,15 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def check_reachable(config: RedisConfig) -> None:
     """PING Redis synchronously (start-up, before the event loop serves); StartupError when it fails."""
     try:
@@ -172,7 +182,11 @@ def check_reachable(config: RedisConfig) -> None:
         # Redis's own words ("invalid username-password pair", "Authentication required"), never the password
         raise StartupError(f"Redis at {redact(config.url)} refused to authenticate: {e}") from None
     except (RedisError, OSError) as e:
-        raise StartupError(f"cannot reach Redis at {redact(config.url)}: {_reason(e)}") from None
+        hint = ""
+        if config.tls_client_cert is None and _caused_by(e, ssl.SSLError):
+            # A Redis with tls-auth-clients ends the handshake, sometimes before the client reads why.
+            hint = " (a Redis that requires client certificates needs --redis-tls-client-cert/-key)"
+        raise StartupError(f"cannot reach Redis at {redact(config.url)}: {_reason(e)}{hint}") from None
     finally:
         client.close()
 
