@@ -30,12 +30,17 @@ def health_status(
         return int(reply.status)
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command's flags (the chart's probes are checked against them too)."""
+    p = argparse.ArgumentParser(prog="python -m services.healthcheck", description=__doc__)
+    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("service", nargs="?", default="", help="the service's health entry (default: '')")
+    add_client_arguments(p, "the service")
+    return p
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.healthcheck", description=__doc__)
-    parser.add_argument("address", metavar="HOST:PORT")
-    parser.add_argument("service", nargs="?", default="", help="the service's health entry (default: '')")
-    add_client_arguments(parser, "the service")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         status = health_status(args.address, args.service, timeout_s=2.0, tls=client_from_args(args))
     except ConfigError as e:
