@@ -23,6 +23,7 @@ VALUES_FILES: dict[str, Path | None] = {
     "minikube": CHART / "values-minikube.yaml",
     "external-redis": CHART / "ci" / "values-external-redis.yaml",
     "external-redis-url": CHART / "ci" / "values-external-redis-url.yaml",
+    "external-redis-tls": CHART / "ci" / "values-external-redis-tls.yaml",
     "metrics": CHART / "ci" / "values-metrics.yaml",
     "tls": CHART / "ci" / "values-tls.yaml",
     "tls-cert-manager": CHART / "ci" / "values-tls-cert-manager.yaml",

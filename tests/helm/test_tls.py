@@ -1,7 +1,7 @@
 """The chart's TLS (tls.enabled): every hop handshakes with the certificates a render mounts, through the
 services' own TLS code (the gateway to each backend by the name it dials, each probe, the test pod to the
 gateway); the chart's own CA and certificates; cert-manager's objects naming what the clients dial; a
-Secret of yours mounted by every service."""
+Secret of yours mounted by every service; an external Redis over TLS."""
 
 from __future__ import annotations
 
@@ -243,3 +243,29 @@ def test_without_tls_nothing_of_it_is_rendered(releases: dict[str, Release]) -> 
     for service in SERVICES:
         (c,) = containers(release.component_deployment(service))
         assert not {e["name"] for e in c["env"]} & {"RECSYS_TLS_CERT", "RECSYS_BACKEND_TLS_CA"}
+
+
+def test_an_external_redis_over_tls_gets_its_ca_and_client_certificate(
+    releases: dict[str, Release], tmp_path: Path
+) -> None:
+    import helm_python
+
+    release = releases["external-redis-tls"]
+    cfg, _ = load_service_config(release, "features", tmp_path)
+    assert cfg.redis_url.startswith("rediss://")
+    tls = cfg.redis_tls()
+    assert tls is not None and tls.ca is not None and tls.client_cert is not None
+    tls.read()  # the Secret's files (a stand-in: `recsys certs make`) pass the service's own checks
+    (volume,) = [
+        v for v in pod_spec(release.component_deployment("features"))["volumes"] if v["name"] == "redis-tls"
+    ]
+    assert volume["secret"]["secretName"] == "redis-client-tls"
+    for service in ("gateway", "retrieval", "ranking"):
+        assert "redis-tls" not in {
+            v["name"] for v in pod_spec(release.component_deployment(service))["volumes"]
+        }
+    plaintext = {
+        "redis": {"enabled": False, "external": {"url": "redis://r:6379/0", "tls": {"existingSecret": "x"}}}
+    }
+    with pytest.raises(helm_python.HelmRenderError, match="the Redis URL must be rediss://"):
+        render(plaintext)
