@@ -230,3 +230,13 @@ def test_server_credentials_follow_their_files(made: Path, caplog: pytest.LogCap
     bundle = (made / "ca.crt").read_bytes() + certs.cert_pem(certs.new_authority("next CA").cert)
     (made / "ca.crt").write_bytes(bundle)
     assert tls._fetch() is not None and tls.files.value.client_ca == bundle != ca_before
+
+
+def test_up_refuses_a_tls_dir_that_would_not_do_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none"
+    assert cli_main(["up", "--tls-dir", str(missing), "--work-dir", str(tmp_path / "var")]) == 2
+    message = f"recsys up: --tls-cert {missing / 'tls.crt'}: cannot read (No such file or directory)"
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "var").exists()
