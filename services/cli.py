@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from services.common import config
+from services.common import config, tls
 
 SERVICE_MODULES = {
     "gateway": "services.gateway.service",
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=50051, help="gateway port; backends use the next three")
     up.add_argument("--work-dir", type=Path, default=Path("var"), help="logs and the embedded event log")
     up.add_argument("--replicas", type=int, default=1, help="processes per backend service (round_robin)")
+    up.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="certificates as `recsys certs make DIR` writes them: the gateway serves TLS, the gateway and "
+        "the backends use mutual TLS",
+    )
 
     recommend = commands.add_parser("recommend", help="ask the gateway for a user's top k")
     recommend.add_argument("--user", required=True, help="user id")
@@ -80,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument(
         "--explain", action="store_true", help="why each item: its sources and top feature contributions"
     )
+    tls.add_client_arguments(recommend)
 
     feedback = commands.add_parser("feedback", help="send one event through the gateway")
     feedback.add_argument("--user", required=True, help="user id")
@@ -91,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument(
         "--gateway", default="127.0.0.1:50051", help="gateway HOST:PORT (its API key: env RECSYS_API_KEY)"
     )
+    tls.add_client_arguments(feedback)
 
     bench = commands.add_parser("bench", help="benchmarks against a running platform").add_subparsers(
         dest="bench", required=True
@@ -115,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--users-from", type=Path, default=None, help="artifact root: use its trained user ids")
     load.add_argument("-k", type=int, default=10, help="items per request")
     load.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    tls.add_client_arguments(load)
 
     budget = commands.add_parser("budget", help="latency budgets").add_subparsers(
         dest="budget", required=True
@@ -161,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_monitor_arguments(commands.add_parser("monitor", help="feature drift of a running ranking service"))
 
+    from services.certs import add_arguments as add_certs_arguments
+
+    add_certs_arguments(commands.add_parser("certs", help="TLS: a CA and certificates for `up --tls-dir`"))
+
     from services.keys_cli import add_arguments as add_keys_arguments
 
     add_keys_arguments(commands.add_parser("keys", help="the gateway's API keys: add or remove one"))
@@ -195,7 +209,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         event_log=args.work_dir / "events.jsonl",
         replicas={b: args.replicas for b in BACKENDS},
+        tls_dir=args.tls_dir,
     )
+    if args.tls_dir is not None:
+        platform.check_tls()
     # Installed first: a SIGTERM while the services start must still stop them all.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with platform:
@@ -203,6 +220,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             for replica in platform.replica_names(name):
                 print(f"{replica:<12} {platform.address(replica)}  pid {platform.processes[replica].pid}")
         print(f"logs in {platform.log_dir}; Ctrl-C stops all four", flush=True)
+        if args.tls_dir is not None:
+            print(f"TLS: call the gateway with --tls-ca {args.tls_dir / 'ca.crt'}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return 0
@@ -214,7 +233,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from services.client import Client, api_key_from_env
     from services.demo import format_response, load_titles
 
-    with Client(args.gateway, api_key=api_key_from_env()) as client:
+    with Client(args.gateway, api_key=api_key_from_env(), tls=tls.client_from_args(args)) as client:
         try:
             response = client.recommend(
                 args.user, k=args.k, exclude=args.exclude, debug=True, explain=args.explain
@@ -230,7 +249,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
     from services.client import Client, api_key_from_env, event
 
-    with Client(args.gateway, api_key=api_key_from_env()) as client:
+    with Client(args.gateway, api_key=api_key_from_env(), tls=tls.client_from_args(args)) as client:
         try:
             accepted = client.feedback([event(args.user, args.item, args.type, args.rating)])
         except grpc.RpcError as e:
@@ -260,6 +279,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_requests=args.max_requests,
         k=args.k,
         api_key=api_key_from_env(),
+        tls=tls.client_from_args(args),
     )
     try:
         result = run(config)
@@ -345,6 +365,12 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return k8s_main(args)
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from services.certs import main as certs_main
+
+    return certs_main(args)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from services.keys_cli import main as keys_main
 
@@ -391,6 +417,7 @@ COMMANDS = {
     "k8s": cmd_k8s,
     "monitor": cmd_monitor,
     "keys": cmd_keys,
+    "certs": cmd_certs,
 }
 
 

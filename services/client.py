@@ -3,6 +3,8 @@
 A gateway with API keys needs one on every call: `Client(address, api_key=...)` sends it as the metadata
 `authorization: Bearer <key>`. The `recsys` commands that call a gateway take theirs from the
 environment variable RECSYS_API_KEY (never a flag: a flag's value shows in `ps` and shell history).
+A gateway serving TLS: `Client(address, tls=ClientTLS(ca=Path("ca.crt")))` (services.common.tls; the
+commands' --tls-ca flag), so the key travels encrypted.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
-import grpc
-
 from recsys.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.common.event_ids import new_event_id
+from services.common.tls import ClientTLS, channel
 
 EVENT_TYPES = {
     "impression": common_pb2.EVENT_TYPE_IMPRESSION,
@@ -56,8 +57,14 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
 
 
 class Client:
-    def __init__(self, address: str, timeout_s: float = 5.0, api_key: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 5.0,
+        api_key: str | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
+        self.channel = channel(address, tls)
         self.stub = gateway_pb2_grpc.GatewayStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = auth_metadata(api_key)

@@ -3,8 +3,10 @@
 Waits for the release's Deployments and its trainer Job, checks that every pod is ready, port-forwards to
 a gateway pod through the Kubernetes API (no `kubectl` needed) and sends one Recommend with the Python
 client. Its API key: RECSYS_API_KEY when set, else the `smoke-key` (recommend role only) of the Secret the
-gateway pod mounts its keys file from (reading it needs `get` on that Secret). Prints one line per
-check; a failure ends with one line naming what is wrong and exit code 1.
+gateway pod mounts its keys file from (reading it needs `get` on that Secret). A gateway serving TLS (the
+chart's tls.enabled) is called over TLS: trusting the `ca.crt` of the Secret its certificate is mounted from
+and expecting its Service's name in the certificate, unless the --tls-* flags say otherwise. Prints one
+line per check; a failure ends with one line naming what is wrong and exit code 1.
 
 The decisions (is this Deployment / Job / Pod ready? which objects belong to the release?) are pure
 functions of `kubernetes.client` model objects, tested without a cluster; only `smoke` talks to one.
@@ -19,11 +21,16 @@ import contextlib
 import select
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from services.common.config import ConfigError
+from services.common.tls import ClientTLS, add_client_arguments, client_from_args
 
 #: The chart's labels (deploy/helm/recsys/templates/_helpers.tpl).
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -34,6 +41,9 @@ SERVICES = ("gateway", "features", "retrieval", "ranking")
 #: the recommend role for `helm test` and smoke (deploy/helm/recsys/templates/gateway-auth-secret.yaml).
 KEYS_VOLUME = "api-keys"
 SMOKE_KEY = "smoke-key"
+#: The service pods' volume holding their certificate (templates/components.yaml) and the CA's key in it.
+TLS_VOLUME = "tls"
+CA_KEY = "ca.crt"
 #: Container states that will not fix themselves: fail at once instead of waiting for the timeout.
 FATAL_WAITING_REASONS = frozenset(
     {
@@ -218,12 +228,17 @@ def grpc_port(pod: Any, name: str = "grpc") -> int:
     raise SmokeError(f"pod {pod.metadata.name} has no container port named {name!r}")
 
 
-def keys_secret(pod: Any) -> str | None:
-    """The Secret the gateway pod's keys file comes from; None when the gateway runs without keys."""
+def volume_secret(pod: Any, volume_name: str) -> str | None:
+    """The Secret behind the pod's volume `volume_name`; None without one."""
     for volume in pod.spec.volumes or []:
-        if volume.name == KEYS_VOLUME and volume.secret is not None:
+        if volume.name == volume_name and volume.secret is not None:
             return str(volume.secret.secret_name)
     return None
+
+
+def keys_secret(pod: Any) -> str | None:
+    """The Secret the gateway pod's keys file comes from; None when the gateway runs without keys."""
+    return volume_secret(pod, KEYS_VOLUME)
 
 
 def format_recommendation(response: Any) -> str:
@@ -262,6 +277,10 @@ class Cluster:
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         data = self.core.read_namespaced_secret(name, namespace).data or {}
         return base64.b64decode(data[key]).decode().strip() if key in data else None
+
+    def service_name(self, namespace: str, selector: str) -> str | None:
+        services = self.core.list_namespaced_service(namespace, label_selector=selector).items
+        return str(services[0].metadata.name) if services else None
 
     def look(self, namespace: str, selector: str) -> tuple[list[Any], list[Any], list[Any]]:
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector).items
@@ -401,6 +420,36 @@ def smoke_api_key(cluster: Cluster, namespace: str, gateway: Any, say: Callable[
     return key
 
 
+def smoke_tls(
+    cluster: Cluster,
+    namespace: str,
+    release: str,
+    gateway: Any,
+    workdir: Path,
+    say: Callable[[str], None],
+) -> ClientTLS | None:
+    """TLS to a gateway that mounts a certificate (None: plaintext): the CA of its Secret, written into
+    `workdir`, and the name of the gateway's Service (the name the chart's certificates carry)."""
+    secret = volume_secret(gateway, TLS_VOLUME)
+    if secret is None:
+        return None
+    try:
+        ca = cluster.secret_value(namespace, secret, CA_KEY)
+        service = cluster.service_name(namespace, release_selector(release, "gateway"))
+    except Exception as e:
+        raise SmokeError(
+            f"cannot read Secret {secret} or the gateway's Service ({_api_error(e)}): give --tls-ca"
+        ) from e
+    if ca is None:
+        raise SmokeError(
+            f"Secret {secret} has no {CA_KEY}: give --tls-ca with the CA of the gateway's certificate"
+        )
+    path = workdir / CA_KEY
+    path.write_text(ca + "\n")
+    say(f"TLS: the CA of Secret {secret}, server name {service}")
+    return ClientTLS(path, server_name=service)
+
+
 def smoke(
     release: str,
     namespace: str,
@@ -410,10 +459,12 @@ def smoke(
     k: int = 10,
     context: str | None = None,
     allow_degraded: bool = False,
+    tls: ClientTLS | None = None,
     cluster: Cluster | None = None,
     say: Callable[[str], None] = print,
 ) -> None:
-    """Raise SmokeError unless the release is ready and the gateway answers a Recommend."""
+    """Raise SmokeError unless the release is ready and the gateway answers a Recommend (over `tls` when
+    given, else over the TLS the gateway pod mounts, if any)."""
     import grpc
 
     from services.client import Client
@@ -424,9 +475,17 @@ def smoke(
     gateway = pick_gateway_pod(pods)
     port = grpc_port(gateway)
     api_key = smoke_api_key(cluster, namespace, gateway, say)
-    with port_forward(cluster, namespace, gateway.metadata.name, port) as local_port:
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        port_forward(cluster, namespace, gateway.metadata.name, port) as local_port,
+    ):
+        tls = tls or smoke_tls(cluster, namespace, release, gateway, Path(workdir), say)
         say(f"port-forward 127.0.0.1:{local_port} -> pod/{gateway.metadata.name}:{port}")
-        with Client(f"127.0.0.1:{local_port}", timeout_s=10.0, api_key=api_key) as client:
+        try:
+            client = Client(f"127.0.0.1:{local_port}", timeout_s=10.0, api_key=api_key, tls=tls)
+        except ConfigError as e:
+            raise SmokeError(str(e)) from e
+        with client:
             try:
                 response = client.recommend(user, k=k)
             except grpc.RpcError as e:
@@ -456,6 +515,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--user", default="1", help="user id of the Recommend (default: 1)")
     run.add_argument("-k", type=int, default=10, help="items to ask for (default: 10)")
     run.add_argument("--allow-degraded", action="store_true", help="accept a degraded (fallback) answer")
+    add_client_arguments(run, "the gateway (default: the TLS its pod mounts, if any)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -468,6 +528,7 @@ def main(args: argparse.Namespace) -> int:
             k=args.k,
             context=args.context,
             allow_degraded=args.allow_degraded,
+            tls=client_from_args(args),
         )
     except SmokeError as e:
         print(f"recsys k8s smoke: {e}", file=sys.stderr)

@@ -22,6 +22,7 @@ import uvloop
 
 from recsys.v1 import gateway_pb2, gateway_pb2_grpc
 from services.client import auth_metadata
+from services.common.tls import ClientTLS, aio_channel
 
 MAX_DURATION_S = 600.0
 MAX_REQUESTS = 1_000_000
@@ -45,6 +46,8 @@ class LoadConfig:
     timeout_s: float = 1.0
     #: sent as `authorization: Bearer <key>` (services.client.auth_metadata)
     api_key: str | None = field(default=None, repr=False)
+    #: a gateway serving TLS
+    tls: ClientTLS | None = None
 
     def validate(self) -> None:
         if self.mode not in ("closed", "open"):
@@ -121,7 +124,7 @@ async def _run(config: LoadConfig) -> LoadResult:
     # Several gateway replicas ("a:1,b:2"): one channel balancing over them.
     target = config.gateway if "," not in config.gateway else "ipv4:" + config.gateway.replace(" ", "")
     options = [("grpc.lb_policy_name", "round_robin")]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    async with aio_channel(target, config.tls, options) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         metadata = auth_metadata(config.api_key)
 
@@ -174,8 +177,8 @@ async def _run(config: LoadConfig) -> LoadResult:
         latency_ms=summarize(latencies),
         ok_latency_ms=summarize(ok_latencies),
         # never the key in a result file
-        config={k: v for k, v in asdict(config).items() if k not in ("users", "api_key")}
-        | {"users": len(config.users)},
+        config={k: v for k, v in asdict(config).items() if k not in ("users", "api_key", "tls")}
+        | {"users": len(config.users), "tls": config.tls is not None},
     )
 
 

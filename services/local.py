@@ -18,6 +18,7 @@ from types import TracebackType
 
 from grpc_health.v1 import health_pb2
 
+from services.common.tls import ClientTLS, ServerTLS
 from services.healthcheck import health_status
 
 BACKENDS = ("features", "retrieval", "ranking")
@@ -52,6 +53,9 @@ class LocalPlatform:
     replicas: dict[str, int] = field(default_factory=dict)
     #: By replica name.
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Certificates as `recsys certs make` writes them (services.certs): every service serves TLS with
+    #: tls.crt, the backends require client certificates signed by ca.crt, the gateway presents tls.crt.
+    tls_dir: Path | None = None
 
     def __post_init__(self) -> None:
         for service in SERVICES:
@@ -74,6 +78,37 @@ class LocalPlatform:
         """The gRPC target for all of a service's replicas (round_robin balances over the list)."""
         addresses = [self.address(r) for r in self.replica_names(service)]
         return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+
+    def client_tls(self) -> ClientTLS | None:
+        """How a client on this machine reaches any of the services (None: plaintext). Every process is
+        on this host and the certificate names localhost, whatever address --host gives."""
+        if self.tls_dir is None:
+            return None
+        d = self.tls_dir
+        return ClientTLS(d / "ca.crt", d / "client.crt", d / "client.key", server_name="localhost")
+
+    def check_tls(self) -> None:
+        """ConfigError naming the file when the TLS files would not do (before any process starts)."""
+        if self.tls_dir is not None:
+            ServerTLS(self.tls_dir / "tls.crt", self.tls_dir / "tls.key", self.tls_dir / "ca.crt")
+            client = self.client_tls()
+            assert client is not None
+            client.read()
+
+    def _tls_args(self, service: str) -> list[str]:
+        if self.tls_dir is None:
+            return []
+        d = self.tls_dir
+        server = ["--tls-cert", str(d / "tls.crt"), "--tls-key", str(d / "tls.key")]
+        if service != "gateway":
+            return [*server, "--tls-client-ca", str(d / "ca.crt")]
+        backends = {
+            "--backend-tls-ca": d / "ca.crt",
+            "--backend-tls-client-cert": d / "tls.crt",
+            "--backend-tls-client-key": d / "tls.key",
+            "--backend-tls-server-name": "localhost",
+        }
+        return [*server, *(a for flag, value in backends.items() for a in (flag, str(value)))]
 
     def spool(self, replica: str, kind: str) -> Path:
         """Each replica its own spool file (a spool is locked by the process that holds it)."""
@@ -103,7 +138,7 @@ class LocalPlatform:
             for backend in BACKENDS:
                 args += [f"--{backend}-addr", self.target(backend)]
             args += ["--exposure-spool", str(self.spool(replica, "exposures"))]
-        return args + self.extra_args.get(service, [])
+        return args + self._tls_args(service) + self.extra_args.get(service, [])
 
     def start_service(self, service: str) -> None:
         """Start every replica of `service`."""
@@ -138,8 +173,9 @@ class LocalPlatform:
     def wait_serving(self, service: str, timeout_s: float = 120.0) -> None:
         """Wait until every replica of `service` reports SERVING."""
         deadline = time.monotonic() + timeout_s
+        tls = self.client_tls()
         for replica in self.replica_names(service):
-            while health_status(self.address(replica)) != health_pb2.HealthCheckResponse.SERVING:
+            while health_status(self.address(replica), tls=tls) != health_pb2.HealthCheckResponse.SERVING:
                 proc = self.processes.get(replica)
                 if proc is not None and proc.poll() is not None:
                     raise ServiceFailed(

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.config import ConfigError
 from services.common.drift import THRESHOLD, Histogram, psi
+from services.common.tls import ClientTLS, add_client_arguments, channel, client_from_args
 
 
 class DriftError(Exception):
@@ -51,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     drift.add_argument("--save", type=Path, default=None, help="write the counts as JSON here")
     drift.add_argument("--report", type=Path, default=None, help="directory for drift.json and drift.png")
+    # a ranking service with mutual TLS wants a client certificate: `recsys certs make` writes client.crt
+    add_client_arguments(drift, "the ranking service")
 
 
 # --- the counts -----------------------------------------------------------------------------------
@@ -78,13 +82,13 @@ def stats_to_json(response: Any) -> dict[str, Any]:
     }
 
 
-def fetch(address: str, version: str) -> dict[str, Any]:
+def fetch(address: str, version: str, tls: ClientTLS | None = None) -> dict[str, Any]:
     import grpc
 
     from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
-        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+    with channel(address, tls) as ch:
+        stub = ranking_pb2_grpc.RankingServiceStub(ch)
         try:
             reply = stub.GetFeatureStats(
                 ranking_pb2.GetFeatureStatsRequest(artifact_version=version), timeout=10
@@ -232,8 +236,8 @@ def main(args: argparse.Namespace) -> int:
         elif args.metrics_url:
             stats = scrape(args.metrics_url, args.artifacts_dir, args.artifact_version)
         else:
-            stats = fetch(args.ranking, args.artifact_version)
-    except DriftError as e:
+            stats = fetch(args.ranking, args.artifact_version, client_from_args(args))
+    except (DriftError, ConfigError) as e:
         print(f"recsys monitor drift: {e}", file=sys.stderr)
         return 2
     if args.save is not None:

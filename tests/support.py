@@ -73,25 +73,51 @@ BUNDLED_DATA = REPO / "data" / "ml-latest-small"
 
 
 @contextmanager
-def redis_server(workdir: Path, port: int | None = None, *, durable: bool = False) -> Iterator[str]:
-    """A real redis-server on `port` (default: a free one) on loopback; yields its URL. No persistence,
-    or with `durable` an append-only file fsynced on every write (in `workdir`: a restart keeps it)."""
+def redis_server(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    durable: bool = False,
+    password: str | None = None,
+    tls_dir: Path | None = None,
+) -> Iterator[str]:
+    """A real redis-server on `port` (default: a free one) on loopback; yields its URL (see `start_redis`)."""
     port = port or free_port()
-    proc = start_redis(workdir, port, durable=durable)
+    proc = start_redis(workdir, port, durable=durable, password=password, tls_dir=tls_dir)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        scheme = "redis" if tls_dir is None else "rediss"
+        yield f"{scheme}://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def start_redis(workdir: Path, port: int, *, durable: bool = False) -> subprocess.Popen[bytes]:
-    """redis-server on loopback `port`, once it accepts connections (what `redis_server` runs)."""
+def start_redis(
+    workdir: Path,
+    port: int,
+    *,
+    durable: bool = False,
+    password: str | None = None,
+    tls_dir: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """redis-server on loopback `port`, once it accepts connections (what `redis_server` runs).
+
+    No persistence, or with `durable` an append-only file fsynced on every write (in `workdir`: a restart
+    keeps it). `password`: AUTH required (requirepass). `tls_dir`: certificates as `recsys certs make`
+    writes them: TLS only (no plaintext port), client certificates signed by its CA required."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: run the README's test command, which installs it")
     workdir.mkdir(parents=True, exist_ok=True)
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+    args = ["--port", str(port)]
+    if tls_dir is not None:
+        args = [
+            *("--port", "0", "--tls-port", str(port)),
+            *("--tls-cert-file", str(tls_dir / "tls.crt"), "--tls-key-file", str(tls_dir / "tls.key")),
+            *("--tls-ca-cert-file", str(tls_dir / "ca.crt"), "--tls-auth-clients", "yes"),
+        ]
+    args += ["--requirepass", password] if password else []
+    args += ["--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
     args += ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10

@@ -1,5 +1,6 @@
-"""One server bootstrap for every service: grpc.aio server, standard health service (NOT_SERVING until
-the artifacts are loaded), reflection, artifact hot reload, and graceful shutdown on SIGTERM/SIGINT."""
+"""One server bootstrap for every service: grpc.aio server (plaintext, TLS or mutual TLS), standard health
+service (NOT_SERVING until the artifacts are loaded), reflection, artifact hot reload, and graceful shutdown
+on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import meters, telemetry
 from services.common.artifacts import ArtifactVersion, ArtifactWatcher
-from services.common.config import non_negative, option, port_number, positive
+from services.common.config import ConfigError, non_negative, option, port_number, positive
 from services.common.decoding import DecodeErrorInterceptor
 from services.common.faults import DelayInterceptor
 from services.common.loops import PeriodicTask
+from services.common.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,20 @@ class ServerConfig:
     metrics_port: int = option(
         9464, "Prometheus scrape port, with OTEL_METRICS_EXPORTER=prometheus", port_number
     )
+    tls_cert: Path | None = option(
+        None, "PEM certificate (chain) to serve TLS with, re-read when it changes (with --tls-key)"
+    )
+    tls_key: Path | None = option(None, "PEM private key of --tls-cert (unencrypted)")
+    tls_client_ca: Path | None = option(
+        None,
+        "PEM CA certificates: require every client to present a certificate signed by one (mutual TLS)",
+    )
+
+    def validate(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together (RECSYS_TLS_CERT, RECSYS_TLS_KEY)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
 
 
 class Component(Protocol):
@@ -83,8 +99,25 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
-async def serve(component: Component, config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully."""
+def server_tls(config: ServerConfig) -> ServerTLS | None:
+    """The TLS `config` asks for, its files read and checked (StartupError naming a bad one)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        return ServerTLS(config.tls_cert, config.tls_key, config.tls_client_ca)
+    except ConfigError as e:
+        raise StartupError(str(e)) from None
+
+
+async def serve(
+    component: Component,
+    config: ServerConfig,
+    stop: asyncio.Event | None = None,
+    tls: ServerTLS | None = None,
+) -> None:
+    """Run `component` until SIGTERM/SIGINT (or `stop` is set), then shut down gracefully. `tls`: the
+    config's TLS already read (`server_tls`), else it is read here."""
+    tls = tls or server_tls(config)
     # Optional: interceptors a component puts in front of every other (the gateway's authentication), so a
     # call they refuse is never decoded, delayed or handled.
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
@@ -115,10 +148,22 @@ async def serve(component: Component, config: ServerConfig, stop: asyncio.Event 
 
     await set_serving(False)
     address = f"{config.host}:{config.port}"
-    if server.add_insecure_port(address) == 0:
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.credentials())
+    if port == 0:
         raise OSError(f"{component.name}: cannot listen on {address}")
     await server.start()
-    log.info("listening", extra={"address": address, "component": component.name})
+    log.info(
+        "listening",
+        extra={
+            "address": address,
+            "component": component.name,
+            "tls": "off" if tls is None else "mutual" if tls.mutual else "on",
+            **({} if tls is None else tls.files.value.describe()),
+        },
+    )
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -176,7 +221,8 @@ def run(name: str, create: Callable[[], Component], config: ServerConfig) -> Non
     threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
     async def main() -> None:
-        await serve(create(), config)
+        tls = server_tls(config)  # before the component: a bad file is then the only line printed
+        await serve(create(), config, tls=tls)
 
     try:
         # uvloop: about a fifth less CPU per gRPC call than the default loop (grpc.aio wakes the loop

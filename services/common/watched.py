@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -22,12 +22,21 @@ class WatchedFile(Generic[T]):
 
     A file that `load` refuses (ConfigError) or that vanished is logged with the reason and the previous
     value is kept. Readers take `value` once per use: a reload never changes a request midway. The first
-    load happens in the constructor and raises, so a bad file stops start-up instead."""
+    load happens in the constructor and raises, so a bad file stops start-up instead.
+
+    `also`: files `load` reads beside `path` (a certificate's key and CA): a change to any of them reloads
+    them all, so a pair replaced one file at a time is judged again once the second file lands."""
 
     def __init__(
-        self, path: Path, load: Callable[[Path], T], what: str, describe: Callable[[T], dict[str, Any]]
+        self,
+        path: Path,
+        load: Callable[[Path], T],
+        what: str,
+        describe: Callable[[T], dict[str, Any]],
+        also: Sequence[Path] = (),
     ) -> None:
         self.path = path
+        self._paths = (path, *also)
         self._load = load
         self._what = what
         self._describe = describe
@@ -37,12 +46,8 @@ class WatchedFile(Generic[T]):
         #: why the last changed file was refused (None once a file loads)
         self.refused: str | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_signature(p) for p in self._paths)
 
     def poll(self) -> bool:
         """Reload if the file changed; True when a new value was swapped in."""
@@ -64,3 +69,11 @@ class WatchedFile(Generic[T]):
         self.reloads += 1
         log.info(f"{self._what} reloaded", extra={"path": str(self.path), **self._describe(value)})
         return True
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from services.common.tls import add_client_arguments, client_from_args
 from services.gateway import experiments as ex
 
 
@@ -58,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     log_source(sim)
     sim.add_argument("--plot", type=Path, default=None, help="PNG path (default: <experiment>.png)")
+    add_client_arguments(sim, "the --gateway")
 
 
 def _events(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
@@ -147,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
             control=args.control,
             seed=args.seed,
             api_key=api_key_from_env(),
+            tls=client_from_args(args),
         )
         counts = {arm: len(users) for arm, users in sorted(per_arm.items())}
         print(f"simulated {sum(counts.values())} users over {args.gateway}: {counts}")

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+from services.common.tls import ClientTLS
 from services.experiment.analysis import Users
 from services.features.store import Event, EventType
 from services.gateway import experiments as ex
@@ -175,6 +176,7 @@ def simulate_wire(
     control: str = "control",
     seed: int = 0,
     api_key: str | None = None,
+    tls: ClientTLS | None = None,
 ) -> dict[str, dict[str, int]]:
     """Real traffic: each synthetic user asks for k items `requests_per_user` times and clicks each
     served item with probability base_ctr / k (times 1 + lift outside the control arm). Returns, per
@@ -184,7 +186,7 @@ def simulate_wire(
 
     rng = np.random.default_rng(seed)
     per_arm: dict[str, dict[str, int]] = {}
-    with Client(gateway, api_key=api_key) as client:
+    with Client(gateway, api_key=api_key, tls=tls) as client:
         for i in range(users):
             user = f"sim-{seed}-{i}"
             for _ in range(requests_per_user):

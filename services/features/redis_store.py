@@ -26,16 +26,18 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError
 
 from services.common.artifacts import ArtifactVersion
 from services.common.event_ids import new_event_id
@@ -111,6 +113,23 @@ class RedisConfig:
     idempotency_window_s: int = IDEMPOTENCY_WINDOW_S
     connect_timeout_s: float = 2.0
     socket_timeout_s: float = 30.0
+    #: With a rediss:// URL: PEM CA certificates the server's certificate chains to (None: the system's),
+    #: and the certificate and key to present when Redis requires client certificates (tls-auth-clients).
+    tls_ca: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py's connection arguments: timeouts, and the TLS files (read at each new connection)."""
+        kwargs: dict[str, Any] = {}
+        for name, path in (
+            ("ssl_ca_certs", self.tls_ca),
+            ("ssl_certfile", self.tls_client_cert),
+            ("ssl_keyfile", self.tls_client_key),
+        ):
+            if path is not None:
+                kwargs[name] = str(path)
+        return kwargs
 
 
 def redact(url: str) -> str:
@@ -137,6 +156,15 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def check_reachable(config: RedisConfig) -> None:
     """PING Redis synchronously (start-up, before the event loop serves); StartupError when it fails."""
     try:
@@ -144,13 +172,21 @@ def check_reachable(config: RedisConfig) -> None:
             config.url,
             socket_connect_timeout=config.connect_timeout_s,
             socket_timeout=config.connect_timeout_s,
+            **config.client_kwargs(),
         )
     except ValueError as e:
         raise StartupError(f"invalid Redis URL {redact(config.url)}: {e}") from None
     try:
         client.ping()
+    except AuthenticationError as e:
+        # Redis's own words ("invalid username-password pair", "Authentication required"), never the password
+        raise StartupError(f"Redis at {redact(config.url)} refused to authenticate: {e}") from None
     except (RedisError, OSError) as e:
-        raise StartupError(f"cannot reach Redis at {redact(config.url)}: {_reason(e)}") from None
+        hint = ""
+        if config.tls_client_cert is None and _caused_by(e, ssl.SSLError):
+            # A Redis with tls-auth-clients ends the handshake, sometimes before the client reads why.
+            hint = " (a Redis that requires client certificates needs --redis-tls-client-cert/-key)"
+        raise StartupError(f"cannot reach Redis at {redact(config.url)}: {_reason(e)}{hint}") from None
     finally:
         client.close()
 
@@ -185,6 +221,7 @@ class RedisStore:
             config.url,
             socket_connect_timeout=config.connect_timeout_s,
             socket_timeout=config.socket_timeout_s,
+            **config.client_kwargs(),
         )
         self._served: _Served | None = None
         self._pinned: dict[str, _Served] = {}

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
-from services.common.config import non_negative, option, port_number, positive
+from services.common.config import ConfigError, non_negative, option, port_number, positive
 from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.rpc import (
@@ -30,6 +30,7 @@ from services.common.rpc import (
 )
 from services.common.server import ServerConfig, StartupError
 from services.common.spool import Spool, SpoolInUse
+from services.common.tls import ClientTLS
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.store import RECENT_MAX, Event, EventType, OnlineStore, VersionNotServed
@@ -56,8 +57,17 @@ _EVENT_TYPES = {
 class Config(ServerConfig):
     port: int = option(50052, "port to listen on", port_number)
     redis_url: str | None = option(
-        None, "Redis URL of the online store, e.g. redis://host:6379/0 (unset: in-process store)"
+        None,
+        "Redis URL of the online store, e.g. redis://:PASSWORD@host:6379/0, rediss:// for TLS (unset: "
+        "in-process store)",
     )
+    redis_tls_ca: Path | None = option(
+        None, "rediss:// only: PEM CA certificates Redis's certificate chains to (unset: the system's)"
+    )
+    redis_tls_client_cert: Path | None = option(
+        None, "rediss:// only: PEM certificate to present to a Redis that requires client certificates"
+    )
+    redis_tls_client_key: Path | None = option(None, "PEM key of --redis-tls-client-cert")
     redis_prefix: str = option("recsys", "namespace of every Redis key")
     event_log: Path = option(
         Path("var/events.jsonl"), "append-only JSON-lines event log of the in-process store"
@@ -82,6 +92,16 @@ class Config(ServerConfig):
     store_timeout_ms: float = option(
         250.0, "Redis store only: a write slower than this goes to the spool instead", positive
     )
+
+    def redis_tls(self) -> ClientTLS | None:
+        """The --redis-tls-* files (None: none given)."""
+        given = (self.redis_tls_ca, self.redis_tls_client_cert, self.redis_tls_client_key)
+        return None if all(v is None for v in given) else ClientTLS(*given, flags="--redis-tls")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.redis_tls() is not None and not (self.redis_url or "").startswith("rediss://"):
+            raise ConfigError("--redis-tls-* need a rediss:// --redis-url (RECSYS_REDIS_URL): TLS to Redis")
 
 
 def events_from_request(events: Any, now_ms: int) -> list[Event]:
@@ -274,6 +294,12 @@ def create(config: Config) -> FeaturesComponent:
     store: OnlineStore
     spool: Spool | None = None
     if config.redis_url:
+        tls = config.redis_tls()
+        if tls is not None:
+            try:
+                tls.read()  # one line naming a bad file, rather than an OpenSSL error from redis-py
+            except ConfigError as e:
+                raise StartupError(str(e)) from None
         store = RedisStore(
             RedisConfig(
                 url=config.redis_url,
@@ -281,6 +307,9 @@ def create(config: Config) -> FeaturesComponent:
                 recent_max=config.recent_max,
                 events_max_len=config.events_max_len,
                 events_max_age_s=config.events_max_age_days * 86_400,
+                tls_ca=config.redis_tls_ca,
+                tls_client_cert=config.redis_tls_client_cert,
+                tls_client_key=config.redis_tls_client_key,
             )
         )
         try:

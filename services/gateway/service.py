@@ -19,13 +19,10 @@ from opentelemetry import trace
 from recsys.v1 import (
     common_pb2,
     features_pb2,
-    features_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     ranking_pb2,
-    ranking_pb2_grpc,
     retrieval_pb2,
-    retrieval_pb2_grpc,
 )
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
@@ -34,10 +31,12 @@ from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.meters import meter
 from services.common.rpc import handler, require, require_id, require_max_len
-from services.common.server import ServerConfig, channel_options
+from services.common.server import ServerConfig
 from services.common.telemetry import current_trace_id, tracer
+from services.common.tls import ClientTLS
 from services.gateway import auth, experiments, keys
 from services.gateway.admission import Admission
+from services.gateway.backends import Backends
 from services.gateway.budgets import Budget
 from services.gateway.exposures import ExposureLogger
 from services.gateway.interleaving import team_draft
@@ -119,8 +118,34 @@ class Config(ServerConfig):
         False,
         "serve without API keys on a non-loopback --host: anyone who reaches the gateway may call every RPC",
     )
+    backend_tls_ca: Path | None = option(
+        None, "PEM CA certificates the backends' certificates chain to: call the backends over TLS"
+    )
+    backend_tls_client_cert: Path | None = option(
+        None,
+        "PEM certificate the gateway presents to the backends (mutual TLS), with --backend-tls-client-key",
+    )
+    backend_tls_client_key: Path | None = option(None, "PEM key of --backend-tls-client-cert")
+    backend_tls_server_name: str | None = option(
+        None, "name to expect in every backend's certificate (default: the host of each address)"
+    )
+    backend_tls_reload_s: float = option(
+        5.0, "how often to look for changed --backend-tls-* files (then: new channels)", positive
+    )
+
+    def backend_tls(self) -> ClientTLS | None:
+        """TLS to the backends: on when any --backend-tls-* setting is given."""
+        given = (
+            self.backend_tls_ca,
+            self.backend_tls_client_cert,
+            self.backend_tls_client_key,
+            self.backend_tls_server_name,
+        )
+        return None if all(v is None for v in given) else ClientTLS(*given, flags="--backend-tls")
 
     def validate(self) -> None:
+        super().validate()
+        self.backend_tls()  # a certificate without its key (or the reverse) is refused here
         # Fail at start, not at the first request, on a bad experiments or keys file.
         experiments.load(self.experiments)
         if self.api_keys_file is not None:
@@ -150,12 +175,6 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return ""
-
-
-def _channel(address: str) -> grpc.aio.Channel:
-    # round_robin balances over every address a dns:/// name resolves to (one per replica).
-    options: list[tuple[str, Any]] = [*channel_options(), ("grpc.lb_policy_name", "round_robin")]
-    return grpc.aio.insecure_channel(address, options=options)
 
 
 class StageFailed(Exception):
@@ -205,15 +224,15 @@ class PopularCache:
 
     SIZE = 1000
 
-    def __init__(self, retrieval: retrieval_pb2_grpc.RetrievalServiceAsyncStub) -> None:
-        self.retrieval = retrieval
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
         self.items: list[common_pb2.ScoredItem] = []
         self.version = ""
 
     async def refresh(self) -> None:
         try:
             # No history: retrieval answers with its popular items.
-            reply = await self.retrieval.Retrieve(
+            reply = await self.backends.retrieval.Retrieve(
                 retrieval_pb2.RetrieveRequest(user_id="recsys-gateway-popular", n=self.SIZE), timeout=5.0
             )
         except grpc.aio.AioRpcError as e:
@@ -231,19 +250,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, config: Config) -> None:
         self.config = config
         self.reloader = experiments.Reloader(config.experiments)
-        self._channels = [
-            _channel(a) for a in (config.features_addr, config.retrieval_addr, config.ranking_addr)
-        ]
-        self.features = features_pb2_grpc.FeatureServiceStub(self._channels[0])
-        self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self._channels[1])
-        self.ranking = ranking_pb2_grpc.RankingServiceStub(self._channels[2])
+        self.backends = Backends(
+            (config.features_addr, config.retrieval_addr, config.ranking_addr), config.backend_tls()
+        )
         self.exposures = ExposureLogger(
             self._write_exposures, config.exposure_spool, max_bytes=int(config.exposure_spool_max_mb * 2**20)
         )
         self.admission = Admission(
             config.max_in_flight, config.max_queued, config.queue_ms, config.admission_target_ms
         )
-        self.popular = PopularCache(self.retrieval)
+        self.popular = PopularCache(self.backends)
         self._watch: PeriodicTask | None = None
         self._next_popular = 0.0
         self._rng = random.Random()
@@ -253,7 +269,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self.reloader.config
 
     async def _write_exposures(self, events: list[common_pb2.Event]) -> None:
-        await self.features.WriteEvents(
+        await self.backends.features.WriteEvents(
             features_pb2.WriteEventsRequest(events=events),
             timeout=max(1.0, self.config.features_budget_ms / 100),
         )
@@ -279,8 +295,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if self._watch is not None:
             await self._watch.stop()
         await self.exposures.close()
-        for channel in self._channels:
-            await channel.close(None)
+        await self.backends.close()
 
     async def _stage(
         self, trip: Trip, stage: str, budget_ms: float, call: Callable[[float], Awaitable[T]]
@@ -339,7 +354,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     trip,
                     prefix + "features",
                     cfg.features_budget_ms,
-                    lambda timeout: self.features.GetUserFeatures(
+                    lambda timeout: self.backends.features.GetUserFeatures(
                         features_pb2.GetUserFeaturesRequest(
                             user_id=request.user_id, artifact_version=version
                         ),
@@ -358,7 +373,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 trip,
                 prefix + "retrieval",
                 cfg.retrieval_budget_ms,
-                lambda timeout: self.retrieval.Retrieve(
+                lambda timeout: self.backends.retrieval.Retrieve(
                     retrieval_pb2.RetrieveRequest(
                         user_id=request.user_id,
                         user=user,
@@ -387,7 +402,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 trip,
                 prefix + "ranking",
                 cfg.ranking_budget_ms,
-                lambda timeout: self.ranking.Rank(
+                lambda timeout: self.backends.ranking.Rank(
                     ranking_pb2.RankRequest(
                         user=user,
                         candidates=found,
@@ -563,7 +578,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         deadline = time.monotonic() + self.config.feedback_budget_ms / 1000
         while True:
             try:
-                written = await self.features.WriteEvents(
+                written = await self.backends.features.WriteEvents(
                     features_pb2.WriteEventsRequest(events=events),
                     timeout=max(0.001, deadline - time.monotonic()),
                 )
@@ -586,6 +601,11 @@ class Gateway:
         self.servicer = GatewayServicer(config)
         self.auth: auth.AuthInterceptor | None = None
         self._keys_watch: PeriodicTask | None = None
+        self._tls_watch: PeriodicTask | None = None
+        if self.servicer.backends.watched:
+            self._tls_watch = PeriodicTask(
+                "backend-tls-reload", self.servicer.backends.poll, config.backend_tls_reload_s
+            )
         if config.api_keys_file is not None:
             authorizer = auth.Authorizer(config.api_keys_file, config.auth_health, config.auth_reflection)
             self.auth = auth.AuthInterceptor(authorizer)
@@ -619,8 +639,9 @@ class Gateway:
         raise NotImplementedError("the gateway loads no artifacts")
 
     async def close(self) -> None:
-        if self._keys_watch is not None:
-            await self._keys_watch.stop()
+        for watch in (self._keys_watch, self._tls_watch):
+            if watch is not None:
+                await watch.stop()
         await self.servicer.close()
 
 

@@ -294,8 +294,9 @@ class Node:
     def mounts(
         self, pod_name: str, spec: Obj, claims: Mapping[str, str]
     ) -> tuple[list[Mount], dict[str, str], list[str]]:
-        """Docker mounts of the pod's container, the new volumes among them (mount path -> volume kind)
-        and the volumes that live and die with the pod (its emptyDirs)."""
+        """Docker mounts of the pod's container, the new volumes among them (mount path -> volume kind;
+        "files" for a ConfigMap's or Secret's directory) and the volumes that live and die with the pod
+        (its emptyDirs)."""
         by_name = {v["name"]: v for v in spec.get("volumes", [])}
         out: list[Mount] = []
         new: dict[str, str] = {}
@@ -326,6 +327,7 @@ class Node:
                 read_only = read_only or bool(volume["persistentVolumeClaim"].get("readOnly", False))
             elif "configMap" in volume or "secret" in volume:
                 out.append(Mount(target, str(self._files_dir(pod_name, volume)), type="bind", read_only=True))
+                new[target] = "files"
                 continue
             else:
                 raise Unsupported(f"volume {volume['name']}: {sorted(volume)}")
@@ -341,12 +343,16 @@ class Node:
         self, image: str, mounts: list[Mount], new: Mapping[str, str], fs_group: int | None
     ) -> None:
         """What the kubelet does to a new volume: an emptyDir is created world-writable (0777); with an
-        fsGroup, every new volume is group-owned by it, group-writable, its directories setgid."""
+        fsGroup, every new volume is group-owned by it, group-writable, its directories setgid, and a
+        ConfigMap's or Secret's files (read-only) group-owned by it and readable by their user and group
+        (so a Secret file with defaultMode 0440 is the pod's to read, and nobody else's)."""
         script = []
         for target, kind in new.items():
             if kind == "emptyDir":
                 script.append(f"chmod 0777 {target}")
-            if fs_group is not None:
+            if fs_group is not None and kind == "files":
+                script.append(f"chgrp -R {fs_group} {target} && chmod -R ug+rX {target}")
+            elif fs_group is not None:
                 script.append(
                     f"chgrp -R {fs_group} {target} && chmod -R g+rwX {target}"
                     f" && find {target} -type d -exec chmod g+s {{}} +"
@@ -354,7 +360,11 @@ class Node:
         if not script:
             return
         writable = [
-            Mount(m["Target"], m["Source"], type="volume", no_copy=True) for m in mounts if m["Target"] in new
+            Mount(m["Target"], m["Source"], type="bind")
+            if new[m["Target"]] == "files"
+            else Mount(m["Target"], m["Source"], type="volume", no_copy=True)
+            for m in mounts
+            if m["Target"] in new
         ]
         self.client.containers.run(
             image,

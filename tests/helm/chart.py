@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from services import healthcheck
+from services.common.tls import ClientTLS, client_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "recsys"
@@ -19,7 +23,10 @@ VALUES_FILES: dict[str, Path | None] = {
     "minikube": CHART / "values-minikube.yaml",
     "external-redis": CHART / "ci" / "values-external-redis.yaml",
     "external-redis-url": CHART / "ci" / "values-external-redis-url.yaml",
+    "external-redis-tls": CHART / "ci" / "values-external-redis-tls.yaml",
     "metrics": CHART / "ci" / "values-metrics.yaml",
+    "tls": CHART / "ci" / "values-tls.yaml",
+    "tls-cert-manager": CHART / "ci" / "values-tls-cert-manager.yaml",
 }
 KUBE_VERSIONS = ("1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 SERVICES = ("gateway", "features", "retrieval", "ranking")
@@ -93,3 +100,29 @@ def pod_spec(workload: Obj) -> Obj:
 def containers(workload: Obj) -> list[Obj]:
     spec = pod_spec(workload)
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+#: What an exec probe runs to check health (services/healthcheck.py), and its TLS flags.
+HEALTHCHECK = ["python", "-m", "services.healthcheck"]
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """Where a probe asks for health: the port, the health entry, and the TLS it speaks (None: plaintext)."""
+
+    port: int
+    service: str
+    tls: ClientTLS | None
+
+
+def probe_target(container: Obj, probe: str) -> ProbeTarget:
+    """A native gRPC probe, or an exec probe running services.healthcheck (parsed by its own parser)."""
+    spec = container[probe]
+    if "grpc" in spec:
+        return ProbeTarget(int(spec["grpc"]["port"]), str(spec["grpc"].get("service", "")), None)
+    command = spec["exec"]["command"]
+    assert command[:3] == HEALTHCHECK, command
+    args = healthcheck.parser().parse_args(command[3:])
+    host, port = args.address.rsplit(":", 1)
+    assert host == "127.0.0.1", "the probe runs in the pod and asks its own container"
+    return ProbeTarget(int(port), args.service, client_from_args(args))

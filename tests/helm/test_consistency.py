@@ -14,10 +14,22 @@ from typing import Any
 import pytest
 import yaml
 
+from services import certs
 from services.cli import SERVICE_MODULES, build_parser
 from services.common import config
 from services.gateway import keys
-from tests.helm.chart import CHART, NAMESPACE, ROOT, SERVICES, Release, containers, pod_spec, render
+from tests.helm.chart import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    SERVICES,
+    Release,
+    containers,
+    pod_spec,
+    probe_target,
+    render,
+)
 
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 SECRET = "s3cret"
@@ -38,28 +50,43 @@ def kube_env(container: dict[str, Any], files: dict[str, Path]) -> dict[str, str
     return env
 
 
+def tls_stand_in(tmp_path: Path) -> dict[str, str]:
+    """What the documentation asks of a TLS Secret the chart does not make (tls.existingSecret, or
+    cert-manager's): `recsys certs make --release R -n NS`'s certificate. One CA per test (`tmp_path`), so
+    the stand-ins of the gateway and the backends trust each other."""
+    directory = tmp_path / "existing-secret-tls"
+    if not directory.exists():
+        certs.make(directory, certs.chart_names(RELEASE, NAMESPACE))
+    return {name: (directory / name).read_text() for name in ("tls.crt", "tls.key", "ca.crt")}
+
+
 def secret_files(release: Release, volume: dict[str, Any], tmp_path: Path) -> dict[str, str]:
     """filename -> text of a Secret volume (its `items` only, when listed). A Secret the chart does not make
-    (an existingSecret) holds what the chart's documentation asks of it: for the gateway, a keys file."""
+    (an existingSecret, or cert-manager's) holds what the chart's documentation asks of it: for the gateway,
+    a keys file; for a service's TLS, a certificate naming the release's Services."""
     secret = volume["secret"]
     made = [s for s in release.of_kind("Secret") if s["metadata"]["name"] == secret["secretName"]]
+    items = secret.get("items")
     if made:
         data = {k: base64.b64decode(v).decode() for k, v in made[0].get("data", {}).items()}
+    elif items and {i["key"] for i in items} <= {"tls.crt", "tls.key", "ca.crt"}:
+        data = tls_stand_in(tmp_path)
     else:
         stand_in = tmp_path / "existing-secret" / "keys.yaml"
         stand_in.parent.mkdir(parents=True, exist_ok=True)
         keys.add(stand_in, "backend-1", ["recommend", "feedback"])
         data = {"keys.yaml": stand_in.read_text()}
-    items = secret.get("items")
     return {i["path"]: data[i["key"]] for i in items} if items else data
 
 
 def mounted_files(release: Release, workload: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
-    """container path -> a local copy, for every file of every ConfigMap and Secret the container mounts."""
-    volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+    """container path -> a local copy, for every file of every ConfigMap and Secret the container mounts
+    (a workload, or a bare Pod such as the test pod)."""
+    spec = workload["spec"] if workload["kind"] == "Pod" else pod_spec(workload)
+    volumes = {v["name"]: v for v in spec["volumes"]}
     maps = release.config_map_files()
     out: dict[str, Path] = {}
-    for c in containers(workload):
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
         for m in c.get("volumeMounts", []):
             volume = volumes[m["name"]]
             if "configMap" in volume:
@@ -69,7 +96,7 @@ def mounted_files(release: Release, workload: dict[str, Any], tmp_path: Path) ->
             else:
                 continue
             for filename, text in files.items():
-                local = tmp_path / m["name"] / filename
+                local = tmp_path / workload["metadata"]["name"] / m["name"] / filename
                 local.parent.mkdir(parents=True, exist_ok=True)
                 local.write_text(text)
                 out[f"{m['mountPath']}/{filename}"] = local
@@ -134,7 +161,7 @@ def test_ports_agree_between_config_container_service_and_probes(
     assert {n: p["port"] for n, p in svc_ports.items()} == expected
     assert all(p["targetPort"] in (n, expected[n]) for n, p in svc_ports.items())
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == cfg.port
+        assert probe_target(c, probe).port == cfg.port
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -150,9 +177,9 @@ def test_probes_name_the_services_health_entry(release: Release, service: str) -
     expected = component_class(service).service_name
     assert expected in declared
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        # services.common.server sets the status of "" and of the full service name.
-        assert c[probe]["grpc"].get("service", "") in ("", expected)
-        assert c[probe]["grpc"]["service"] == expected
+        # services.common.server sets the status of "" and of the full service name; the probes ask for the
+        # latter, which says more.
+        assert probe_target(c, probe).service == expected
 
 
 def test_gateway_reaches_each_backend_through_its_headless_service(release: Release, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from kubernetes import client as k
 
 from services import k8s
 from services.cli import build_parser
+from services.common.tls import ClientTLS, client_from_args
 
 
 def meta(name: str, component: str = "gateway", **kwargs: Any) -> k.V1ObjectMeta:
@@ -286,3 +288,35 @@ def test_the_api_key_comes_from_the_environment_or_the_gateways_keys_secret(
         k8s.SmokeError, match=r"\(403 Forbidden\): set RECSYS_API_KEY to a key with the recommend"
     ):
         k8s.smoke_api_key(SecretCluster({}, forbidden), "recs", secured, lines.append)
+
+
+class TLSCluster(SecretCluster):
+    def __init__(self, secrets: dict[str, dict[str, str]], services: dict[str, str]) -> None:
+        super().__init__(secrets)
+        self.services = services
+
+    def service_name(self, namespace: str, selector: str) -> str | None:
+        return self.services.get(selector)
+
+
+def test_a_tls_gateway_is_called_with_the_ca_of_its_secret_and_its_services_name(tmp_path: Path) -> None:
+    plain, secured = pod("g"), pod("g")
+    assert secured.spec is not None
+    secured.spec.volumes = [
+        k.V1Volume(name=k8s.TLS_VOLUME, secret=k.V1SecretVolumeSource(secret_name="shop-recsys-gateway-tls"))
+    ]
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    selector = k8s.release_selector("shop", "gateway")
+    cluster = TLSCluster({"shop-recsys-gateway-tls": {k8s.CA_KEY: pem}}, {selector: "shop-recsys-gateway"})
+    lines: list[str] = []
+    assert k8s.smoke_tls(cluster, "recs", "shop", plain, tmp_path, lines.append) is None
+    tls = k8s.smoke_tls(cluster, "recs", "shop", secured, tmp_path, lines.append)
+    assert tls == ClientTLS(tmp_path / "ca.crt", server_name="shop-recsys-gateway")
+    assert (tmp_path / "ca.crt").read_text() == pem + "\n"
+    assert lines == ["TLS: the CA of Secret shop-recsys-gateway-tls, server name shop-recsys-gateway"]
+    without_ca = TLSCluster({"shop-recsys-gateway-tls": {}}, {})
+    with pytest.raises(k8s.SmokeError, match=r"Secret shop-recsys-gateway-tls has no ca\.crt: give --tls-ca"):
+        k8s.smoke_tls(without_ca, "recs", "shop", secured, tmp_path, lines.append)
+    # flags of your own win (a gateway behind a certificate from a public CA: --tls)
+    args = build_parser().parse_args(["k8s", "smoke", "--tls", "--tls-server-name", "recs.example.com"])
+    assert client_from_args(args) == ClientTLS(server_name="recs.example.com")

@@ -7,7 +7,16 @@ import posixpath
 import re
 from typing import Any
 
-from tests.helm.chart import COMPONENT, NAMESPACE, RELEASE, SERVICES, Release, containers, pod_spec
+from tests.helm.chart import (
+    COMPONENT,
+    NAMESPACE,
+    RELEASE,
+    SERVICES,
+    Release,
+    containers,
+    pod_spec,
+    probe_target,
+)
 from tests.helm.netpol import Pod, allowed, selects
 
 PINNED_IMAGE = re.compile(
@@ -28,13 +37,25 @@ def test_every_container_has_startup_readiness_and_liveness_probes(release: Rele
                 assert probe in c, f"{workload['metadata']['name']}/{c['name']}: no {probe}"
 
 
-def test_service_containers_use_native_grpc_probes_on_their_port(release: Release) -> None:
+def test_service_containers_probe_health_on_their_port(release: Release) -> None:
+    """The kubelet's native gRPC probes; with TLS on, which those cannot speak (they would fail every
+    handshake), exec probes running `python -m services.healthcheck` over TLS against the same port and
+    health entry, presenting the pod's own certificate (the backends require one): what the clients use."""
+    tls = release.values.get("tls", {}).get("enabled", False)
     for service in SERVICES:
         (c,) = containers(release.component_deployment(service))
         (port,) = [p["containerPort"] for p in c["ports"] if p["name"] == "grpc"]
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert set(c[probe]) & {"grpc", "exec", "httpGet", "tcpSocket"} == {"grpc"}, (service, probe)
-            assert c[probe]["grpc"]["port"] == port, (service, probe)
+            kind = set(c[probe]) & {"grpc", "exec", "httpGet", "tcpSocket"}
+            assert kind == ({"exec"} if tls else {"grpc"}), (service, probe)
+            target = probe_target(c, probe)
+            assert target.port == port, (service, probe)
+            if tls:
+                assert target.tls is not None and target.tls.server_name, (service, probe)
+                files = [target.tls.ca, target.tls.client_cert, target.tls.client_key]
+                assert all(f is not None and str(f.parent) in mounts for f in files), (service, probe)
+                assert c[probe]["timeoutSeconds"] >= 2, "python starts in about 0.2 s; leave room under load"
         # Backends wait for the first trainer run: the startup probe allows minutes, not seconds.
         startup = c["startupProbe"]
         budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)

@@ -65,6 +65,16 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
         "/components/gateway/auth/keys/0/roles",
     ),
     ({"components": {"gateway": {"auth": {"keys": [{"name": "a", "roles": ["recommend"]}]}}}}, "sha256"),
+    ({"tls": {"enabled": "yes"}}, "/tls/enabled"),
+    ({"tls": {"enable": True}}, "enable"),
+    ({"tls": {"enabled": True, "gatewayIpAddresses": ["gateway.example.com"]}}, "/tls/gatewayIpAddresses/0"),
+    ({"tls": {"enabled": True, "gatewayDnsNames": ["Not A Name"]}}, "/tls/gatewayDnsNames/0"),
+    ({"tls": {"enabled": True, "validityDays": 0}}, "/tls/validityDays"),
+    ({"tls": {"enabled": True, "certManager": {"duration": "90 days"}}}, "/tls/certManager/duration"),
+    (
+        {"tls": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"kind": "ClusterIssuer"}}}},
+        "/tls/certManager/issuerRef",
+    ),
 ]
 
 

@@ -156,19 +156,6 @@ writes a whole 1000000 as "1e+06", which an integer flag rejects: whole numbers 
 {{- join "," $attrs }}
 {{- end }}
 
-{{/* The three native gRPC probes of a component: dict "root" $ "component" NAME. */}}
-{{- define "recsys.grpcProbes" -}}
-{{- $c := index .root.Values.components .component }}
-{{- $service := include "recsys.grpcServiceName" .component }}
-{{- range $kind, $field := dict "startup" "startupProbe" "readiness" "readinessProbe" "liveness" "livenessProbe" }}
-{{ $field }}:
-  grpc:
-    port: {{ $c.port }}
-    service: {{ $service }}
-  {{- toYaml (index $c.probes $kind) | nindent 2 }}
-{{- end }}
-{{- end }}
-
 {{- define "recsys.tmpVolumeMount" -}}
 - name: tmp
   mountPath: /tmp
@@ -210,4 +197,77 @@ writes a whole 1000000 as "1e+06", which an integer flag rejects: whole numbers 
 {{/* The Secret holding the gateway's keys.yaml (and smoke-key): the user's, or the chart's. */}}
 {{- define "recsys.gatewayAuthSecretName" -}}
 {{- default (include "recsys.componentFullname" (dict "root" . "component" "gateway-auth")) .Values.components.gateway.auth.existingSecret }}
+{{- end }}
+
+{{/* TLS (tls.enabled): where each service pod mounts its certificate, key and CA. */}}
+{{- define "recsys.tlsDir" -}}
+/etc/recsys/tls
+{{- end }}
+
+{{/* The Secret a component's certificate is mounted from (tls.crt, tls.key, ca.crt): dict "root" $ "component" NAME. */}}
+{{- define "recsys.tlsSecretName" -}}
+{{- default (include "recsys.componentFullname" (dict "root" .root "component" (printf "%s-tls" .component))) .root.Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "recsys.tlsCAName" -}}
+{{- include "recsys.componentFullname" (dict "root" . "component" "tls-ca") }}
+{{- end }}
+
+{{/* The names in a component's certificate, as JSON: its Service's short name, .namespace, .namespace.svc
+and the FQDN (the gateway dials the backends by FQDN, the test pod the gateway by its short name), plus
+tls.gatewayDnsNames for the gateway: dict "root" $ "component" NAME. */}}
+{{- define "recsys.tlsDnsNames" -}}
+{{- $service := include "recsys.componentFullname" . }}
+{{- $ns := .root.Release.Namespace }}
+{{- $names := list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.%s" $service $ns .root.Values.clusterDomain) }}
+{{- if eq .component "gateway" }}
+{{- $names = concat $names .root.Values.tls.gatewayDnsNames }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
+{{/* The name a TLS client of the component expects in its certificate (the probes use it too). */}}
+{{- define "recsys.tlsServerName" -}}
+{{- $service := include "recsys.componentFullname" . }}
+{{- if eq .component "gateway" }}
+{{- $service }}
+{{- else }}
+{{- printf "%s.%s.svc.%s" $service .root.Release.Namespace .root.Values.clusterDomain }}
+{{- end }}
+{{- end }}
+
+{{/* The probes of a service container: the kubelet's own gRPC probes, or with TLS (which they cannot
+speak) `python -m services.healthcheck` over TLS in the container, presenting the pod's own certificate
+(the backends require one): dict "root" $ "component" NAME. */}}
+{{- define "recsys.probes" -}}
+{{- $c := index .root.Values.components .component }}
+{{- $service := include "recsys.grpcServiceName" .component }}
+{{- $dir := include "recsys.tlsDir" . }}
+{{- $tls := .root.Values.tls.enabled }}
+{{- $serverName := include "recsys.tlsServerName" . }}
+{{- range $kind, $field := dict "startup" "startupProbe" "readiness" "readinessProbe" "liveness" "livenessProbe" }}
+{{ $field }}:
+  {{- if $tls }}
+  exec:
+    command:
+      - python
+      - -m
+      - services.healthcheck
+      - --tls-ca
+      - {{ $dir }}/ca.crt
+      - --tls-client-cert
+      - {{ $dir }}/tls.crt
+      - --tls-client-key
+      - {{ $dir }}/tls.key
+      - --tls-server-name
+      - {{ $serverName }}
+      - {{ printf "127.0.0.1:%d" (int $c.port) | quote }}
+      - {{ $service }}
+  {{- else }}
+  grpc:
+    port: {{ $c.port }}
+    service: {{ $service }}
+  {{- end }}
+  {{- toYaml (index $c.probes $kind) | nindent 2 }}
+{{- end }}
 {{- end }}
