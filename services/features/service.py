@@ -16,15 +16,11 @@ from redis.exceptions import RedisError
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
 from services.common.config import ConfigError, non_negative, option, port_number, positive
-from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
 from services.common.rpc import (
-    MAX_ID_LENGTH,
     NotReady,
     UnknownVersion,
     handler,
-    require,
-    require_finite,
     require_id,
     require_max_len,
 )
@@ -33,24 +29,17 @@ from services.common.spool import Spool, SpoolInUse
 from services.common.tls import ClientTLS
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
-from services.features.store import RECENT_MAX, Event, EventType, OnlineStore, VersionNotServed
+from services.features.requests import events_from_request
+from services.features.store import RECENT_MAX, OnlineStore, VersionNotServed
 from services.features.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
 MAX_ITEM_IDS = 10_000
-MAX_EVENTS = 1000
 #: How often the spool is offered to the store while it holds events.
 SPOOL_DRAIN_S = 0.5
 #: How often retention runs (when an age or a count is configured).
 RETENTION_S = 30.0
-
-_EVENT_TYPES = {
-    common_pb2.EVENT_TYPE_IMPRESSION: EventType.IMPRESSION,
-    common_pb2.EVENT_TYPE_CLICK: EventType.CLICK,
-    common_pb2.EVENT_TYPE_RATING: EventType.RATING,
-    common_pb2.EVENT_TYPE_EXPOSURE: EventType.EXPOSURE,
-}
 
 
 @dataclass(frozen=True)
@@ -102,54 +91,6 @@ class Config(ServerConfig):
         super().validate()
         if self.redis_tls() is not None and not (self.redis_url or "").startswith("rediss://"):
             raise ConfigError("--redis-tls-* need a rediss:// --redis-url (RECSYS_REDIS_URL): TLS to Redis")
-
-
-def events_from_request(events: Any, now_ms: int) -> list[Event]:
-    """Validate the whole batch (InvalidArgument naming the field), then convert; nothing is written here.
-    An event without an id gets one."""
-    require(len(events) > 0, "events", "must hold at least one event")
-    require_max_len(events, "events", MAX_EVENTS)
-    out: list[Event] = []
-    for i, e in enumerate(events):
-        require_id(e.user_id, f"events[{i}].user_id")
-        kind = _EVENT_TYPES.get(e.type)
-        require(
-            kind is not None,
-            f"events[{i}].type",
-            f"must be IMPRESSION, CLICK, RATING or EXPOSURE, got {e.type}",
-        )
-        assert kind is not None
-        if kind is EventType.EXPOSURE:
-            require_id(e.experiment, f"events[{i}].experiment")
-            require_id(e.arm, f"events[{i}].arm")
-            require(len(e.item_id) <= 256, f"events[{i}].item_id", "must be at most 256 characters")
-        else:
-            require_id(e.item_id, f"events[{i}].item_id")
-        if kind is EventType.RATING:
-            require_finite(e.rating, f"events[{i}].rating")
-        require(e.timestamp_ms >= 0, f"events[{i}].timestamp_ms", f"must be >= 0, got {e.timestamp_ms}")
-        require(
-            len(e.event_id) <= MAX_ID_LENGTH,
-            f"events[{i}].event_id",
-            f"must be at most {MAX_ID_LENGTH} characters",
-        )
-        require(
-            e.event_id == e.event_id.strip(), f"events[{i}].event_id", "must not start or end with whitespace"
-        )
-        out.append(
-            Event(
-                user_id=e.user_id,
-                item_id=e.item_id,
-                type=kind,
-                timestamp_ms=e.timestamp_ms or now_ms,
-                rating=e.rating if kind is EventType.RATING else None,
-                context=dict(e.context),
-                experiment=e.experiment if kind is EventType.EXPOSURE else "",
-                arm=e.arm if kind is EventType.EXPOSURE else "",
-                event_id=e.event_id or new_event_id(),
-            )
-        )
-    return out
 
 
 @asynccontextmanager

@@ -34,6 +34,7 @@ from services.common.rpc import handler, require, require_id, require_max_len
 from services.common.server import ServerConfig
 from services.common.telemetry import current_trace_id, tracer
 from services.common.tls import ClientTLS
+from services.features.requests import events_from_request
 from services.gateway import auth, experiments, keys
 from services.gateway.admission import Admission
 from services.gateway.backends import Backends
@@ -562,14 +563,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Feedback(
         self, request: gateway_pb2.FeedbackRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> gateway_pb2.FeedbackResponse:
-        # The features service validates every event and writes all or nothing; its status is ours.
-        events = []
+        # Checked here with the features service's own rules, so a batch it would refuse costs no round
+        # trip; it checks again and writes all or nothing, and its status is ours.
         for i, e in enumerate(request.events):
             require(
                 e.type != common_pb2.EVENT_TYPE_EXPOSURE,
                 f"events[{i}].type",
                 "EXPOSURE events are written by the gateway itself",
             )
+        events_from_request(request.events, 0)
+        events = []
+        for e in request.events:
             # An id before the first attempt: a retry below (another replica) is then written once.
             event = common_pb2.Event()
             event.CopyFrom(e)
