@@ -1,19 +1,21 @@
 """Load shedding: at most `limit` Recommends run at once, up to `max_queued` more wait at most `queue_ms`
 for a slot, and the rest are refused at once (Overloaded -> RESOURCE_EXHAUSTED). Past its capacity a
 gateway that admits everything makes every request late; this one keeps the admitted ones within their
-budget and tells the others to back off in well under a millisecond. Feedback is never shed (losing an
-event costs more than answering it).
+budget and tells the others to back off. Feedback is never shed (losing an event costs more than
+answering it).
 
-The limit adapts (AIMD on latency, when `target_ms` is set): every `window` admitted requests, if the
-slowest tenth of them took longer than `target_ms`, the limit shrinks by a tenth (at least one);
-otherwise, if requests had to wait for a slot, it grows by one, up to `max_in_flight`. How many requests
-a machine can run at once within the budget depends on its speed and on what else it runs (the
-backends, here, share its cores): a fixed number is either too low for a fast machine or too high for a
-slow one."""
+The limit adapts (AIMD, when `lag_ms` is set) to the event loop's lag: a timer due every 5 ms is
+watched, and when the slowest tenth of a window of its wake-ups was late by more than `lag_ms`, the loop
+has more work than it can do: the limit shrinks by a tenth (at least one). Otherwise, if requests had to
+wait for a slot, it grows by one, up to `max_in_flight`. Lag, not request latency: a request waiting on
+a slow backend costs the loop nothing and is the budgets' business (they degrade it); a loop behind
+makes every request late, also before admission sees it. How many requests a machine can run at once
+depends on its speed and on what else it runs, so a fixed number is either too low or too high."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -23,36 +25,68 @@ from services.common.rpc import Overloaded
 
 
 class Admission:
-    def __init__(
-        self, max_in_flight: int, max_queued: int, queue_ms: float, target_ms: float = 0.0, window: int = 50
-    ) -> None:
-        """max_in_flight 0 admits everything; target_ms 0 keeps the limit at max_in_flight."""
+    #: How often the lag timer is due, and how many of its wake-ups make a window (at most 100 ms).
+    TICK_S = 0.005
+    WINDOW = 20
+
+    def __init__(self, max_in_flight: int, max_queued: int, queue_ms: float, lag_ms: float = 0.0) -> None:
+        """max_in_flight 0 admits everything; lag_ms 0 keeps the limit at max_in_flight."""
         self.max_in_flight = max_in_flight
         self.limit = max_in_flight
         self.max_queued = max_queued
         self.queue_s = queue_ms / 1000
-        self.target_s = target_ms / 1000
-        self.window = window
+        self.lag_s = lag_ms / 1000
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._latencies: list[float] = []
         self._waited = False
+        self._watch: asyncio.Task[None] | None = None
+
+    def _watch_lag(self) -> None:
+        if self._watch is None and self.lag_s > 0 and self.max_in_flight > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._lag_loop())
+
+    async def _lag_loop(self) -> None:
+        lags: list[float] = []
+        started = time.perf_counter()
+        while True:
+            due = time.perf_counter() + self.TICK_S
+            await asyncio.sleep(self.TICK_S)
+            now = time.perf_counter()
+            lags.append(max(0.0, now - due))
+            # A window is WINDOW wake-ups or, when the loop is far behind, whatever fitted in that time.
+            if len(lags) >= self.WINDOW or now - started >= self.WINDOW * self.TICK_S:
+                self.adjust(sorted(lags)[int(len(lags) * 0.9)])
+                lags.clear()
+                started = now
+
+    def adjust(self, lag_s: float) -> None:
+        """One AIMD step from a window's slow-tenth lag."""
+        if lag_s > self.lag_s:
+            self.limit = max(1, min(self.limit - 1, int(self.limit * 0.9)))
+        elif self._waited and self.limit < self.max_in_flight:
+            self.limit += 1
+        self._waited = False
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         if self.max_in_flight <= 0:
             yield
             return
+        self._watch_lag()
         if self.in_flight >= self.limit or self._waiters:
             await self._wait_for_slot()  # the slot is counted in in_flight when it is granted
         else:
             self.in_flight += 1
-        started = time.perf_counter()
         try:
             yield
         finally:
             self._release()
-            self._completed(time.perf_counter() - started)
 
     async def _wait_for_slot(self) -> None:
         if len(self._waiters) >= self.max_queued:
@@ -85,17 +119,3 @@ class Admission:
         while self._waiters and self.in_flight < self.limit:
             self.in_flight += 1
             self._waiters.popleft().set_result(None)
-
-    def _completed(self, seconds: float) -> None:
-        if self.target_s <= 0:
-            return
-        self._latencies.append(seconds)
-        if len(self._latencies) < self.window:
-            return
-        slow = sorted(self._latencies)[int(len(self._latencies) * 0.9)]
-        if slow > self.target_s:
-            self.limit = max(1, min(self.limit - 1, int(self.limit * 0.9)))
-        elif self._waited and self.limit < self.max_in_flight:
-            self.limit += 1
-        self._latencies.clear()
-        self._waited = False
