@@ -3,26 +3,13 @@ while Redis is away, in the log once each and in order when it is back; a retrie
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
+from bench.chaos import read_log
 from services.client import Client, event
-from services.features.redis_store import RedisConfig, RedisStore
-from services.features.store import Event
 from services.local import LocalPlatform, free_port
 from tests.support import RELAXED_BUDGETS, redis_server
-
-
-def read_log(url: str) -> list[Event]:
-    async def main() -> list[Event]:
-        store = RedisStore(RedisConfig(url=url))
-        try:
-            return await store.read_events()
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 def test_feedback_while_redis_is_down_is_accepted_and_written_once_in_order(
