@@ -100,15 +100,25 @@ class LocalPlatform:
             return []
         d = self.tls_dir
         server = ["--tls-cert", str(d / "tls.crt"), "--tls-key", str(d / "tls.key")]
+        client = {
+            "ca": d / "ca.crt",
+            "client-cert": d / "tls.crt",
+            "client-key": d / "tls.key",
+            "server-name": "localhost",
+        }
+        if service == "retrieval":  # it mirrors the live catalogue from the features service
+            return [
+                *server,
+                "--tls-client-ca",
+                str(d / "ca.crt"),
+                *(a for part, value in client.items() for a in (f"--features-tls-{part}", str(value))),
+            ]
         if service != "gateway":
             return [*server, "--tls-client-ca", str(d / "ca.crt")]
-        backends = {
-            "--backend-tls-ca": d / "ca.crt",
-            "--backend-tls-client-cert": d / "tls.crt",
-            "--backend-tls-client-key": d / "tls.key",
-            "--backend-tls-server-name": "localhost",
-        }
-        return [*server, *(a for flag, value in backends.items() for a in (flag, str(value)))]
+        return [
+            *server,
+            *(a for part, value in client.items() for a in (f"--backend-tls-{part}", str(value))),
+        ]
 
     def spool(self, replica: str, kind: str) -> Path:
         """Each replica its own spool file (a spool is locked by the process that holds it)."""
@@ -134,6 +144,8 @@ class LocalPlatform:
                 args += ["--redis-url", self.redis_url, "--spool", str(self.spool(replica, "events"))]
             if self.event_log:
                 args += ["--event-log", str(self.event_log)]
+        if service == "retrieval":
+            args += ["--features-addr", self.target("features")]
         if service == "gateway":
             for backend in BACKENDS:
                 args += [f"--{backend}-addr", self.target(backend)]

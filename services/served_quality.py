@@ -81,6 +81,7 @@ class Handlers:
 
 @asynccontextmanager
 async def handlers(artifacts: Path) -> AsyncIterator[Handlers]:
+    from services.features.catalogue import FileCatalogue
     from services.features.embedded import EmbeddedConfig, EmbeddedStore
     from services.features.service import FeatureServicer
     from services.ranking.service import Config as RankingConfig
@@ -97,7 +98,8 @@ async def handlers(artifacts: Path) -> AsyncIterator[Handlers]:
         ranking = RankingService(RankingConfig(compiled_trees=False))
         await ranking.load(version)
         try:
-            yield Handlers(FeatureServicer(store), retrieval, ranking)
+            catalogue = FileCatalogue(Path(tmp) / "catalogue.jsonl")
+            yield Handlers(FeatureServicer(store, catalogue), retrieval, ranking)
         finally:
             await store.close()
 

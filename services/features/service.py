@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,18 +16,21 @@ from redis.exceptions import RedisError
 
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc
 from services.common.artifacts import ArtifactVersion
+from services.common.catalogue import ids_from_request, items_from_request
 from services.common.config import ConfigError, non_negative, option, port_number, positive
 from services.common.loops import PeriodicTask
 from services.common.rpc import (
     NotReady,
     UnknownVersion,
     handler,
+    require,
     require_id,
     require_max_len,
 )
 from services.common.server import ServerConfig, StartupError
 from services.common.spool import Spool, SpoolInUse
 from services.common.tls import ClientTLS
+from services.features.catalogue import CatalogueStore, FileCatalogue, RedisCatalogue
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.requests import events_from_request
@@ -60,6 +64,11 @@ class Config(ServerConfig):
     redis_prefix: str = option("recsys", "namespace of every Redis key")
     event_log: Path = option(
         Path("var/events.jsonl"), "append-only JSON-lines event log of the in-process store"
+    )
+    catalogue_log: Path | None = option(
+        None,
+        "the in-process store's live catalogue, upserted and hidden items (default: catalogue.jsonl beside "
+        "--event-log)",
     )
     recent_max: int = option(RECENT_MAX, "recent items kept per user (live feedback + history)", positive)
     events_max_len: int = option(
@@ -106,8 +115,11 @@ async def store_errors() -> AsyncIterator[None]:
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
-    def __init__(self, store: OnlineStore, writer: EventWriter | None = None) -> None:
+    def __init__(
+        self, store: OnlineStore, catalogue: CatalogueStore, writer: EventWriter | None = None
+    ) -> None:
         self.store = store
+        self.catalogue = catalogue
         self.writer = writer or EventWriter(store)
 
     def _served(self) -> str:
@@ -123,7 +135,10 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         require_id(request.user_id, "user_id")
         self._served()
         async with store_errors():
-            profile = await self.store.get_user(request.user_id, request.artifact_version)
+            # The catalogue version is read before the profile: a change it does not include is newer.
+            catalogue_version, profile = await asyncio.gather(
+                self.catalogue.current(), self.store.get_user(request.user_id, request.artifact_version)
+            )
         return features_pb2.GetUserFeaturesResponse(
             user=common_pb2.UserFeatures(
                 user_id=profile.user_id,
@@ -133,6 +148,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                 seen_item_ids=sorted(profile.seen_item_ids),
             ),
             artifact_version=profile.version,
+            catalogue_version=catalogue_version,
         )
 
     @handler("features", "get_item_features")
@@ -163,6 +179,38 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         # a retry of one already written.
         return features_pb2.WriteEventsResponse(written=len(events))
 
+    @handler("features", "upsert_items")
+    async def UpsertItems(
+        self, request: common_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.UpsertItemsResponse:
+        items = items_from_request(request.items)
+        async with store_errors():
+            version = await self.catalogue.upsert(items)
+        log.info("items upserted", extra={"items": len(items), "catalogue_version": version})
+        return common_pb2.UpsertItemsResponse(upserted=len(items), catalogue_version=version)
+
+    @handler("features", "set_items_hidden")
+    async def SetItemsHidden(
+        self, request: features_pb2.SetItemsHiddenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.HideItemsResponse:
+        ids = ids_from_request(request.item_ids)
+        async with store_errors():
+            changed, version = await self.catalogue.set_hidden(ids, request.hidden)
+        log.info(
+            "items hidden" if request.hidden else "items shown",
+            extra={"items": len(ids), "changed": changed, "catalogue_version": version},
+        )
+        return common_pb2.HideItemsResponse(changed=changed, catalogue_version=version)
+
+    @handler("features", "get_catalogue")
+    async def GetCatalogue(
+        self, request: features_pb2.GetCatalogueRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> features_pb2.GetCatalogueResponse:
+        require(request.after_version >= 0, "after_version", f"must be >= 0, got {request.after_version}")
+        async with store_errors():
+            entries, version = await self.catalogue.changes(request.after_version)
+        return features_pb2.GetCatalogueResponse(entries=[e.to_proto() for e in entries], version=version)
+
 
 class FeaturesComponent:
     """The features service as `services.common.server.serve` runs it."""
@@ -172,10 +220,15 @@ class FeaturesComponent:
     needs_artifacts = True
 
     def __init__(
-        self, store: OnlineStore, writer: EventWriter | None = None, repair_interval_s: float = 2.0
+        self,
+        store: OnlineStore,
+        catalogue: CatalogueStore,
+        writer: EventWriter | None = None,
+        repair_interval_s: float = 2.0,
     ) -> None:
         self.store = store
-        self.servicer = FeatureServicer(store, writer)
+        self.catalogue = catalogue
+        self.servicer = FeatureServicer(store, catalogue, writer)
         self.writer = self.servicer.writer
         self.repair_interval_s = repair_interval_s
         self._repair: PeriodicTask | None = None
@@ -227,12 +280,14 @@ class FeaturesComponent:
                 await task.stop()
         await self.writer.drain()  # what it can deliver now; the rest waits in the spool for the next start
         self.writer.close()
+        await self.catalogue.close()
         await self.store.close()
 
 
 def create(config: Config) -> FeaturesComponent:
     """The component on Redis when `redis_url` is set (PING now: StartupError if unreachable), else in-process."""
     store: OnlineStore
+    catalogue: CatalogueStore
     spool: Spool | None = None
     if config.redis_url:
         tls = config.redis_tls()
@@ -241,7 +296,7 @@ def create(config: Config) -> FeaturesComponent:
                 tls.read()  # one line naming a bad file, rather than an OpenSSL error from redis-py
             except ConfigError as e:
                 raise StartupError(str(e)) from None
-        store = RedisStore(
+        redis_store = RedisStore(
             RedisConfig(
                 url=config.redis_url,
                 prefix=config.redis_prefix,
@@ -253,6 +308,7 @@ def create(config: Config) -> FeaturesComponent:
                 tls_client_key=config.redis_tls_client_key,
             )
         )
+        store, catalogue = redis_store, RedisCatalogue(redis_store.redis, config.redis_prefix)
         try:
             spool = Spool(config.spool, max_bytes=int(config.spool_max_mb * 2**20))
         except (SpoolInUse, OSError) as e:
@@ -266,5 +322,6 @@ def create(config: Config) -> FeaturesComponent:
                 events_max_age_s=config.events_max_age_days * 86_400,
             )
         )
+        catalogue = FileCatalogue(config.catalogue_log or config.event_log.with_name("catalogue.jsonl"))
     writer = EventWriter(store, spool, store_timeout_s=config.store_timeout_ms / 1000)
-    return FeaturesComponent(store, writer, repair_interval_s=config.reload_interval_s)
+    return FeaturesComponent(store, catalogue, writer, repair_interval_s=config.reload_interval_s)

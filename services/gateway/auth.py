@@ -45,6 +45,10 @@ REFUSED = meter("gateway").create_counter(
 ROLE_OF = {
     "/recsys.v1.Gateway/Recommend": "recommend",
     "/recsys.v1.Gateway/Feedback": "feedback",
+    "/recsys.v1.Gateway/SimilarItems": "recommend",
+    "/recsys.v1.Gateway/UpsertItems": "admin",
+    "/recsys.v1.Gateway/HideItems": "admin",
+    "/recsys.v1.Gateway/UnhideItems": "admin",
 }
 UNMAPPED_ROLE = "admin"
 HEALTH = "/grpc.health.v1.Health/"

@@ -1,5 +1,6 @@
 """The public API: Recommend (features -> retrieval -> ranking, with per-stage deadlines and
-fallbacks) and Feedback (forwarded to the features service's event log)."""
+fallbacks), Feedback (forwarded to the features service's event log), SimilarItems (retrieval), and
+the live catalogue's writes (UpsertItems, HideItems, UnhideItems: the features service keeps it)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from recsys.v1 import (
 )
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
+from services.common.catalogue import CatalogueMirror, check_filter, ids_from_request, items_from_request
 from services.common.config import ConfigError, non_negative, option, positive
 from services.common.event_ids import new_event_id
 from services.common.loops import PeriodicTask
@@ -182,10 +184,11 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any], key: str) -> str:
 
 
 class StageFailed(Exception):
-    def __init__(self, stage: str, code: str) -> None:
+    def __init__(self, stage: str, code: str, details: str = "") -> None:
         super().__init__(f"{stage}: {code}")
         self.stage = stage
         self.code = code
+        self.details = details
 
     def version_not_served(self, version: str) -> bool:
         """The stage does not serve the pinned `version` the arm asked for (the caller retries on CURRENT)."""
@@ -264,6 +267,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             config.max_in_flight, config.max_queued, config.queue_ms, config.admission_lag_ms
         )
         self.popular = PopularCache(self.backends)
+        #: the hidden items, so that the cached popular list never serves one
+        self.catalogue = CatalogueMirror(
+            lambda after: self.backends.features.GetCatalogue(
+                features_pb2.GetCatalogueRequest(after_version=after), timeout=2.0
+            )
+        )
         self._watch: PeriodicTask | None = None
         self._next_popular = 0.0
         self._rng = random.Random()
@@ -284,7 +293,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             self.exposures.start()  # what an earlier process left in the spool goes out too
 
     async def _upkeep(self) -> None:
-        """Reload a changed experiments file; refresh the cached popular list when it is due."""
+        """Reload a changed experiments file; refresh the cached popular list when it is due; follow the
+        live catalogue."""
+        try:
+            await self.catalogue.catch_up()
+        except grpc.aio.AioRpcError as e:
+            log.debug("catalogue not refreshed", extra={"code": e.code().name})
         if time.monotonic() >= self._next_popular:
             await self.popular.refresh()
             self._next_popular = time.monotonic() + (
@@ -321,7 +335,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 try:
                     return await call(deadline)
                 except grpc.aio.AioRpcError as e:
-                    raise StageFailed(stage, e.code().name) from e
+                    raise StageFailed(stage, e.code().name, e.details() or "") from e
             except StageFailed:
                 span.set_attribute("recsys.degraded", True)
                 raise
@@ -331,9 +345,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 STAGE_DURATION.record(elapsed, {"stage": name})
                 span.set_attribute("recsys.over_budget", elapsed > budget_ms)
 
-    async def _popular(self, trip: Trip, exclude: set[str], k: int, reason: StageFailed) -> Served:
-        """The cached popular list (minus `exclude`) when retrieval cannot answer."""
-        items = [i for i in self.popular.items if i.item_id not in exclude][:k]
+    async def _popular(
+        self,
+        trip: Trip,
+        request: gateway_pb2.RecommendRequest,
+        exclude: set[str],
+        catalogue_version: int,
+        reason: StageFailed,
+    ) -> Served:
+        """The cached popular list (minus `exclude` and the hidden items) when retrieval cannot answer.
+        Not for a filtered request: the gateway does not know the items' categories."""
+        if request.HasField("filter") and request.filter.ByteSize():
+            raise reason
+        try:
+            hidden = (await self.catalogue.catch_up(catalogue_version)).hidden
+        except grpc.aio.AioRpcError:
+            hidden = self.catalogue.state.hidden
+            if catalogue_version > self.catalogue.state.version:
+                raise reason from None  # a hide it cannot see yet: serving nothing beats serving that
+        items = [i for i in self.popular.items if i.item_id not in exclude and i.item_id not in hidden]
+        items = items[: request.k]
         if not items:
             raise reason
         trip.degraded.append(f"{reason}; served cached popular items")
@@ -353,20 +384,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         ranking -> retrieval order. A stage that does not serve `version`
         (FAILED_PRECONDITION) raises StageFailed instead: the caller falls back to CURRENT."""
         cfg = self.config
+        # Without a profile, retrieval answers from the catalogue the gateway has seen.
+        catalogue_version = self.catalogue.state.version
         try:
-            user = (
-                await self._stage(
-                    trip,
-                    prefix + "features",
-                    cfg.features_budget_ms,
-                    lambda timeout: self.backends.features.GetUserFeatures(
-                        features_pb2.GetUserFeaturesRequest(
-                            user_id=request.user_id, artifact_version=version
-                        ),
-                        timeout=timeout,
-                    ),
-                )
-            ).user
+            profile = await self._stage(
+                trip,
+                prefix + "features",
+                cfg.features_budget_ms,
+                lambda timeout: self.backends.features.GetUserFeatures(
+                    features_pb2.GetUserFeaturesRequest(user_id=request.user_id, artifact_version=version),
+                    timeout=timeout,
+                ),
+            )
+            user, catalogue_version = profile.user, max(catalogue_version, profile.catalogue_version)
         except StageFailed as e:
             if e.version_not_served(version):
                 raise
@@ -387,15 +417,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                         min_n=request.k,
                         artifact_version=version,
                         sources=settings.sources,
+                        filter=request.filter,
+                        catalogue_version=catalogue_version,
                     ),
                     timeout=timeout,
                 ),
             )
         except StageFailed as e:
-            if e.version_not_served(version):
-                raise
+            if e.version_not_served(version) or e.code == "INVALID_ARGUMENT":
+                raise  # a filter naming an attribute no item has: the caller's error, not an outage
             exclude = {*request.exclude_item_ids, *user.seen_item_ids}
-            return await self._popular(trip, exclude, request.k, e)
+            return await self._popular(trip, request, exclude, catalogue_version, e)
         found = retrieved.candidates
         count = len(found.item_ids)
         trace.get_current_span().set_attribute("recsys.candidates", count)
@@ -455,6 +487,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
         require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
         require_max_len(request.context, "context", MAX_CONTEXT)
+        check_filter(request.filter, None)  # attribute names: retrieval knows the catalogue
         self._start_watch()
         async with self.admission.admit():
             return await self._recommend(request, context, trip)
@@ -499,6 +532,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 served = await self._serve_version(request, settings, settings.version, trip)
         except StageFailed as e:
+            if e.code == "INVALID_ARGUMENT":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.details)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"no candidates: {e}")
             raise  # unreachable: abort raises
 
@@ -597,6 +632,78 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     await context.abort(e.code(), e.details() or e.code().name)
                     raise  # unreachable: abort raises
             await asyncio.sleep(FEEDBACK_RETRY_S)
+
+    @handler("gateway", "similar_items")
+    async def SimilarItems(
+        self, request: gateway_pb2.SimilarItemsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> gateway_pb2.SimilarItemsResponse:
+        require_id(request.item_id, "item_id")
+        require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
+        self._start_watch()
+        try:
+            reply = await self.backends.retrieval.SimilarItems(
+                retrieval_pb2.RetrievalSimilarRequest(
+                    item_id=request.item_id,
+                    k=request.k,
+                    filter=request.filter,
+                    catalogue_version=self.catalogue.state.version,
+                ),
+                timeout=self.config.total_budget_ms / 1000,
+            )
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or e.code().name)
+            raise  # unreachable: abort raises
+        return gateway_pb2.SimilarItemsResponse(items=reply.items, artifact_version=reply.artifact_version)
+
+    async def _catalogue_write(self, call: Awaitable[T], context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        """A catalogue write forwarded to the features service, whose status is ours; this gateway's
+        mirror then catches up, so its own fallbacks see the change at once."""
+        try:
+            reply = await call
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or e.code().name)
+            raise  # unreachable: abort raises
+        try:
+            await self.catalogue.catch_up(reply.catalogue_version)  # type: ignore[attr-defined]
+        except grpc.aio.AioRpcError as e:
+            log.warning("catalogue mirror behind after a write", extra={"code": e.code().name})
+        return reply
+
+    @handler("gateway", "upsert_items")
+    async def UpsertItems(
+        self, request: common_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.UpsertItemsResponse:
+        items_from_request(request.items)  # the features service's rules: refused here without a trip
+        self._start_watch()
+        timeout = self.config.feedback_budget_ms / 1000
+        return await self._catalogue_write(
+            self.backends.features.UpsertItems(request, timeout=timeout), context
+        )
+
+    async def _set_hidden(
+        self, request: common_pb2.HideItemsRequest, hide: bool, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.HideItemsResponse:
+        ids = ids_from_request(request.item_ids)
+        self._start_watch()
+        timeout = self.config.feedback_budget_ms / 1000
+        return await self._catalogue_write(
+            self.backends.features.SetItemsHidden(
+                features_pb2.SetItemsHiddenRequest(item_ids=ids, hidden=hide), timeout=timeout
+            ),
+            context,
+        )
+
+    @handler("gateway", "hide_items")
+    async def HideItems(
+        self, request: common_pb2.HideItemsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.HideItemsResponse:
+        return await self._set_hidden(request, True, context)
+
+    @handler("gateway", "unhide_items")
+    async def UnhideItems(
+        self, request: common_pb2.HideItemsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> common_pb2.HideItemsResponse:
+        return await self._set_hidden(request, False, context)
 
 
 class Gateway:

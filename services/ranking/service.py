@@ -29,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from recsys.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from services.common import candidates
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.catalogue import FRESH
 from services.common.config import non_negative, option, port_number, positive
 from services.common.diversity import POOL_FACTOR, mmr
 from services.common.drift import Histogram
@@ -48,6 +49,10 @@ MAX_CANDIDATES = 10_000
 MAX_K = 1_000
 
 
+def share(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
 @dataclass(frozen=True)
 class Config(ServerConfig):
     port: int = option(50054, "port to listen on", port_number)
@@ -61,6 +66,12 @@ class Config(ServerConfig):
         8, "scored rows per request counted for drift detection (0: none)", non_negative
     )
     drift_window_seconds: float = option(600.0, "length of a drift-counting window", positive)
+    exploration_share: float = option(
+        0.1,
+        "share of the k slots kept for candidates the version does not know (upserted items, origin "
+        "`fresh`), at the end of the list, when retrieval sends any (0: none)",
+        share,
+    )
 
 
 @dataclass(frozen=True)
@@ -326,6 +337,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             for position, item in enumerate(ids):
                 first.setdefault(item, position)  # duplicates count once
             order = np.fromiter((p for item, p in first.items() if item not in seen), dtype=np.int64)
+        eligible = order
         order = order[np.argsort(-scores[order], kind="stable")]
         final = scores
         if 0 < request.mmr_lambda < 1:
@@ -337,6 +349,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             final = np.empty_like(scores)
             final[order] = marginal
         top = order[: request.k]
+        if self.config.exploration_share > 0 and FRESH in cands.source_names:
+            top, final = explore(cands, eligible, order, final, request.k, self.config.exploration_share)
         response = ranking_pb2.RankResponse(
             items=candidates.scored_items(cands, top.tolist(), final.tolist()),
             artifact_version=model.version,
@@ -414,6 +428,30 @@ def window_to_proto(window: Window) -> ranking_pb2.FeatureWindow:
         rows=window.rows,
         features=histograms_to_proto(window.histograms),
     )
+
+
+def explore(
+    cands: common_pb2.Candidates,
+    eligible: npt.NDArray[np.int64],
+    order: npt.NDArray[np.int64],
+    scores: npt.NDArray[Any],
+    k: int,
+    share_of_k: float,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+    """`order` (the ranked positions) cut to k with up to round(share * k) (at least one) slots at the
+    end for the `fresh` candidates among `eligible`, in retrieval's order (their content score): the
+    ranker cannot score what it was not trained on, so they are shown on purpose until a retrain learns
+    them. Their scores continue below the last ranked one."""
+    fresh_source = list(cands.source_names).index(FRESH)
+    is_fresh = np.asarray(cands.sources, dtype=np.int64) == fresh_source
+    listed = order[~is_fresh[order]]
+    slots = min(max(1, round(share_of_k * k)), k)
+    picked = np.sort(eligible[is_fresh[eligible]])[:slots]  # positions: retrieval's order
+    ranked = listed[: k - picked.size]
+    out = scores.astype(np.float64, copy=True)
+    below = float(out[ranked[-1]]) if ranked.size else 0.0
+    out[picked] = below - 1.0 - np.arange(picked.size)
+    return np.concatenate([ranked, picked]).astype(np.int64), out
 
 
 def create(config: Config) -> RankingService:

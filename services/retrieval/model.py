@@ -17,6 +17,7 @@ from services.common.artifacts import ArtifactError, ArtifactVersion
 from services.common.fusion import FusionParams
 from services.common.sources import source_class
 from services.common.sources.base import EMPTY_ROWS, History, Rows, Source
+from services.retrieval.catalogue import ITEMS_FILE, TrainedCategories
 
 IDS_FILE = "item_ids.json"
 
@@ -28,6 +29,8 @@ class RetrievalModel:
     row_of: dict[str, int]
     sources: dict[str, Source]
     fusion: FusionParams
+    #: every item's genres: its categories for filters, and the vocabulary of an upserted item's vector
+    categories: TrainedCategories
 
     @classmethod
     def load(cls, version: ArtifactVersion) -> RetrievalModel:
@@ -66,7 +69,18 @@ class RetrievalModel:
         unknown = [s for s in fusion.fused if s not in sources]
         if unknown:
             raise ArtifactError(f"{what}: manifest fuses {unknown}, which are not among its sources")
-        return cls(version.version, np.array(ids, dtype=object), row_of, sources, fusion)
+        try:
+            categories = TrainedCategories.read(version.file(ITEMS_FILE), row_of)
+        except ArtifactError as e:
+            raise ArtifactError(f"{what}: {e}") from e
+        return cls(version.version, np.array(ids, dtype=object), row_of, sources, fusion, categories)
+
+    @property
+    def content_dim(self) -> int:
+        """The width of the content source's vectors (the genres alone without one)."""
+        content = self.sources.get("content")
+        vectors = getattr(content, "vectors", None)
+        return int(vectors.shape[1]) if vectors is not None else max(1, len(self.categories.names))
 
     @property
     def size(self) -> int:

@@ -3,6 +3,13 @@ the requested artifact version, with every source's scores and ranks of every ca
 
 The history the sources score from is the request's `user` (recent items newest first, and everything
 seen); it is never returned, nor are `exclude_item_ids`. A user without history gets popular items.
+
+The live catalogue (upserts, hidden items) is mirrored from the features service
+(services.common.catalogue): a request carrying a newer `catalogue_version` than the mirror's waits for
+the mirror to catch up, or is UNAVAILABLE (the gateway then serves its own filtered fallback), so a
+hidden item is never returned once the hide was acknowledged. Filters and hidden items exclude rows
+from every source (services.retrieval.catalogue); upserted items the version does not know follow the
+fused candidates as `fresh` ones, scored by content.
 """
 
 from __future__ import annotations
@@ -11,22 +18,29 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from opentelemetry import trace
 
-from recsys.v1 import retrieval_pb2, retrieval_pb2_grpc
+from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
-from services.common.config import option, port_number, positive
-from services.common.fusion import generate
+from services.common.catalogue import FRESH, CatalogueMirror, MirrorState, check_filter
+from services.common.config import non_negative, option, port_number, positive
+from services.common.fusion import POPULAR, generate
+from services.common.loops import PeriodicTask
 from services.common.meters import meter
-from services.common.rpc import handler, require, require_max_len
-from services.common.server import ServerConfig
+from services.common.rpc import NotReady, handler, require, require_id, require_max_len
+from services.common.server import ServerConfig, channel_options
 from services.common.sources import SOURCE_NAMES
-from services.common.sources.base import exclusion
+from services.common.sources.base import History, exclusion
+from services.common.sources.vectors import VectorScores, VectorSource
+from services.common.tls import ClientTLS, aio_channel
 from services.common.versions import ServedVersions
+from services.retrieval.catalogue import LiveCatalogue
 from services.retrieval.model import RetrievalModel
 
 log = logging.getLogger(__name__)
@@ -40,10 +54,46 @@ MAX_EXCLUDE = 20_000
 MAX_HISTORY = 100_000
 
 
+MAX_K = 1000
+
+
 @dataclass(frozen=True)
 class Config(ServerConfig):
     port: int = option(50053, "port to listen on", port_number)
     max_candidates: int = option(2000, "largest n a Retrieve request may ask for", positive)
+    features_addr: str = option(
+        "127.0.0.1:50052", "features service address: where the live catalogue is mirrored from"
+    )
+    features_tls_ca: Path | None = option(
+        None, "PEM CA certificates the features service's certificate chains to: call it over TLS"
+    )
+    features_tls_client_cert: Path | None = option(
+        None,
+        "PEM certificate to present to the features service (mutual TLS), with --features-tls-client-key",
+    )
+    features_tls_client_key: Path | None = option(None, "PEM key of --features-tls-client-cert")
+    features_tls_server_name: str | None = option(
+        None, "name to expect in the features service's certificate (default: the host of the address)"
+    )
+    catalogue_poll_s: float = option(
+        1.0, "how often to look for catalogue changes between requests", positive
+    )
+    fresh_candidates: int = option(
+        20, "upserted items the version does not know, appended to the candidates (by content)", non_negative
+    )
+
+    def features_tls(self) -> ClientTLS | None:
+        given = (
+            self.features_tls_ca,
+            self.features_tls_client_cert,
+            self.features_tls_client_key,
+            self.features_tls_server_name,
+        )
+        return None if all(v is None for v in given) else ClientTLS(*given, flags="--features-tls")
+
+    def validate(self) -> None:
+        super().validate()
+        self.features_tls()  # a certificate without its key (or the reverse) is refused here
 
 
 class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
@@ -57,6 +107,49 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         self.config = config
         #: CURRENT plus the PINNED versions (experiment arms pick one with `artifact_version`).
         self.versions: ServedVersions[RetrievalModel] = ServedVersions("retrieval")
+        self.mirror = CatalogueMirror(self._fetch_catalogue)
+        self._features: Any = None  # a FeatureServiceStub on an aio channel, made at the first fetch
+        self._channel: grpc.aio.Channel | None = None
+        self._poll: PeriodicTask | None = None
+        #: the LiveCatalogue of each served version, for the mirror state it was built from
+        self._live: dict[str, LiveCatalogue] = {}
+
+    async def _fetch_catalogue(self, after: int) -> features_pb2.GetCatalogueResponse:
+        if self._features is None:
+            self._channel = aio_channel(
+                self.config.features_addr, self.config.features_tls(), channel_options()
+            )
+            self._features = features_pb2_grpc.FeatureServiceStub(self._channel)
+        reply: features_pb2.GetCatalogueResponse = await self._features.GetCatalogue(
+            features_pb2.GetCatalogueRequest(after_version=after), timeout=2.0
+        )
+        return reply
+
+    async def _poll_catalogue(self) -> None:
+        try:
+            await self.mirror.catch_up()
+        except grpc.aio.AioRpcError as e:
+            log.debug("catalogue not refreshed", extra={"code": e.code().name})
+
+    async def catalogue(self, version: int, budget_s: float | None) -> MirrorState:
+        """The mirror at catalogue `version` or later; NotReady (UNAVAILABLE) when it cannot catch up."""
+        state = self.mirror.state
+        if version <= state.version:
+            return state
+        try:
+            return await asyncio.wait_for(self.mirror.catch_up(version), budget_s)
+        except (grpc.aio.AioRpcError, TimeoutError) as e:
+            raise NotReady(
+                f"retrieval: live catalogue at version {state.version}, the request needs {version} and the "
+                f"features service did not answer ({e.__class__.__name__})"
+            ) from e
+
+    def live(self, model: RetrievalModel, state: MirrorState) -> LiveCatalogue:
+        built = self._live.get(model.version)
+        if built is None or built.version != state.version:
+            built = LiveCatalogue.build(state, model.row_of, model.categories.names, model.content_dim)
+            self._live = {**self._live, model.version: built}
+        return built
 
     @property
     def model(self) -> RetrievalModel | None:
@@ -73,6 +166,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         model = await asyncio.to_thread(RetrievalModel.load, version)
         previous = self.model.version if self.model is not None else None
         self.versions.current = model
+        if self._poll is None:
+            self._poll = PeriodicTask("catalogue-mirror", self._poll_catalogue, self.config.catalogue_poll_s)
         log.info(
             "retrieval sources loaded",
             extra={
@@ -95,6 +190,10 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         self.versions.pinned = {k: v for k, v in self.versions.pinned.items() if k != name}
 
     async def close(self) -> None:
+        if self._poll is not None:
+            await self._poll.stop()
+        if self._channel is not None:
+            await self._channel.close(None)
         self.versions.current = None
         self.versions.pinned = {}
 
@@ -119,27 +218,134 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         require_max_len(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
         require_max_len(request.user.seen_item_ids, "user.seen_item_ids", MAX_HISTORY)
         require_max_len(request.user.recent_item_ids, "user.recent_item_ids", MAX_HISTORY)
-        unknown = set(request.sources) - set(SOURCE_NAMES)
+        unknown = set(request.sources) - {*SOURCE_NAMES, FRESH}
         require(
-            not unknown, "sources", f"unknown source(s) {sorted(unknown)}; known: {', '.join(SOURCE_NAMES)}"
+            not unknown,
+            "sources",
+            f"unknown source(s) {sorted(unknown)}; known: {', '.join((*SOURCE_NAMES, FRESH))}",
         )
         # One reference for the whole request: a reload cannot change it midway.
         model = self.versions.get(request.artifact_version)
+        live = self.live(model, await self.catalogue(request.catalogue_version, context.time_remaining()))
+        check_filter(request.filter, live.attributes)
         n = max(request.n or model.fusion.candidates, request.min_n)
         history = model.history(request.user)
-        exclude = exclusion(model.rows_of(list(request.exclude_item_ids)))
-        found = generate(model.sources, history, n, model.fusion, exclude, list(request.sources))
-        response = retrieval_pb2.RetrieveResponse(
-            candidates=candidates.to_proto(found, model.item_ids), artifact_version=model.version
+        exclude = exclusion(
+            model.rows_of(list(request.exclude_item_ids)),
+            live.excluded_rows(request.filter, model.categories),
         )
-        for source, count in Counter(found.origin).items():
+        found = generate(model.sources, history, n, model.fusion, exclude, list(request.sources))
+        message = candidates.to_proto(found, model.item_ids)
+        if self.config.fresh_candidates and live.fresh and (not request.sources or FRESH in request.sources):
+            skip = frozenset({*request.exclude_item_ids, *request.user.seen_item_ids})
+            append_fresh(message, model, live, history, request.filter, skip, self.config.fresh_candidates)
+        response = retrieval_pb2.RetrieveResponse(candidates=message, artifact_version=model.version)
+        for source, count in Counter(message.source_names[i] for i in message.sources).items():
             CANDIDATES.add(count, {"source": source})
         span = trace.get_current_span()
-        span.set_attribute("recsys.candidates", len(found))
+        span.set_attribute("recsys.candidates", len(message.item_ids))
         span.set_attribute("recsys.history", len(history))
         span.set_attribute("recsys.excluded", int(exclude.size))
         span.set_attribute("recsys.artifact_version", model.version)
         return response
+
+    @handler("retrieval", "similar_items")
+    async def SimilarItems(
+        self, request: retrieval_pb2.RetrievalSimilarRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> retrieval_pb2.RetrievalSimilarResponse:
+        require_id(request.item_id, "item_id")
+        require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
+        model = self.versions.get(request.artifact_version)
+        live = self.live(model, await self.catalogue(request.catalogue_version, context.time_remaining()))
+        check_filter(request.filter, live.attributes)
+        items = similar_items(model, live, request.item_id, request.k, request.filter)
+        if items is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"item_id: {request.item_id!r} is not in the catalogue (artifact {model.version}, live "
+                f"catalogue {live.version}) or is hidden",
+            )
+        return retrieval_pb2.RetrievalSimilarResponse(items=items, artifact_version=model.version)
+
+
+def _fresh_order(
+    live: LiveCatalogue, allowed: np.ndarray[Any, Any], query: np.ndarray[Any, Any] | None
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """`allowed` fresh positions best first by content (by publish time, newest first, without a query)."""
+    if query is not None:
+        scores = (live.fresh_vectors[allowed] @ query).astype(np.float32)
+    else:
+        scores = np.zeros(allowed.size, dtype=np.float32)
+    order = np.lexsort((-live.fresh_published[allowed], -scores))
+    return allowed[order], scores[order]
+
+
+def _content_query(model: RetrievalModel, history: History) -> np.ndarray[Any, Any] | None:
+    content = model.sources.get("content")
+    return content.query(history) if isinstance(content, VectorSource) and len(history) else None
+
+
+def append_fresh(
+    message: common_pb2.Candidates,
+    model: RetrievalModel,
+    live: LiveCatalogue,
+    history: History,
+    item_filter: common_pb2.ItemFilter,
+    skip: frozenset[str],
+    limit: int,
+) -> None:
+    """Upserted items the version does not know, after the candidates: origin `fresh`, their content
+    score in the content column, and what a source says of an item it did not list everywhere else
+    (score 0, rank NaN), so they are ranked as any unlisted candidate would be."""
+    allowed = live.fresh_allowed(item_filter, skip)
+    if not allowed.size:
+        return
+    picked, scores = _fresh_order(live, allowed, _content_query(model, history))
+    picked, scores = picked[:limit], scores[:limit]
+    lowest = min(message.scores) if message.scores else 0.0
+    message.item_ids.extend(live.fresh[j].item_id for j in picked.tolist())
+    message.scores.extend(float(lowest - 1 - i) for i in range(picked.size))
+    if FRESH not in message.source_names:
+        message.source_names.append(FRESH)
+    message.sources.extend([list(message.source_names).index(FRESH)] * picked.size)
+    for column in message.columns:
+        column.scores.extend(scores.tolist() if column.source == "content" else [0.0] * picked.size)
+        column.ranks.extend([float("nan")] * picked.size)
+
+
+def similar_items(
+    model: RetrievalModel, live: LiveCatalogue, item_id: str, k: int, item_filter: common_pb2.ItemFilter
+) -> list[common_pb2.ScoredItem] | None:
+    """The items like `item_id` (None when it is unknown or hidden): for a trained item, the version's
+    sources fused over a history of that one item; for an upserted one, content similarity."""
+    if item_id in live.hidden_ids:
+        return None
+    excluded = live.excluded_rows(item_filter, model.categories)
+    row = model.row_of.get(item_id)
+    if row is not None:
+        sources = [s for s in model.sources if s != POPULAR]  # what is like the item, not what is popular
+        found = generate(model.sources, History.of([row]), k, model.fusion, excluded, sources)
+        return candidates.head(candidates.to_proto(found, model.item_ids), k)
+    fresh = {item.item_id: j for j, item in enumerate(live.fresh)}
+    if item_id not in fresh:
+        return None
+    query = live.fresh_vectors[fresh[item_id]]
+    content = model.sources.get("content")
+    out: list[common_pb2.ScoredItem] = []
+    if isinstance(content, VectorSource) and np.any(query):
+        rows, scores = VectorScores(query, content.vectors, content.index).top(k, excluded)
+        out = [
+            common_pb2.ScoredItem(item_id=str(model.item_ids[r]), score=float(v), source="content")
+            for r, v in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+    allowed = live.fresh_allowed(item_filter, frozenset({item_id}))
+    picked, scores = _fresh_order(live, allowed, query)
+    out += [
+        common_pb2.ScoredItem(item_id=live.fresh[j].item_id, score=float(v), source=FRESH)
+        for j, v in zip(picked.tolist(), scores.tolist(), strict=True)
+    ]
+    out.sort(key=lambda i: -i.score)
+    return out[:k]
 
 
 def create(config: Config) -> RetrievalService:

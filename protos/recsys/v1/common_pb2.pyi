@@ -339,3 +339,230 @@ class Event(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class CatalogueItem(_message.Message):
+    """An item of the live catalogue (UpsertItems): what retrieval filters on and builds a content vector
+    from (its categories and tags, against the served version's vocabulary) until a retrain learns it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AT_MS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Required, at most 256 characters."""
+    title: _builtins.str
+    published_at_ms: _builtins.int
+    """Milliseconds since the epoch; 0: unknown (a published_after/before filter then leaves it out)."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 64 each, as the trained catalogue's genres (e.g. "Comedy")."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """At most 64; what ItemFilter.attributes matches exactly."""
+
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        published_at_ms: _builtins.int = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "categories", b"categories", "item_id", b"item_id", "published_at_ms", b"published_at_ms", "tags", b"tags", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogueItem: _TypeAlias = CatalogueItem  # noqa: Y015
+
+@_typing.final
+class ItemFilter(_message.Message):
+    """Business rules of a request, applied in retrieval (so k items still come back when enough match).
+    An empty filter allows every item; a filter nothing matches returns fewer items (not an error).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INCLUDE_CATEGORIES_FIELD_NUMBER: _builtins.int
+    EXCLUDE_CATEGORIES_FIELD_NUMBER: _builtins.int
+    PUBLISHED_AFTER_MS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_BEFORE_MS_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    published_after_ms: _builtins.int
+    """Published strictly after / before (ms since the epoch); 0: no bound. Items without a publish
+    time do not match a bound.
+    """
+    published_before_ms: _builtins.int
+    @_builtins.property
+    def include_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The item must have at least one of these categories (empty: any)."""
+
+    @_builtins.property
+    def exclude_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The item must have none of these."""
+
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The item's attribute of each name must equal the value. A name no item of the catalogue has is
+        INVALID_ARGUMENT (a misspelt rule, not an empty answer).
+        """
+
+    def __init__(
+        self,
+        *,
+        include_categories: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_categories: _abc.Iterable[_builtins.str] | None = ...,
+        published_after_ms: _builtins.int = ...,
+        published_before_ms: _builtins.int = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "exclude_categories", b"exclude_categories", "include_categories", b"include_categories", "published_after_ms", b"published_after_ms", "published_before_ms", b"published_before_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemFilter: _TypeAlias = ItemFilter  # noqa: Y015
+
+@_typing.final
+class UpsertItemsRequest(_message.Message):
+    """The catalogue writes, the same at the gateway and the features service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueItem]:
+        """1..1000 items with distinct ids, written all or nothing."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___CatalogueItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertItemsRequest: _TypeAlias = UpsertItemsRequest  # noqa: Y015
+
+@_typing.final
+class UpsertItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPSERTED_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    upserted: _builtins.int
+    catalogue_version: _builtins.int
+    """The catalogue's version after the write: a Recommend that reads it or later sees these items."""
+    def __init__(
+        self,
+        *,
+        upserted: _builtins.int = ...,
+        catalogue_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_version", b"catalogue_version", "upserted", b"upserted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertItemsResponse: _TypeAlias = UpsertItemsResponse  # noqa: Y015
+
+@_typing.final
+class HideItemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1..1000 ids (trained or upserted items)."""
+
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_ids", b"item_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HideItemsRequest: _TypeAlias = HideItemsRequest  # noqa: Y015
+
+@_typing.final
+class HideItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    changed: _builtins.int
+    catalogue_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        changed: _builtins.int = ...,
+        catalogue_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_version", b"catalogue_version", "changed", b"changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HideItemsResponse: _TypeAlias = HideItemsResponse  # noqa: Y015

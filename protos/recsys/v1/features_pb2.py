@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/features.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"C\n\x16GetUserFeaturesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\"Z\n\x17GetUserFeaturesResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\"D\n\x16GetItemFeaturesRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\"_\n\x17GetItemFeaturesResponse\x12\x0e\n\x06values\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05\x66ound\x18\x03 \x03(\x08\x12\x18\n\x10\x61rtifact_version\x18\x04 \x01(\t\"6\n\x12WriteEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"&\n\x13WriteEventsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x05\x32\x92\x02\n\x0e\x46\x65\x61tureService\x12X\n\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\".recsys.v1.GetUserFeaturesResponse\x12X\n\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\".recsys.v1.GetItemFeaturesResponse\x12L\n\x0bWriteEvents\x12\x1d.recsys.v1.WriteEventsRequest\x1a\x1e.recsys.v1.WriteEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recsys/v1/features.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"C\n\x16GetUserFeaturesRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\"u\n\x17GetUserFeaturesResponse\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12\x19\n\x11\x63\x61talogue_version\x18\x03 \x01(\x03\"D\n\x16GetItemFeaturesRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\"_\n\x17GetItemFeaturesResponse\x12\x0e\n\x06values\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12\r\n\x05\x66ound\x18\x03 \x03(\x08\x12\x18\n\x10\x61rtifact_version\x18\x04 \x01(\t\"6\n\x12WriteEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"&\n\x13WriteEventsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x05\"9\n\x15SetItemsHiddenRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06hidden\x18\x02 \x01(\x08\"k\n\x0e\x43\x61talogueEntry\x12&\n\x04item\x18\x01 \x01(\x0b\x32\x18.recsys.v1.CatalogueItem\x12\x10\n\x08upserted\x18\x02 \x01(\x08\x12\x0e\n\x06hidden\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\x03\",\n\x13GetCatalogueRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"S\n\x14GetCatalogueResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.recsys.v1.CatalogueEntry\x12\x0f\n\x07version\x18\x02 \x01(\x03\x32\x83\x04\n\x0e\x46\x65\x61tureService\x12X\n\x0fGetUserFeatures\x12!.recsys.v1.GetUserFeaturesRequest\x1a\".recsys.v1.GetUserFeaturesResponse\x12X\n\x0fGetItemFeatures\x12!.recsys.v1.GetItemFeaturesRequest\x1a\".recsys.v1.GetItemFeaturesResponse\x12L\n\x0bWriteEvents\x12\x1d.recsys.v1.WriteEventsRequest\x1a\x1e.recsys.v1.WriteEventsResponse\x12L\n\x0bUpsertItems\x12\x1d.recsys.v1.UpsertItemsRequest\x1a\x1e.recsys.v1.UpsertItemsResponse\x12P\n\x0eSetItemsHidden\x12 .recsys.v1.SetItemsHiddenRequest\x1a\x1c.recsys.v1.HideItemsResponse\x12O\n\x0cGetCatalogue\x12\x1e.recsys.v1.GetCatalogueRequest\x1a\x1f.recsys.v1.GetCatalogueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSERFEATURESREQUEST']._serialized_start=63
   _globals['_GETUSERFEATURESREQUEST']._serialized_end=130
   _globals['_GETUSERFEATURESRESPONSE']._serialized_start=132
-  _globals['_GETUSERFEATURESRESPONSE']._serialized_end=222
-  _globals['_GETITEMFEATURESREQUEST']._serialized_start=224
-  _globals['_GETITEMFEATURESREQUEST']._serialized_end=292
-  _globals['_GETITEMFEATURESRESPONSE']._serialized_start=294
-  _globals['_GETITEMFEATURESRESPONSE']._serialized_end=389
-  _globals['_WRITEEVENTSREQUEST']._serialized_start=391
-  _globals['_WRITEEVENTSREQUEST']._serialized_end=445
-  _globals['_WRITEEVENTSRESPONSE']._serialized_start=447
-  _globals['_WRITEEVENTSRESPONSE']._serialized_end=485
-  _globals['_FEATURESERVICE']._serialized_start=488
-  _globals['_FEATURESERVICE']._serialized_end=762
+  _globals['_GETUSERFEATURESRESPONSE']._serialized_end=249
+  _globals['_GETITEMFEATURESREQUEST']._serialized_start=251
+  _globals['_GETITEMFEATURESREQUEST']._serialized_end=319
+  _globals['_GETITEMFEATURESRESPONSE']._serialized_start=321
+  _globals['_GETITEMFEATURESRESPONSE']._serialized_end=416
+  _globals['_WRITEEVENTSREQUEST']._serialized_start=418
+  _globals['_WRITEEVENTSREQUEST']._serialized_end=472
+  _globals['_WRITEEVENTSRESPONSE']._serialized_start=474
+  _globals['_WRITEEVENTSRESPONSE']._serialized_end=512
+  _globals['_SETITEMSHIDDENREQUEST']._serialized_start=514
+  _globals['_SETITEMSHIDDENREQUEST']._serialized_end=571
+  _globals['_CATALOGUEENTRY']._serialized_start=573
+  _globals['_CATALOGUEENTRY']._serialized_end=680
+  _globals['_GETCATALOGUEREQUEST']._serialized_start=682
+  _globals['_GETCATALOGUEREQUEST']._serialized_end=726
+  _globals['_GETCATALOGUERESPONSE']._serialized_start=728
+  _globals['_GETCATALOGUERESPONSE']._serialized_end=811
+  _globals['_FEATURESERVICE']._serialized_start=814
+  _globals['_FEATURESERVICE']._serialized_end=1329
 # @@protoc_insertion_point(module_scope)

@@ -50,7 +50,10 @@ class GetUserFeaturesResponse(_message.Message):
 
     USER_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
     artifact_version: _builtins.str
+    catalogue_version: _builtins.int
+    """The live catalogue's version when the profile was read: retrieval answers from at least this one."""
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures: ...
     def __init__(
@@ -58,10 +61,11 @@ class GetUserFeaturesResponse(_message.Message):
         *,
         user: _common_pb2.UserFeatures | None = ...,
         artifact_version: _builtins.str = ...,
+        catalogue_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "catalogue_version", b"catalogue_version", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,3 +165,105 @@ class WriteEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteEventsResponse: _TypeAlias = WriteEventsResponse  # noqa: Y015
+
+@_typing.final
+class SetItemsHiddenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_IDS_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    hidden: _builtins.bool
+    @_builtins.property
+    def item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        hidden: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden", b"hidden", "item_ids", b"item_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetItemsHiddenRequest: _TypeAlias = SetItemsHiddenRequest  # noqa: Y015
+
+@_typing.final
+class CatalogueEntry(_message.Message):
+    """One item's state in the live catalogue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    UPSERTED_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    upserted: _builtins.bool
+    hidden: _builtins.bool
+    version: _builtins.int
+    """The catalogue version of the entry's last change."""
+    @_builtins.property
+    def item(self) -> _common_pb2.CatalogueItem:
+        """Empty but for item_id when the item was only hidden (a trained item never upserted)."""
+
+    def __init__(
+        self,
+        *,
+        item: _common_pb2.CatalogueItem | None = ...,
+        upserted: _builtins.bool = ...,
+        hidden: _builtins.bool = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden", b"hidden", "item", b"item", "upserted", b"upserted", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogueEntry: _TypeAlias = CatalogueEntry  # noqa: Y015
+
+@_typing.final
+class GetCatalogueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_VERSION_FIELD_NUMBER: _builtins.int
+    after_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        after_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_version", b"after_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCatalogueRequest: _TypeAlias = GetCatalogueRequest  # noqa: Y015
+
+@_typing.final
+class GetCatalogueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The catalogue's version: entries hold every change up to it."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueEntry]:
+        """Oldest change first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___CatalogueEntry] | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCatalogueResponse: _TypeAlias = GetCatalogueResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 from recsys.v1 import features_pb2 as recsys_dot_v1_dot_features__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -50,6 +51,21 @@ class FeatureServiceStub:
                 request_serializer=recsys_dot_v1_dot_features__pb2.WriteEventsRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_features__pb2.WriteEventsResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/recsys.v1.FeatureService/UpsertItems',
+                request_serializer=recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.SetItemsHidden = channel.unary_unary(
+                '/recsys.v1.FeatureService/SetItemsHidden',
+                request_serializer=recsys_dot_v1_dot_features__pb2.SetItemsHiddenRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
+                _registered_method=True)
+        self.GetCatalogue = channel.unary_unary(
+                '/recsys.v1.FeatureService/GetCatalogue',
+                request_serializer=recsys_dot_v1_dot_features__pb2.GetCatalogueRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_features__pb2.GetCatalogueResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -75,6 +91,26 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """The live catalogue (kept in the online store; survives restarts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetItemsHidden(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCatalogue(self, request, context):
+        """Every catalogue entry changed after `after_version` (0: all), for the replicas that mirror it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +128,21 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.WriteEvents,
                     request_deserializer=recsys_dot_v1_dot_features__pb2.WriteEventsRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_features__pb2.WriteEventsResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'SetItemsHidden': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetItemsHidden,
+                    request_deserializer=recsys_dot_v1_dot_features__pb2.SetItemsHiddenRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.SerializeToString,
+            ),
+            'GetCatalogue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCatalogue,
+                    request_deserializer=recsys_dot_v1_dot_features__pb2.GetCatalogueRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_features__pb2.GetCatalogueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +227,87 @@ class FeatureService:
             '/recsys.v1.FeatureService/WriteEvents',
             recsys_dot_v1_dot_features__pb2.WriteEventsRequest.SerializeToString,
             recsys_dot_v1_dot_features__pb2.WriteEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/UpsertItems',
+            recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetItemsHidden(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/SetItemsHidden',
+            recsys_dot_v1_dot_features__pb2.SetItemsHiddenRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCatalogue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.FeatureService/GetCatalogue',
+            recsys_dot_v1_dot_features__pb2.GetCatalogueRequest.SerializeToString,
+            recsys_dot_v1_dot_features__pb2.GetCatalogueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from recsys.v1 import common_pb2 as _common_pb2
 from recsys.v1 import features_pb2 as _features_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -37,6 +38,11 @@ class FeatureServiceStub:
     GetItemFeatures: _grpc.UnaryUnaryMultiCallable[_features_pb2.GetItemFeaturesRequest, _features_pb2.GetItemFeaturesResponse]
     WriteEvents: _grpc.UnaryUnaryMultiCallable[_features_pb2.WriteEventsRequest, _features_pb2.WriteEventsResponse]
     """Appends events to the log and updates the users' recent/seen items, all or nothing."""
+    UpsertItems: _grpc.UnaryUnaryMultiCallable[_common_pb2.UpsertItemsRequest, _common_pb2.UpsertItemsResponse]
+    """The live catalogue (kept in the online store; survives restarts)."""
+    SetItemsHidden: _grpc.UnaryUnaryMultiCallable[_features_pb2.SetItemsHiddenRequest, _common_pb2.HideItemsResponse]
+    GetCatalogue: _grpc.UnaryUnaryMultiCallable[_features_pb2.GetCatalogueRequest, _features_pb2.GetCatalogueResponse]
+    """Every catalogue entry changed after `after_version` (0: all), for the replicas that mirror it."""
 
 @_typing.type_check_only
 class FeatureServiceAsyncStub(FeatureServiceStub):
@@ -47,6 +53,11 @@ class FeatureServiceAsyncStub(FeatureServiceStub):
     GetItemFeatures: _aio.UnaryUnaryMultiCallable[_features_pb2.GetItemFeaturesRequest, _features_pb2.GetItemFeaturesResponse]  # type: ignore[assignment]
     WriteEvents: _aio.UnaryUnaryMultiCallable[_features_pb2.WriteEventsRequest, _features_pb2.WriteEventsResponse]  # type: ignore[assignment]
     """Appends events to the log and updates the users' recent/seen items, all or nothing."""
+    UpsertItems: _aio.UnaryUnaryMultiCallable[_common_pb2.UpsertItemsRequest, _common_pb2.UpsertItemsResponse]  # type: ignore[assignment]
+    """The live catalogue (kept in the online store; survives restarts)."""
+    SetItemsHidden: _aio.UnaryUnaryMultiCallable[_features_pb2.SetItemsHiddenRequest, _common_pb2.HideItemsResponse]  # type: ignore[assignment]
+    GetCatalogue: _aio.UnaryUnaryMultiCallable[_features_pb2.GetCatalogueRequest, _features_pb2.GetCatalogueResponse]  # type: ignore[assignment]
+    """Every catalogue entry changed after `after_version` (0: all), for the replicas that mirror it."""
 
 class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
     """Online features: user profiles, item feature rows, and the append-only event log."""
@@ -72,5 +83,28 @@ class FeatureServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_features_pb2.WriteEventsResponse, _abc.Awaitable[_features_pb2.WriteEventsResponse]]:
         """Appends events to the log and updates the users' recent/seen items, all or nothing."""
+
+    @_abc_1.abstractmethod
+    def UpsertItems(
+        self,
+        request: _common_pb2.UpsertItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.UpsertItemsResponse, _abc.Awaitable[_common_pb2.UpsertItemsResponse]]:
+        """The live catalogue (kept in the online store; survives restarts)."""
+
+    @_abc_1.abstractmethod
+    def SetItemsHidden(
+        self,
+        request: _features_pb2.SetItemsHiddenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.HideItemsResponse, _abc.Awaitable[_common_pb2.HideItemsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCatalogue(
+        self,
+        request: _features_pb2.GetCatalogueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_features_pb2.GetCatalogueResponse, _abc.Awaitable[_features_pb2.GetCatalogueResponse]]:
+        """Every catalogue entry changed after `after_version` (0: all), for the replicas that mirror it."""
 
 def add_FeatureServiceServicer_to_server(servicer: FeatureServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/gateway.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xd3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x39\n\x07\x63ontext\x18\x03 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x05 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x14\x45xperimentAssignment\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\x9e\x02\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x34\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1f.recsys.v1.ExperimentAssignment\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\x12\'\n\x07timings\x18\x05 \x03(\x0b\x32\x16.recsys.v1.StageTiming\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x07 \x01(\t\x12,\n\x0c\x65xplanations\x18\x08 \x03(\x0b\x32\x16.recsys.v1.Explanation\"3\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x32\x96\x01\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/gateway.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xfa\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x39\n\x07\x63ontext\x18\x03 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\r\n\x05\x64\x65\x62ug\x18\x05 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x12%\n\x06\x66ilter\x18\x07 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x14\x45xperimentAssignment\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0b\n\x03\x61rm\x18\x02 \x01(\t\"(\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x01\"\x9e\x02\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x34\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x1f.recsys.v1.ExperimentAssignment\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x65graded_reasons\x18\x04 \x03(\t\x12\'\n\x07timings\x18\x05 \x03(\x0b\x32\x16.recsys.v1.StageTiming\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x18\n\x10\x61rtifact_version\x18\x07 \x01(\t\x12,\n\x0c\x65xplanations\x18\x08 \x03(\x0b\x32\x16.recsys.v1.Explanation\"3\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"X\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\"V\n\x14SimilarItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t2\xc7\x03\n\x07Gateway\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponse\x12L\n\x0bUpsertItems\x12\x1d.recsys.v1.UpsertItemsRequest\x1a\x1e.recsys.v1.UpsertItemsResponse\x12\x46\n\tHideItems\x12\x1b.recsys.v1.HideItemsRequest\x1a\x1c.recsys.v1.HideItemsResponse\x12H\n\x0bUnhideItems\x12\x1b.recsys.v1.HideItemsRequest\x1a\x1c.recsys.v1.HideItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDREQUEST']._serialized_start=63
-  _globals['_RECOMMENDREQUEST']._serialized_end=274
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=228
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=274
-  _globals['_EXPERIMENTASSIGNMENT']._serialized_start=276
-  _globals['_EXPERIMENTASSIGNMENT']._serialized_end=331
-  _globals['_STAGETIMING']._serialized_start=333
-  _globals['_STAGETIMING']._serialized_end=373
-  _globals['_RECOMMENDRESPONSE']._serialized_start=376
-  _globals['_RECOMMENDRESPONSE']._serialized_end=662
-  _globals['_FEEDBACKREQUEST']._serialized_start=664
-  _globals['_FEEDBACKREQUEST']._serialized_end=715
-  _globals['_FEEDBACKRESPONSE']._serialized_start=717
-  _globals['_FEEDBACKRESPONSE']._serialized_end=753
-  _globals['_GATEWAY']._serialized_start=756
-  _globals['_GATEWAY']._serialized_end=906
+  _globals['_RECOMMENDREQUEST']._serialized_end=313
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=267
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=313
+  _globals['_EXPERIMENTASSIGNMENT']._serialized_start=315
+  _globals['_EXPERIMENTASSIGNMENT']._serialized_end=370
+  _globals['_STAGETIMING']._serialized_start=372
+  _globals['_STAGETIMING']._serialized_end=412
+  _globals['_RECOMMENDRESPONSE']._serialized_start=415
+  _globals['_RECOMMENDRESPONSE']._serialized_end=701
+  _globals['_FEEDBACKREQUEST']._serialized_start=703
+  _globals['_FEEDBACKREQUEST']._serialized_end=754
+  _globals['_FEEDBACKRESPONSE']._serialized_start=756
+  _globals['_FEEDBACKRESPONSE']._serialized_end=792
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=794
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=882
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=884
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=970
+  _globals['_GATEWAY']._serialized_start=973
+  _globals['_GATEWAY']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

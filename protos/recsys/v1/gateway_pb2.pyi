@@ -49,6 +49,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     k: _builtins.int
     """1..1000"""
@@ -62,6 +63,10 @@ class RecommendRequest(_message.Message):
     def exclude_item_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At most 1000 ids; never returned."""
 
+    @_builtins.property
+    def filter(self) -> _common_pb2.ItemFilter:
+        """Business rules (categories, publish time, attributes), applied in retrieval."""
+
     def __init__(
         self,
         *,
@@ -71,10 +76,11 @@ class RecommendRequest(_message.Message):
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         debug: _builtins.bool = ...,
         explain: _builtins.bool = ...,
+        filter: _common_pb2.ItemFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "debug", b"debug", "exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "debug", b"debug", "exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "filter", b"filter", "k", b"k", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,3 +225,55 @@ class FeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015
+
+@_typing.final
+class SimilarItemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    k: _builtins.int
+    """1..1000"""
+    @_builtins.property
+    def filter(self) -> _common_pb2.ItemFilter: ...
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        k: _builtins.int = ...,
+        filter: _common_pb2.ItemFilter | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "item_id", b"item_id", "k", b"k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimilarItemsRequest: _TypeAlias = SimilarItemsRequest  # noqa: Y015
+
+@_typing.final
+class SimilarItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    artifact_version: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
+        """Best first; scores non-increasing."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
+        artifact_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SimilarItemsResponse: _TypeAlias = SimilarItemsResponse  # noqa: Y015

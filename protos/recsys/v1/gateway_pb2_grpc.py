@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 from recsys.v1 import gateway_pb2 as recsys_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -49,6 +50,26 @@ class GatewayStub:
                 request_serializer=recsys_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.Gateway/SimilarItems',
+                request_serializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/recsys.v1.Gateway/UpsertItems',
+                request_serializer=recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.HideItems = channel.unary_unary(
+                '/recsys.v1.Gateway/HideItems',
+                request_serializer=recsys_dot_v1_dot_common__pb2.HideItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
+                _registered_method=True)
+        self.UnhideItems = channel.unary_unary(
+                '/recsys.v1.Gateway/UnhideItems',
+                request_serializer=recsys_dot_v1_dot_common__pb2.HideItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -73,6 +94,34 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """Items like one item (an item page): never the item itself nor a hidden item. Role: recommend.
+        An item neither served nor upserted (or hidden) is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertItems(self, request, context):
+        """Adds or replaces (atomically, whole) up to 1000 items of the live catalogue. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HideItems(self, request, context):
+        """Hidden items are never returned, by any source or fallback, until unhidden. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnhideItems(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +134,26 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=recsys_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'HideItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.HideItems,
+                    request_deserializer=recsys_dot_v1_dot_common__pb2.HideItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.SerializeToString,
+            ),
+            'UnhideItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnhideItems,
+                    request_deserializer=recsys_dot_v1_dot_common__pb2.HideItemsRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_common__pb2.HideItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -146,6 +215,114 @@ class Gateway:
             '/recsys.v1.Gateway/Feedback',
             recsys_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
             recsys_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/SimilarItems',
+            recsys_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/UpsertItems',
+            recsys_dot_v1_dot_common__pb2.UpsertItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HideItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/HideItems',
+            recsys_dot_v1_dot_common__pb2.HideItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnhideItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Gateway/UnhideItems',
+            recsys_dot_v1_dot_common__pb2.HideItemsRequest.SerializeToString,
+            recsys_dot_v1_dot_common__pb2.HideItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from recsys.v1 import common_pb2 as _common_pb2
 from recsys.v1 import gateway_pb2 as _gateway_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -42,6 +43,15 @@ class GatewayStub:
     """Role: recommend."""
     Feedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]
     """Role: feedback."""
+    SimilarItems: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SimilarItemsRequest, _gateway_pb2.SimilarItemsResponse]
+    """Items like one item (an item page): never the item itself nor a hidden item. Role: recommend.
+    An item neither served nor upserted (or hidden) is NOT_FOUND.
+    """
+    UpsertItems: _grpc.UnaryUnaryMultiCallable[_common_pb2.UpsertItemsRequest, _common_pb2.UpsertItemsResponse]
+    """Adds or replaces (atomically, whole) up to 1000 items of the live catalogue. Role: admin."""
+    HideItems: _grpc.UnaryUnaryMultiCallable[_common_pb2.HideItemsRequest, _common_pb2.HideItemsResponse]
+    """Hidden items are never returned, by any source or fallback, until unhidden. Role: admin."""
+    UnhideItems: _grpc.UnaryUnaryMultiCallable[_common_pb2.HideItemsRequest, _common_pb2.HideItemsResponse]
 
 @_typing.type_check_only
 class GatewayAsyncStub(GatewayStub):
@@ -57,6 +67,15 @@ class GatewayAsyncStub(GatewayStub):
     """Role: recommend."""
     Feedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]  # type: ignore[assignment]
     """Role: feedback."""
+    SimilarItems: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SimilarItemsRequest, _gateway_pb2.SimilarItemsResponse]  # type: ignore[assignment]
+    """Items like one item (an item page): never the item itself nor a hidden item. Role: recommend.
+    An item neither served nor upserted (or hidden) is NOT_FOUND.
+    """
+    UpsertItems: _aio.UnaryUnaryMultiCallable[_common_pb2.UpsertItemsRequest, _common_pb2.UpsertItemsResponse]  # type: ignore[assignment]
+    """Adds or replaces (atomically, whole) up to 1000 items of the live catalogue. Role: admin."""
+    HideItems: _aio.UnaryUnaryMultiCallable[_common_pb2.HideItemsRequest, _common_pb2.HideItemsResponse]  # type: ignore[assignment]
+    """Hidden items are never returned, by any source or fallback, until unhidden. Role: admin."""
+    UnhideItems: _aio.UnaryUnaryMultiCallable[_common_pb2.HideItemsRequest, _common_pb2.HideItemsResponse]  # type: ignore[assignment]
 
 class GatewayServicer(metaclass=_abc_1.ABCMeta):
     """The public API: what product backends call.
@@ -81,5 +100,38 @@ class GatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.FeedbackResponse, _abc.Awaitable[_gateway_pb2.FeedbackResponse]]:
         """Role: feedback."""
+
+    @_abc_1.abstractmethod
+    def SimilarItems(
+        self,
+        request: _gateway_pb2.SimilarItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SimilarItemsResponse, _abc.Awaitable[_gateway_pb2.SimilarItemsResponse]]:
+        """Items like one item (an item page): never the item itself nor a hidden item. Role: recommend.
+        An item neither served nor upserted (or hidden) is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertItems(
+        self,
+        request: _common_pb2.UpsertItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.UpsertItemsResponse, _abc.Awaitable[_common_pb2.UpsertItemsResponse]]:
+        """Adds or replaces (atomically, whole) up to 1000 items of the live catalogue. Role: admin."""
+
+    @_abc_1.abstractmethod
+    def HideItems(
+        self,
+        request: _common_pb2.HideItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.HideItemsResponse, _abc.Awaitable[_common_pb2.HideItemsResponse]]:
+        """Hidden items are never returned, by any source or fallback, until unhidden. Role: admin."""
+
+    @_abc_1.abstractmethod
+    def UnhideItems(
+        self,
+        request: _common_pb2.HideItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.HideItemsResponse, _abc.Awaitable[_common_pb2.HideItemsResponse]]: ...
 
 def add_GatewayServicer_to_server(servicer: GatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,8 @@ class RetrieveRequest(_message.Message):
     MIN_N_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     n: _builtins.int
     """Candidates to return; 0 = as many as the version was trained with (its manifest)."""
@@ -38,6 +40,10 @@ class RetrieveRequest(_message.Message):
     artifact_version: _builtins.str
     """Search this artifact version's index (CURRENT or one listed in <artifacts>/PINNED); empty = CURRENT.
     An unknown version is FAILED_PRECONDITION naming it.
+    """
+    catalogue_version: _builtins.int
+    """Answer from at least this version of the live catalogue (the features service's, read with the
+    profile): the replica catches up first, so an upsert or a hide is seen by the next request.
     """
     @_builtins.property
     def user(self) -> _common_pb2.UserFeatures:
@@ -56,6 +62,10 @@ class RetrieveRequest(_message.Message):
         not have are skipped). Empty allows all; with "popular" left out a cold user gets nothing.
         """
 
+    @_builtins.property
+    def filter(self) -> _common_pb2.ItemFilter:
+        """Only items matching it are returned (hidden items never are)."""
+
     def __init__(
         self,
         *,
@@ -66,10 +76,12 @@ class RetrieveRequest(_message.Message):
         min_n: _builtins.int = ...,
         artifact_version: _builtins.str = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        filter: _common_pb2.ItemFilter | None = ...,
+        catalogue_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "exclude_item_ids", b"exclude_item_ids", "min_n", b"min_n", "n", b"n", "sources", b"sources", "user", b"user", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "catalogue_version", b"catalogue_version", "exclude_item_ids", b"exclude_item_ids", "filter", b"filter", "min_n", b"min_n", "n", b"n", "sources", b"sources", "user", b"user", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,3 +111,58 @@ class RetrieveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetrieveResponse: _TypeAlias = RetrieveResponse  # noqa: Y015
+
+@_typing.final
+class RetrievalSimilarRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    k: _builtins.int
+    artifact_version: _builtins.str
+    catalogue_version: _builtins.int
+    @_builtins.property
+    def filter(self) -> _common_pb2.ItemFilter: ...
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        k: _builtins.int = ...,
+        filter: _common_pb2.ItemFilter | None = ...,
+        artifact_version: _builtins.str = ...,
+        catalogue_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "catalogue_version", b"catalogue_version", "filter", b"filter", "item_id", b"item_id", "k", b"k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrievalSimilarRequest: _TypeAlias = RetrievalSimilarRequest  # noqa: Y015
+
+@_typing.final
+class RetrievalSimilarResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    artifact_version: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
+        artifact_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrievalSimilarResponse: _TypeAlias = RetrievalSimilarResponse  # noqa: Y015

@@ -41,6 +41,11 @@ class RetrievalServiceStub:
                 request_serializer=recsys_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.RetrievalService/SimilarItems',
+                request_serializer=recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -54,6 +59,13 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """Items like one item, from the version's item-item sources fused (content for an upserted item).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=recsys_dot_v1_dot_retrieval__pb2.RetrieveRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_retrieval__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +109,33 @@ class RetrievalService:
             '/recsys.v1.RetrievalService/Retrieve',
             recsys_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
             recsys_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.RetrievalService/SimilarItems',
+            recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarRequest.SerializeToString,
+            recsys_dot_v1_dot_retrieval__pb2.RetrievalSimilarResponse.FromString,
             options,
             channel_credentials,
             insecure,

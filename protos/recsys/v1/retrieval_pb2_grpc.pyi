@@ -36,6 +36,8 @@ class RetrievalServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RetrievalServiceAsyncStub: ...
     Retrieve: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.RetrieveRequest, _retrieval_pb2.RetrieveResponse]
+    SimilarItems: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.RetrievalSimilarRequest, _retrieval_pb2.RetrievalSimilarResponse]
+    """Items like one item, from the version's item-item sources fused (content for an upserted item)."""
 
 @_typing.type_check_only
 class RetrievalServiceAsyncStub(RetrievalServiceStub):
@@ -45,6 +47,8 @@ class RetrievalServiceAsyncStub(RetrievalServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Retrieve: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.RetrieveRequest, _retrieval_pb2.RetrieveResponse]  # type: ignore[assignment]
+    SimilarItems: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.RetrievalSimilarRequest, _retrieval_pb2.RetrievalSimilarResponse]  # type: ignore[assignment]
+    """Items like one item, from the version's item-item sources fused (content for an upserted item)."""
 
 class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
     """Candidate generation: the artifact version's sources (item-item tables, ANN over learned embeddings,
@@ -57,5 +61,13 @@ class RetrievalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _retrieval_pb2.RetrieveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_retrieval_pb2.RetrieveResponse, _abc.Awaitable[_retrieval_pb2.RetrieveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SimilarItems(
+        self,
+        request: _retrieval_pb2.RetrievalSimilarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_pb2.RetrievalSimilarResponse, _abc.Awaitable[_retrieval_pb2.RetrievalSimilarResponse]]:
+        """Items like one item, from the version's item-item sources fused (content for an upserted item)."""
 
 def add_RetrievalServiceServicer_to_server(servicer: RetrievalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
