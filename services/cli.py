@@ -12,6 +12,9 @@ from pathlib import Path
 from types import ModuleType
 
 from services.common import config, tls
+from services.items_cli import ItemsError, add_filter_arguments, filter_from_args
+from services.items_cli import add_arguments as add_items_arguments
+from services.items_cli import main as items_main
 
 SERVICE_MODULES = {
     "gateway": "services.gateway.service",
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", action="store_true", help="why each item: its sources and top feature contributions"
     )
     tls.add_client_arguments(recommend)
+    add_filter_arguments(recommend)
+
+    add_items_arguments(commands)
 
     feedback = commands.add_parser("feedback", help="send one event through the gateway")
     feedback.add_argument("--user", required=True, help="user id")
@@ -233,10 +239,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from services.client import Client, api_key_from_env
     from services.demo import format_response, load_titles
 
+    try:
+        rules = filter_from_args(args)
+    except ItemsError as e:
+        raise CommandError(str(e)) from e
     with Client(args.gateway, api_key=api_key_from_env(), tls=tls.client_from_args(args)) as client:
         try:
             response = client.recommend(
-                args.user, k=args.k, exclude=args.exclude, debug=True, explain=args.explain
+                args.user, k=args.k, exclude=args.exclude, debug=True, explain=args.explain, item_filter=rules
             )
         except grpc.RpcError as e:
             raise CommandError(f"{e.code().name}: {e.details()}") from e
@@ -256,6 +266,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             raise CommandError(f"{e.code().name}: {e.details()}") from e
     print(f"accepted {accepted}")
     return 0
+
+
+def cmd_items(args: argparse.Namespace) -> int:
+    try:
+        return items_main(args)
+    except ItemsError as e:
+        raise CommandError(str(e)) from e
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -410,6 +427,8 @@ COMMANDS = {
     "up": cmd_up,
     "recommend": cmd_recommend,
     "feedback": cmd_feedback,
+    "items": cmd_items,
+    "similar": cmd_items,
     "demo": cmd_demo,
     "bench": cmd_bench,
     "budget": cmd_budget,

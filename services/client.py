@@ -45,6 +45,23 @@ def event(
 API_KEY_ENV = "RECSYS_API_KEY"
 
 
+def item_filter(
+    include_categories: Iterable[str] = (),
+    exclude_categories: Iterable[str] = (),
+    published_after_ms: int = 0,
+    published_before_ms: int = 0,
+    attributes: Mapping[str, str] | None = None,
+) -> common_pb2.ItemFilter:
+    """Business rules for Recommend / SimilarItems (an empty filter allows every item)."""
+    return common_pb2.ItemFilter(
+        include_categories=list(include_categories),
+        exclude_categories=list(exclude_categories),
+        published_after_ms=published_after_ms,
+        published_before_ms=published_before_ms,
+        attributes=dict(attributes or {}),
+    )
+
+
 def api_key_from_env() -> str | None:
     """The key the CLI sends: RECSYS_API_KEY (stripped: a key saved with `recsys keys add > FILE` ends in
     a newline, which metadata cannot carry), or None when it is unset or empty."""
@@ -77,6 +94,7 @@ class Client:
         context: Mapping[str, str] | None = None,
         debug: bool = False,
         explain: bool = False,
+        item_filter: common_pb2.ItemFilter | None = None,
     ) -> gateway_pb2.RecommendResponse:
         request = gateway_pb2.RecommendRequest(
             user_id=user_id,
@@ -85,6 +103,7 @@ class Client:
             context=dict(context or {}),
             debug=debug,
             explain=explain,
+            filter=item_filter,
         )
         response: gateway_pb2.RecommendResponse = self.stub.Recommend(
             request, timeout=self.timeout_s, metadata=self.metadata
@@ -96,6 +115,33 @@ class Client:
             gateway_pb2.FeedbackRequest(events=list(events)), timeout=self.timeout_s, metadata=self.metadata
         )
         return reply.accepted
+
+    def similar_items(
+        self, item_id: str, k: int = 10, item_filter: common_pb2.ItemFilter | None = None
+    ) -> gateway_pb2.SimilarItemsResponse:
+        response: gateway_pb2.SimilarItemsResponse = self.stub.SimilarItems(
+            gateway_pb2.SimilarItemsRequest(item_id=item_id, k=k, filter=item_filter),
+            timeout=self.timeout_s,
+            metadata=self.metadata,
+        )
+        return response
+
+    def upsert_items(self, items: Iterable[common_pb2.CatalogueItem]) -> common_pb2.UpsertItemsResponse:
+        """Add or replace up to 1000 items (role admin); the reply's catalogue_version includes them."""
+        reply: common_pb2.UpsertItemsResponse = self.stub.UpsertItems(
+            common_pb2.UpsertItemsRequest(items=list(items)), timeout=self.timeout_s, metadata=self.metadata
+        )
+        return reply
+
+    def hide_items(self, item_ids: Iterable[str], hide: bool = True) -> common_pb2.HideItemsResponse:
+        """Hide (or with hide=False show again) up to 1000 items (role admin)."""
+        call = self.stub.HideItems if hide else self.stub.UnhideItems
+        reply: common_pb2.HideItemsResponse = call(
+            common_pb2.HideItemsRequest(item_ids=list(item_ids)),
+            timeout=self.timeout_s,
+            metadata=self.metadata,
+        )
+        return reply
 
     def close(self) -> None:
         self.channel.close()

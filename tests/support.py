@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import grpc
 
+from recsys.v1 import gateway_pb2
+from services.client import Client
 from services.common.server import Component
 from services.local import free_port
 from services.trainer.pipeline import PipelineConfig
@@ -145,3 +147,14 @@ async def serving(component: Component, stub_class: Callable[[grpc.aio.Channel],
     finally:
         await server.stop(None)
         await component.close()
+
+
+def wait_until_healthy(client: Client, user: str, timeout_s: float = 30) -> gateway_pb2.RecommendResponse:
+    """The first Recommend for `user` that no fallback answered (a restarted backend reconnected)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.recommend(user, k=10)
+        if not response.degraded:
+            return response
+        assert time.monotonic() < deadline, f"still degraded: {list(response.degraded_reasons)}"
+        time.sleep(0.2)

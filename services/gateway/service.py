@@ -432,7 +432,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         count = len(found.item_ids)
         trace.get_current_span().set_attribute("recsys.candidates", count)
         served = Served(candidates.head(found, request.k), retrieved.artifact_version, count)
-        if not (settings.ranking and count):
+        if not (settings.ranking and (count or retrieved.fresh)):
             return served
         try:
             ranked = await self._stage(
@@ -447,6 +447,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                         artifact_version=version,
                         mmr_lambda=settings.diversity,
                         explain=request.explain,
+                        fresh=retrieved.fresh,
                     ),
                     timeout=timeout,
                 ),

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -69,7 +69,8 @@ class Config(ServerConfig):
     exploration_share: float = option(
         0.1,
         "share of the k slots kept for candidates the version does not know (upserted items, origin "
-        "`fresh`), at the end of the list, when retrieval sends any (0: none)",
+        "`fresh`), at the end of the list, when retrieval sends any (0: none; they still fill slots the "
+        "ranked candidates leave empty)",
         share,
     )
 
@@ -319,7 +320,8 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         )
         n = len(cands.item_ids)
         if n == 0:
-            return ranking_pb2.RankResponse(artifact_version=model.version)
+            fresh = explore([], request.fresh, set(request.user.seen_item_ids), request.k, 0.0)
+            return ranking_pb2.RankResponse(items=fresh, artifact_version=model.version)
         ids = list(cands.item_ids)
         rows = model.rows(ids)
         matrix = model.features(request, rows)
@@ -337,7 +339,6 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             for position, item in enumerate(ids):
                 first.setdefault(item, position)  # duplicates count once
             order = np.fromiter((p for item, p in first.items() if item not in seen), dtype=np.int64)
-        eligible = order
         order = order[np.argsort(-scores[order], kind="stable")]
         final = scores
         if 0 < request.mmr_lambda < 1:
@@ -349,12 +350,11 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
             final = np.empty_like(scores)
             final[order] = marginal
         top = order[: request.k]
-        if self.config.exploration_share > 0 and FRESH in cands.source_names:
-            top, final = explore(cands, eligible, order, final, request.k, self.config.exploration_share)
-        response = ranking_pb2.RankResponse(
-            items=candidates.scored_items(cands, top.tolist(), final.tolist()),
-            artifact_version=model.version,
-        )
+        items = candidates.scored_items(cands, top.tolist(), final.tolist())
+        if request.fresh:
+            items = explore(items, request.fresh, seen, request.k, self.config.exploration_share)
+            top = top[: len(items) - sum(i.source == FRESH for i in items)]
+        response = ranking_pb2.RankResponse(items=items, artifact_version=model.version)
         if request.debug:
             response.features = matrix[top].astype("<f4").tobytes()
             response.feature_names.extend(model.feature_names)
@@ -431,27 +431,26 @@ def window_to_proto(window: Window) -> ranking_pb2.FeatureWindow:
 
 
 def explore(
-    cands: common_pb2.Candidates,
-    eligible: npt.NDArray[np.int64],
-    order: npt.NDArray[np.int64],
-    scores: npt.NDArray[Any],
+    ranked: list[common_pb2.ScoredItem],
+    fresh: Sequence[common_pb2.ScoredItem],
+    seen: set[str],
     k: int,
     share_of_k: float,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
-    """`order` (the ranked positions) cut to k with up to round(share * k) (at least one) slots at the
-    end for the `fresh` candidates among `eligible`, in retrieval's order (their content score): the
-    ranker cannot score what it was not trained on, so they are shown on purpose until a retrain learns
-    them. Their scores continue below the last ranked one."""
-    fresh_source = list(cands.source_names).index(FRESH)
-    is_fresh = np.asarray(cands.sources, dtype=np.int64) == fresh_source
-    listed = order[~is_fresh[order]]
-    slots = min(max(1, round(share_of_k * k)), k)
-    picked = np.sort(eligible[is_fresh[eligible]])[:slots]  # positions: retrieval's order
-    ranked = listed[: k - picked.size]
-    out = scores.astype(np.float64, copy=True)
-    below = float(out[ranked[-1]]) if ranked.size else 0.0
-    out[picked] = below - 1.0 - np.arange(picked.size)
-    return np.concatenate([ranked, picked]).astype(np.int64), out
+) -> list[common_pb2.ScoredItem]:
+    """`ranked` cut to k with slots at the end for the `fresh` items (in retrieval's order, their content
+    score): round(share * k) of them (at least one; none with share 0), and any the ranked items leave
+    empty. The ranker cannot score what it was not trained on, so they are shown on purpose until a
+    retrain learns them. Their scores continue below the last ranked one (non-increasing)."""
+    explored = max(1, round(share_of_k * k)) if share_of_k > 0 else 0
+    slots = min(max(explored, k - len(ranked)), k)
+    chosen = {i.item_id for i in ranked}
+    picked = [i for i in fresh if i.item_id not in seen and i.item_id not in chosen][:slots]
+    kept = ranked[: k - len(picked)]
+    below = kept[-1].score if kept else 0.0
+    return kept + [
+        common_pb2.ScoredItem(item_id=i.item_id, score=below - 1.0 - n, source=FRESH)
+        for n, i in enumerate(picked)
+    ]
 
 
 def create(config: Config) -> RankingService:

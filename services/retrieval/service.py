@@ -235,15 +235,22 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
             live.excluded_rows(request.filter, model.categories),
         )
         found = generate(model.sources, history, n, model.fusion, exclude, list(request.sources))
-        message = candidates.to_proto(found, model.item_ids)
+        response = retrieval_pb2.RetrieveResponse(
+            candidates=candidates.to_proto(found, model.item_ids), artifact_version=model.version
+        )
         if self.config.fresh_candidates and live.fresh and (not request.sources or FRESH in request.sources):
             skip = frozenset({*request.exclude_item_ids, *request.user.seen_item_ids})
-            append_fresh(message, model, live, history, request.filter, skip, self.config.fresh_candidates)
-        response = retrieval_pb2.RetrieveResponse(candidates=message, artifact_version=model.version)
-        for source, count in Counter(message.source_names[i] for i in message.sources).items():
+            response.fresh.extend(
+                fresh_items(
+                    live, _content_query(model, history), request.filter, skip, self.config.fresh_candidates
+                )
+            )
+        for source, count in Counter(found.origin).items():
             CANDIDATES.add(count, {"source": source})
+        if response.fresh:
+            CANDIDATES.add(len(response.fresh), {"source": FRESH})
         span = trace.get_current_span()
-        span.set_attribute("recsys.candidates", len(message.item_ids))
+        span.set_attribute("recsys.candidates", len(found))
         span.set_attribute("recsys.history", len(history))
         span.set_attribute("recsys.excluded", int(exclude.size))
         span.set_attribute("recsys.artifact_version", model.version)
@@ -285,32 +292,23 @@ def _content_query(model: RetrievalModel, history: History) -> np.ndarray[Any, A
     return content.query(history) if isinstance(content, VectorSource) and len(history) else None
 
 
-def append_fresh(
-    message: common_pb2.Candidates,
-    model: RetrievalModel,
+def fresh_items(
     live: LiveCatalogue,
-    history: History,
+    query: np.ndarray[Any, Any] | None,
     item_filter: common_pb2.ItemFilter,
     skip: frozenset[str],
     limit: int,
-) -> None:
-    """Upserted items the version does not know, after the candidates: origin `fresh`, their content
-    score in the content column, and what a source says of an item it did not list everywhere else
-    (score 0, rank NaN), so they are ranked as any unlisted candidate would be."""
+) -> list[common_pb2.ScoredItem]:
+    """Upserted items the version does not know, best first by content against `query` (the newest
+    first without one), none of `skip`."""
     allowed = live.fresh_allowed(item_filter, skip)
     if not allowed.size:
-        return
-    picked, scores = _fresh_order(live, allowed, _content_query(model, history))
-    picked, scores = picked[:limit], scores[:limit]
-    lowest = min(message.scores) if message.scores else 0.0
-    message.item_ids.extend(live.fresh[j].item_id for j in picked.tolist())
-    message.scores.extend(float(lowest - 1 - i) for i in range(picked.size))
-    if FRESH not in message.source_names:
-        message.source_names.append(FRESH)
-    message.sources.extend([list(message.source_names).index(FRESH)] * picked.size)
-    for column in message.columns:
-        column.scores.extend(scores.tolist() if column.source == "content" else [0.0] * picked.size)
-        column.ranks.extend([float("nan")] * picked.size)
+        return []
+    picked, scores = _fresh_order(live, allowed, query)
+    return [
+        common_pb2.ScoredItem(item_id=live.fresh[j].item_id, score=float(v), source=FRESH)
+        for j, v in zip(picked[:limit].tolist(), scores[:limit].tolist(), strict=True)
+    ]
 
 
 def similar_items(
@@ -338,12 +336,7 @@ def similar_items(
             common_pb2.ScoredItem(item_id=str(model.item_ids[r]), score=float(v), source="content")
             for r, v in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
-    allowed = live.fresh_allowed(item_filter, frozenset({item_id}))
-    picked, scores = _fresh_order(live, allowed, query)
-    out += [
-        common_pb2.ScoredItem(item_id=live.fresh[j].item_id, score=float(v), source=FRESH)
-        for j, v in zip(picked.tolist(), scores.tolist(), strict=True)
-    ]
+    out += fresh_items(live, query, item_filter, frozenset({item_id}), k)
     out.sort(key=lambda i: -i.score)
     return out[:k]
 

@@ -19,7 +19,7 @@ from services.common.artifacts import ArtifactVersion
 from services.common.sources import SOURCE_NAMES
 from services.loadgen import LoadConfig, LoadResult, run
 from services.local import LocalPlatform, free_port
-from tests.support import RELAXED_BUDGETS, redis_server
+from tests.support import RELAXED_BUDGETS, redis_server, wait_until_healthy
 
 
 def history(trained: ArtifactVersion, user: str) -> set[str]:
@@ -32,16 +32,6 @@ def assert_valid(response: gateway_pb2.RecommendResponse, k: int, forbidden: set
     assert not set(ids) & forbidden
     scores = [i.score for i in response.items]
     assert scores == sorted(scores, reverse=True)
-
-
-def wait_until_healthy(client: Client, user: str, timeout_s: float = 30) -> gateway_pb2.RecommendResponse:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = client.recommend(user, k=10)
-        if not response.degraded:
-            return response
-        assert time.monotonic() < deadline, f"still degraded: {list(response.degraded_reasons)}"
-        time.sleep(0.2)
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xca\x01\n\x0bRankRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x12\n\nmmr_lambda\x18\x07 \x01(\x02\x12)\n\ncandidates\x18\x08 \x01(\x0b\x32\x15.recsys.v1.Candidates\x12\r\n\x05\x64\x65\x62ug\x18\t \x01(\x08\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"\xa5\x01\n\x0cRankResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0c\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12,\n\x0c\x65xplanations\x18\x05 \x03(\x0b\x32\x16.recsys.v1.Explanation\"2\n\x16GetFeatureStatsRequest\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\"P\n\x10\x46\x65\x61tureHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x03\x12\x0f\n\x07missing\x18\x04 \x01(\x03\"n\n\rFeatureWindow\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.recsys.v1.FeatureHistogram\"\xba\x01\n\x17GetFeatureStatsResponse\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\x12.\n\treference\x18\x02 \x03(\x0b\x32\x1b.recsys.v1.FeatureHistogram\x12)\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x18.recsys.v1.FeatureWindow\x12*\n\x08previous\x18\x04 \x01(\x0b\x32\x18.recsys.v1.FeatureWindow2\xa3\x01\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse\x12X\n\x0fGetFeatureStats\x12!.recsys.v1.GetFeatureStatsRequest\x1a\".recsys.v1.GetFeatureStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xf0\x01\n\x0bRankRequest\x12%\n\x04user\x18\x01 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x12\n\nmmr_lambda\x18\x07 \x01(\x02\x12)\n\ncandidates\x18\x08 \x01(\x0b\x32\x15.recsys.v1.Candidates\x12\r\n\x05\x64\x65\x62ug\x18\t \x01(\x08\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08\x12$\n\x05\x66resh\x18\x0b \x03(\x0b\x32\x15.recsys.v1.ScoredItemJ\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"\xa5\x01\n\x0cRankResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0c\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12,\n\x0c\x65xplanations\x18\x05 \x03(\x0b\x32\x16.recsys.v1.Explanation\"2\n\x16GetFeatureStatsRequest\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\"P\n\x10\x46\x65\x61tureHistogram\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65\x64ges\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x03\x12\x0f\n\x07missing\x18\x04 \x01(\x03\"n\n\rFeatureWindow\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12-\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1b.recsys.v1.FeatureHistogram\"\xba\x01\n\x17GetFeatureStatsResponse\x12\x18\n\x10\x61rtifact_version\x18\x01 \x01(\t\x12.\n\treference\x18\x02 \x03(\x0b\x32\x1b.recsys.v1.FeatureHistogram\x12)\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x18.recsys.v1.FeatureWindow\x12*\n\x08previous\x18\x04 \x01(\x0b\x32\x18.recsys.v1.FeatureWindow2\xa3\x01\n\x0eRankingService\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse\x12X\n\x0fGetFeatureStats\x12!.recsys.v1.GetFeatureStatsRequest\x1a\".recsys.v1.GetFeatureStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.ranking_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RANKREQUEST']._serialized_start=63
-  _globals['_RANKREQUEST']._serialized_end=265
-  _globals['_RANKRESPONSE']._serialized_start=268
-  _globals['_RANKRESPONSE']._serialized_end=433
-  _globals['_GETFEATURESTATSREQUEST']._serialized_start=435
-  _globals['_GETFEATURESTATSREQUEST']._serialized_end=485
-  _globals['_FEATUREHISTOGRAM']._serialized_start=487
-  _globals['_FEATUREHISTOGRAM']._serialized_end=567
-  _globals['_FEATUREWINDOW']._serialized_start=569
-  _globals['_FEATUREWINDOW']._serialized_end=679
-  _globals['_GETFEATURESTATSRESPONSE']._serialized_start=682
-  _globals['_GETFEATURESTATSRESPONSE']._serialized_end=868
-  _globals['_RANKINGSERVICE']._serialized_start=871
-  _globals['_RANKINGSERVICE']._serialized_end=1034
+  _globals['_RANKREQUEST']._serialized_end=303
+  _globals['_RANKRESPONSE']._serialized_start=306
+  _globals['_RANKRESPONSE']._serialized_end=471
+  _globals['_GETFEATURESTATSREQUEST']._serialized_start=473
+  _globals['_GETFEATURESTATSREQUEST']._serialized_end=523
+  _globals['_FEATUREHISTOGRAM']._serialized_start=525
+  _globals['_FEATUREHISTOGRAM']._serialized_end=605
+  _globals['_FEATUREWINDOW']._serialized_start=607
+  _globals['_FEATUREWINDOW']._serialized_end=717
+  _globals['_GETFEATURESTATSRESPONSE']._serialized_start=720
+  _globals['_GETFEATURESTATSRESPONSE']._serialized_end=906
+  _globals['_RANKINGSERVICE']._serialized_start=909
+  _globals['_RANKINGSERVICE']._serialized_end=1072
 # @@protoc_insertion_point(module_scope)

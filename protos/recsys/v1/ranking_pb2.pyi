@@ -30,6 +30,7 @@ class RankRequest(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     DEBUG_FIELD_NUMBER: _builtins.int
     EXPLAIN_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     artifact_version: _builtins.str
     """Score with this artifact version's ranker and item features (CURRENT or one listed in
@@ -54,6 +55,12 @@ class RankRequest(_message.Message):
         NaN item features.
         """
 
+    @_builtins.property
+    def fresh(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
+        """RetrieveResponse.fresh: items the ranker cannot score, given the service's exploration share of
+        the k slots (at the end of the list, scores continuing below the ranked ones).
+        """
+
     def __init__(
         self,
         *,
@@ -64,10 +71,11 @@ class RankRequest(_message.Message):
         candidates: _common_pb2.Candidates | None = ...,
         debug: _builtins.bool = ...,
         explain: _builtins.bool = ...,
+        fresh: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "debug", b"debug", "explain", b"explain", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "debug", b"debug", "explain", b"explain", "fresh", b"fresh", "k", b"k", "mmr_lambda", b"mmr_lambda", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

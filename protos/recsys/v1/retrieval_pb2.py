@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/retrieval.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xf6\x01\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x04user\x18\x08 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\t\n\x01n\x18\x05 \x01(\x05\x12\r\n\x05min_n\x18\t \x01(\x05\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x0f\n\x07sources\x18\x07 \x03(\t\x12%\n\x06\x66ilter\x18\n \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x19\n\x11\x63\x61talogue_version\x18\x0b \x01(\x03J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"]\n\x10RetrieveResponse\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12)\n\ncandidates\x18\x03 \x01(\x0b\x32\x15.recsys.v1.CandidatesJ\x04\x08\x01\x10\x02\"\x91\x01\n\x17RetrievalSimilarRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x61rtifact_version\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61talogue_version\x18\x05 \x01(\x03\"Z\n\x18RetrievalSimilarResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t2\xb0\x01\n\x10RetrievalService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12W\n\x0cSimilarItems\x12\".recsys.v1.RetrievalSimilarRequest\x1a#.recsys.v1.RetrievalSimilarResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/retrieval.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xf6\x01\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12%\n\x04user\x18\x08 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\t\n\x01n\x18\x05 \x01(\x05\x12\r\n\x05min_n\x18\t \x01(\x05\x12\x18\n\x10\x61rtifact_version\x18\x06 \x01(\t\x12\x0f\n\x07sources\x18\x07 \x03(\t\x12%\n\x06\x66ilter\x18\n \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x19\n\x11\x63\x61talogue_version\x18\x0b \x01(\x03J\x04\x08\x02\x10\x03J\x04\x08\x03\x10\x04\"\x83\x01\n\x10RetrieveResponse\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t\x12)\n\ncandidates\x18\x03 \x01(\x0b\x32\x15.recsys.v1.Candidates\x12$\n\x05\x66resh\x18\x04 \x03(\x0b\x32\x15.recsys.v1.ScoredItemJ\x04\x08\x01\x10\x02\"\x91\x01\n\x17RetrievalSimilarRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12%\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x15.recsys.v1.ItemFilter\x12\x18\n\x10\x61rtifact_version\x18\x04 \x01(\t\x12\x19\n\x11\x63\x61talogue_version\x18\x05 \x01(\x03\"Z\n\x18RetrievalSimilarResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x18\n\x10\x61rtifact_version\x18\x02 \x01(\t2\xb0\x01\n\x10RetrievalService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12W\n\x0cSimilarItems\x12\".recsys.v1.RetrievalSimilarRequest\x1a#.recsys.v1.RetrievalSimilarResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RETRIEVEREQUEST']._serialized_start=65
   _globals['_RETRIEVEREQUEST']._serialized_end=311
-  _globals['_RETRIEVERESPONSE']._serialized_start=313
-  _globals['_RETRIEVERESPONSE']._serialized_end=406
-  _globals['_RETRIEVALSIMILARREQUEST']._serialized_start=409
-  _globals['_RETRIEVALSIMILARREQUEST']._serialized_end=554
-  _globals['_RETRIEVALSIMILARRESPONSE']._serialized_start=556
-  _globals['_RETRIEVALSIMILARRESPONSE']._serialized_end=646
-  _globals['_RETRIEVALSERVICE']._serialized_start=649
-  _globals['_RETRIEVALSERVICE']._serialized_end=825
+  _globals['_RETRIEVERESPONSE']._serialized_start=314
+  _globals['_RETRIEVERESPONSE']._serialized_end=445
+  _globals['_RETRIEVALSIMILARREQUEST']._serialized_start=448
+  _globals['_RETRIEVALSIMILARREQUEST']._serialized_end=593
+  _globals['_RETRIEVALSIMILARRESPONSE']._serialized_start=595
+  _globals['_RETRIEVALSIMILARRESPONSE']._serialized_end=685
+  _globals['_RETRIEVALSERVICE']._serialized_start=688
+  _globals['_RETRIEVALSERVICE']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

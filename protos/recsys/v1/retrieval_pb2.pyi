@@ -93,20 +93,28 @@ class RetrieveResponse(_message.Message):
 
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
+    FRESH_FIELD_NUMBER: _builtins.int
     artifact_version: _builtins.str
     @_builtins.property
     def candidates(self) -> _common_pb2.Candidates:
         """Best first."""
+
+    @_builtins.property
+    def fresh(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ScoredItem]:
+        """Upserted items the version does not know (no source can score them), best first by content
+        against the user's history; for the ranking service's exploration slots. Source "fresh".
+        """
 
     def __init__(
         self,
         *,
         artifact_version: _builtins.str = ...,
         candidates: _common_pb2.Candidates | None = ...,
+        fresh: _abc.Iterable[_common_pb2.ScoredItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "candidates", b"candidates", "fresh", b"fresh"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
