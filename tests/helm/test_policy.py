@@ -257,6 +257,7 @@ def _intended(release: Release, pods: dict[str, Pod]) -> set[tuple[str, str]]:
     callers = {SHOP} if gateway_from else strangers
     want = {(s, "gateway") for s in callers}
     want |= {("gateway", b) for b in ("features", "retrieval", "ranking")}
+    want.add(("retrieval", "features"))  # the live catalogue's mirror
     redis = release.values.get("redis", {})
     if redis.get("enabled", True):
         want.add(("features", "redis"))
