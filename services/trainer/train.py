@@ -239,7 +239,10 @@ def _gate(
         verdict = gate.verdict(gate_config, True, "passed: no serving version to compare with", None)
     else:
         verdict = gate.judge(gate_config, config.out, serving, candidate, held_in, held_out)
-    (log.info if verdict["passed"] else log.warning)("quality gate", extra={"reason": verdict["reason"]})
+    # One line with the verdict in its text, whatever the log handler shows of `extra`.
+    (log.info if verdict["passed"] else log.warning)(
+        "quality gate %s", verdict["reason"], extra={"passed": verdict["passed"]}
+    )
     return verdict
 
 
@@ -249,7 +252,7 @@ def _mark_consumed(config: TrainConfig, watermark: str) -> None:
     try:
         events.mark_consumed(config.events, config.events_prefix, watermark)
     except Exception as e:  # the version is published and serving: report, do not fail the run
-        log.warning("the event log could not be marked consumed", extra={"reason": str(e)})
+        log.warning("the event log could not be marked consumed: %s", e)
 
 
 def writable(root: Path) -> None:

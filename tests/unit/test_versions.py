@@ -128,3 +128,20 @@ def test_retrain_with_a_bad_duration_is_one_line(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["recsys retrain: --every 'soon': expected a duration such as 10s, 30m, 1h30m or 1d"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--gate", "--gate-tolerance", "-1"], "--gate-tolerance -1.0: expected a number >= 0"),
+        (["--keep", "0"], "--keep 0: keep at least one version"),
+    ],
+)
+def test_bad_train_flags_are_one_line_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], words: str
+) -> None:
+    out = tmp_path / "artifacts"
+    assert main(["train", "--no-progress", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recsys train: {words}"]
+    assert not out.exists()
