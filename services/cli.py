@@ -7,7 +7,7 @@ import contextlib
 import importlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -41,6 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
     from services.trainer.cli import add_arguments as add_train_arguments
 
     add_train_arguments(train)
+
+    from services.trainer import versions_cli
+
+    versions_cli.add_versions_arguments(
+        commands.add_parser(
+            "versions", help="list artifact versions with their metrics and state; prune old ones"
+        )
+    )
+    versions_cli.add_promote_arguments(
+        commands.add_parser("promote", help="point CURRENT at a version (its checksums verified first)")
+    )
+    versions_cli.add_rollback_arguments(
+        commands.add_parser("rollback", help="point CURRENT back at the version promoted before it")
+    )
+    versions_cli.add_retrain_arguments(
+        commands.add_parser(
+            "retrain", help="`recsys train --gate` every DURATION (the local form of the chart's CronJob)"
+        )
+    )
 
     from services.trainer import evaluate_cli
 
@@ -376,6 +395,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args)
 
 
+def learning_loop(name: str) -> Callable[[argparse.Namespace], int]:
+    """`recsys versions|promote|rollback|retrain`: their errors are one line and exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from services.common.artifacts import ArtifactError
+        from services.trainer import versions_cli
+
+        try:
+            result: int = getattr(versions_cli, f"cmd_{name}")(args)
+        except (ArtifactError, ValueError, OSError) as e:
+            raise CommandError(str(e)) from e
+        return result
+
+    return run
+
+
 def cmd_k8s(args: argparse.Namespace) -> int:
     from services.k8s import main as k8s_main
 
@@ -423,6 +458,10 @@ COMMANDS = {
     "data": cmd_data,
     "experiment": cmd_experiment,
     "train": cmd_train,
+    "versions": learning_loop("versions"),
+    "promote": learning_loop("promote"),
+    "rollback": learning_loop("rollback"),
+    "retrain": learning_loop("retrain"),
     "serve": cmd_serve,
     "up": cmd_up,
     "recommend": cmd_recommend,

@@ -1,6 +1,6 @@
 """The quality of what is served: each user's top k asked of a running gateway over gRPC, or of the same
 services' handlers called in-process on the same artifacts (no processes, no network), scored against
-held-out interactions. Used by the accuracy benchmarks and the parity test.
+held-out interactions. Used by the accuracy benchmarks, the parity test and the trainer's quality gate.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 from recsys.v1 import features_pb2, ranking_pb2, retrieval_pb2
 from services.client import Client
-from services.common.artifacts import open_current
+from services.common.artifacts import current_version_name, open_version
+from services.features.store import Event
 from services.trainer.metrics import mean_metrics
 
 
@@ -58,8 +59,8 @@ def from_gateway(address: str, users: Sequence[str], k: int, concurrency: int = 
 
 @dataclass
 class Handlers:
-    """The features, retrieval and ranking services' handlers in this process over one artifact root's
-    CURRENT version, called as the gateway calls them (LightGBM trees: the served ones agree to 1e-6)."""
+    """The features, retrieval and ranking services' handlers in this process over one version of an
+    artifact root, called as the gateway calls them (LightGBM trees: the served ones agree to 1e-6)."""
 
     features: Any
     retrieval: Any
@@ -79,8 +80,17 @@ class Handlers:
         return await self.ranking.Rank(request, self.context)
 
 
+#: Events appended to the in-process store per call (the features service's own batch rules apply).
+FEEDBACK_BATCH = 500
+
+
 @asynccontextmanager
-async def handlers(artifacts: Path) -> AsyncIterator[Handlers]:
+async def handlers(
+    artifacts: Path, version: str | None = None, feedback: Sequence[Event] = ()
+) -> AsyncIterator[Handlers]:
+    """Handlers over `version` (default: CURRENT); `feedback` is appended to the features store first, as
+    live events arriving after the version was trained (they reach each user's recent and seen items)."""
+    from recsys.v1.features_pb2 import GetCatalogueRequest
     from services.features.catalogue import FileCatalogue
     from services.features.embedded import EmbeddedConfig, EmbeddedStore
     from services.features.service import FeatureServicer
@@ -89,28 +99,43 @@ async def handlers(artifacts: Path) -> AsyncIterator[Handlers]:
     from services.retrieval.service import Config as RetrievalConfig
     from services.retrieval.service import RetrievalService
 
-    version = open_current(artifacts)
+    served = open_version(artifacts, version or current_version_name(artifacts))
     with tempfile.TemporaryDirectory() as tmp:
         store = EmbeddedStore(EmbeddedConfig(event_log=Path(tmp) / "events.jsonl"))
-        await store.materialize(version)
-        retrieval = RetrievalService(RetrievalConfig())
-        await retrieval.load(version)
-        ranking = RankingService(RankingConfig(compiled_trees=False))
-        await ranking.load(version)
         try:
-            catalogue = FileCatalogue(Path(tmp) / "catalogue.jsonl")
-            yield Handlers(FeatureServicer(store, catalogue), retrieval, ranking)
+            await store.materialize(served)
+            for start in range(0, len(feedback), FEEDBACK_BATCH):
+                await store.append_events(feedback[start : start + FEEDBACK_BATCH])
+            features = FeatureServicer(store, FileCatalogue(Path(tmp) / "catalogue.jsonl"))
+            # the live catalogue from this process's features servicer, not from a features address
+            retrieval = RetrievalService(
+                RetrievalConfig(),
+                lambda after: features.GetCatalogue(GetCatalogueRequest(after_version=after), None),
+            )
+            await retrieval.load(served)
+            ranking = RankingService(RankingConfig(compiled_trees=False))
+            await ranking.load(served)
+            try:
+                yield Handlers(features, retrieval, ranking)
+            finally:
+                await retrieval.close()
         finally:
             await store.close()
 
 
-def in_process(artifacts: Path, users: Sequence[str], k: int) -> Answers:
+def in_process(
+    artifacts: Path,
+    users: Sequence[str],
+    k: int,
+    version: str | None = None,
+    feedback: Sequence[Event] = (),
+) -> Answers:
     """The gateway's path (features -> retrieval -> ranking) through the services' own handlers, in this
-    process, on the CURRENT version of `artifacts`."""
+    process, on `version` of `artifacts` (default: CURRENT) after `feedback` (see `handlers`)."""
 
     async def run() -> Answers:
         answers = Answers()
-        async with handlers(artifacts) as h:
+        async with handlers(artifacts, version, feedback) as h:
             for user_id in users:
                 user = await h.user(user_id)
                 ranked = await h.rank(user, await h.retrieve(user, k), k)

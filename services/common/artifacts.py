@@ -5,6 +5,8 @@
     <root>/CURRENT                   the version to serve (one line)
     <root>/PINNED                    optional: more versions to serve side by side (one a line, `#` comments),
                                      for experiment arms that ask for a version by name
+    <root>/HISTORY                   the versions promoted to CURRENT, oldest first (one a line): what
+                                     `rollback` returns to
 
 A version is written into a hidden temporary directory and renamed into place only when complete, and
 CURRENT is replaced atomically, so a reader never sees half a version. Readers verify every checksum
@@ -14,12 +16,14 @@ before they use a version: a corrupt or partial one is refused with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +33,8 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 PINNED = "PINNED"
+HISTORY = "HISTORY"
+LOCK = ".lock"
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,12 @@ def staging_dir(root: Path, version: str) -> Path:
     return path
 
 
-def publish(root: Path, staging: Path, version: str, manifest: dict[str, Any]) -> ArtifactVersion:
-    """Checksum every file in `staging`, write the manifest, move it to `root/version`, point CURRENT at it."""
+def publish(
+    root: Path, staging: Path, version: str, manifest: dict[str, Any], *, promote: bool = True
+) -> ArtifactVersion:
+    """Checksum every file in `staging`, write the manifest, move it to `root/version`, and (`promote`)
+    point CURRENT at it. The manifest is written once, here: whatever decides promotion (the quality
+    gate) has decided before, and its verdict is part of `manifest`."""
     files = {
         p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in sorted(staging.iterdir())
@@ -88,14 +98,110 @@ def publish(root: Path, staging: Path, version: str, manifest: dict[str, Any]) -
     if final.exists():
         raise ArtifactError(f"artifact version {version} already exists in {root}")
     staging.rename(final)
-    set_current(root, version)
+    if promote:
+        promote_version(root, version)
     return ArtifactVersion(version, final, full)
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def set_current(root: Path, version: str) -> None:
-    tmp = root / f".{CURRENT}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, root / CURRENT)
+    """Point CURRENT at `version` (the pointer alone; `promote_version` also records the promotion)."""
+    _atomic_write(root / CURRENT, version + "\n")
+
+
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Hold the root's lock: promotions, rollbacks and pruning by different processes (a scheduled
+    retrain and an operator) take turns, so HISTORY and CURRENT always agree."""
+    with (root / LOCK).open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def history(root: Path) -> list[str]:
+    """The promotions, oldest first. A root from before HISTORY existed starts from its CURRENT."""
+    path = root / HISTORY
+    if path.is_file():
+        return [_check_name(line.strip(), path) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [current_version_name(root)]
+    except ArtifactError:
+        return []
+
+
+def promote_version(root: Path, version: str) -> None:
+    """Point CURRENT at `version` and append it to HISTORY (written atomically, before CURRENT moves:
+    a crash between the two leaves a history whose last entry is not CURRENT, which `rollback` handles)."""
+    with locked(root):
+        promoted = [v for v in history(root) if v != version] + [version]
+        _atomic_write(root / HISTORY, "".join(f"{v}\n" for v in promoted))
+        set_current(root, version)
+
+
+def rollback_target(root: Path) -> str | None:
+    """The version `rollback` would return to: the newest promotion before CURRENT that still exists."""
+    current = current_version_name(root)
+    earlier = [v for v in history(root) if v != current and (root / v / MANIFEST).is_file()]
+    return earlier[-1] if earlier else None
+
+
+def rollback(root: Path) -> tuple[str, str]:
+    """CURRENT back to the version promoted before it, verified first; (from, to). The rolled-back
+    version leaves HISTORY, so a second rollback goes one further back, never back and forth."""
+    with locked(root):
+        current = current_version_name(root)
+        target = rollback_target(root)
+        if target is None:
+            raise ArtifactError(f"nothing to roll back to: {current} is the only promoted version in {root}")
+        open_version(root, target)
+        kept = history(root)
+        kept = kept[: kept.index(target) + 1]
+        _atomic_write(root / HISTORY, "".join(f"{v}\n" for v in kept))
+        set_current(root, target)
+    return current, target
+
+
+def version_names(root: Path) -> list[str]:
+    """Every published version under `root`, oldest first (names are UTC timestamps, so they sort)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+    )
+
+
+def prune(root: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` versions, never CURRENT, a PINNED one or the rollback target;
+    returns the deleted names. A version is renamed to a hidden name before it is removed, so a crash
+    mid-delete leaves no half version that looks like one."""
+    if keep < 1:
+        raise ArtifactError(f"--keep {keep}: keep at least one version")
+    with locked(root):
+        names = version_names(root)
+        protected = set(pinned_version_names(root)) | set(names[-keep:])
+        with contextlib.suppress(ArtifactError):
+            protected.add(current_version_name(root))
+            target = rollback_target(root)
+            if target is not None:
+                protected.add(target)
+        doomed = [n for n in names if n not in protected]
+        for name in doomed:
+            trash = root / f".deleting-{name}"
+            (root / name).rename(trash)
+            shutil.rmtree(trash)
+        if doomed and (root / HISTORY).is_file():
+            _atomic_write(root / HISTORY, "".join(f"{v}\n" for v in history(root) if v not in doomed))
+    return doomed
 
 
 def current_version_name(root: Path) -> str:

@@ -28,7 +28,7 @@ from opentelemetry import trace
 from recsys.v1 import common_pb2, features_pb2, features_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from services.common import candidates
 from services.common.artifacts import ArtifactVersion
-from services.common.catalogue import FRESH, CatalogueMirror, MirrorState, check_filter
+from services.common.catalogue import FRESH, CatalogueMirror, Fetch, MirrorState, check_filter
 from services.common.config import non_negative, option, port_number, positive
 from services.common.fusion import POPULAR, generate
 from services.common.loops import PeriodicTask
@@ -103,11 +103,13 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
     service_name = "recsys.v1.RetrievalService"
     needs_artifacts = True
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, fetch_catalogue: Fetch | None = None) -> None:
+        """`fetch_catalogue`: where the live catalogue's changes come from (default: the features
+        service at --features-addr)."""
         self.config = config
         #: CURRENT plus the PINNED versions (experiment arms pick one with `artifact_version`).
         self.versions: ServedVersions[RetrievalModel] = ServedVersions("retrieval")
-        self.mirror = CatalogueMirror(self._fetch_catalogue)
+        self.mirror = CatalogueMirror(fetch_catalogue or self._fetch_catalogue)
         self._features: Any = None  # a FeatureServiceStub on an aio channel, made at the first fetch
         self._channel: grpc.aio.Channel | None = None
         self._poll: PeriodicTask | None = None

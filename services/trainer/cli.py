@@ -11,9 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
+from services.common.artifacts import ArtifactVersion
 from services.common.sources import SOURCE_NAMES
 from services.common.sources.base import FitError
 from services.trainer.data import BUNDLED_DATA, DataError
+from services.trainer.gate import METRICS, GateConfig
 from services.trainer.pipeline import PipelineConfig
 from services.trainer.protocols import PROTOCOLS
 from services.trainer.train import TrainConfig, train
@@ -75,7 +77,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--click-rating", type=float, default=4.0, help="the rating a click stands for (clicks carry none)"
     )
     parser.add_argument(
+        "--full-events",
+        action="store_true",
+        help="read the whole event log and the base file, even when CURRENT was trained from an earlier read "
+        "(default: CURRENT's interactions plus the events after its watermark)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("artifacts"), help="artifact root (default: artifacts)"
+    )
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="promote the new version to CURRENT only if, on the newest held-out interactions, it is no worse "
+        "than the serving version (both scored through the services' handlers); otherwise keep it unpromoted "
+        "with the reason in its manifest",
+    )
+    parser.add_argument(
+        "--gate-tolerance",
+        type=float,
+        default=GateConfig.tolerance,
+        help=f"how far below the serving version's metric the new one may be (default {GateConfig.tolerance})",
+    )
+    parser.add_argument(
+        "--gate-metric", choices=METRICS, default=GateConfig.metric, help="the metric the gate compares"
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="after publishing, delete all but the newest N versions (never CURRENT, PINNED or the "
+        "rollback target)",
     )
     parser.add_argument(
         "--protocol",
@@ -90,27 +121,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pipeline_arguments(parser)
 
 
+def config_from_args(ns: argparse.Namespace, *, gate: bool = False) -> TrainConfig:
+    """The TrainConfig the flags ask for (`gate`: on whatever --gate says); ValueError naming a bad one."""
+    pipeline = pipeline_from_args(ns, ns.protocol).with_setting("protocol.leave_n", str(ns.leave_n))
+    pipeline = pipeline.with_setting("seed", str(ns.seed))
+    pipeline.check()
+    data = ns.data if ns.data is not None else (None if ns.events else BUNDLED_DATA)
+    gated = GateConfig(ns.gate_tolerance, ns.gate_metric) if gate or ns.gate else None
+    if gated is not None:
+        gated.check()
+    return TrainConfig(
+        data,
+        Path(ns.out),
+        pipeline,
+        progress=not ns.no_progress,
+        events=ns.events,
+        events_prefix=ns.events_prefix,
+        click_rating=ns.click_rating,
+        full_events=ns.full_events,
+        gate=gated,
+        keep=ns.keep,
+    )
+
+
 def main(ns: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        pipeline = pipeline_from_args(ns, ns.protocol).with_setting("protocol.leave_n", str(ns.leave_n))
-        pipeline = pipeline.with_setting("seed", str(ns.seed))
-        pipeline.check()
-        data = ns.data if ns.data is not None else (None if ns.events else BUNDLED_DATA)
-        config = TrainConfig(
-            data,
-            Path(ns.out),
-            pipeline,
-            progress=not ns.no_progress,
-            events=ns.events,
-            events_prefix=ns.events_prefix,
-            click_rating=ns.click_rating,
-        )
-        version = train(config)
+        version = train(config_from_args(ns))
     except (ValueError, DataError, FitError) as e:
         print(f"recsys train: {e}", file=sys.stderr)
         return 2
+    report(version)
+    return 0
+
+
+def report(version: ArtifactVersion) -> None:
+    """What `recsys train` prints about the version it published."""
+    pipeline = version.manifest["pipeline"]
     metrics = version.manifest["metrics"]
     print(f"trained {version.version} in {version.manifest['training']['seconds']:.1f} s")
     print(
@@ -118,7 +166,7 @@ def main(ns: argparse.Namespace) -> int:
         f"{metrics['held_out']['interactions']} interactions held out"
     )
     print(f"  {'':16}{'MAP@10':>9}{'nDCG@10':>9}{'P@10':>9}{'R@10':>9}")
-    rows = [("pipeline", "pipeline"), ("retrieval", "retrieval"), *((s, s) for s in pipeline.sources)]
+    rows = [("pipeline", "pipeline"), ("retrieval", "retrieval"), *((s, s) for s in pipeline["sources"])]
     for name, label in rows:
         m = metrics["accuracy"][name]
         print(
@@ -132,11 +180,14 @@ def main(ns: argparse.Namespace) -> int:
     read = version.manifest["data"].get("events")
     if read is not None:
         c = read["counts"]
+        after = f" after {read['since']} (on {read['earlier']}'s interactions)" if read.get("since") else ""
         print(
-            f"  events from {read['source']} through {read['watermark'] or '(none)'}: {c.get('read', 0)} read, "
-            f"{c.get('interactions', 0)} interactions, {c.get('shown_not_chosen', 0)} shown not chosen, "
+            f"  events from {read['source']}{after} through {read['watermark'] or '(none)'}: {c.get('read', 0)} read, "
+            f"{c.get('interactions', 0)} new interactions, {c.get('shown_not_chosen', 0)} shown not chosen, "
             f"{c.get('exposures', 0)} exposures left out, {c.get('duplicates', 0)} duplicates, "
             f"{c.get('malformed', 0)} malformed{': ' + read['malformed'][0] if read['malformed'] else ''}"
         )
-    print(f"version: {version.path}")
-    return 0
+    verdict = version.manifest.get("gate")
+    if verdict is not None:
+        print(f"  gate: {verdict['reason']}")
+    print(f"version: {version.path}{'' if verdict is None or verdict['passed'] else ' (not promoted)'}")

@@ -7,11 +7,13 @@ JSON-lines log. What becomes of each event:
 * rating  -> an interaction with its rating;
 * impression of an item the user did not click or rate -> shown-not-chosen (kept apart: `shown`);
 * exposure (the gateway's record of a response) -> not an interaction, only counted;
-* an event id seen before -> counted once;
+* an event id seen before (in this read, or in an earlier run's interactions: `seen`) -> counted once;
 * anything malformed -> skipped, counted, and the first few reasons kept; never a crash.
 
 The watermark is the log position of the last event read: it goes into the manifest, and a later read
-can start after it (`since`).
+can start after it (`since`). Each version also keeps the interactions it was fitted on, with the event
+id of each row that came from the log (`interactions.npz`): the next run is those plus the events after
+the watermark, and an event re-sent after the watermark under an id already trained on counts once.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from services.features.event_file import SEQ
+from services.features.event_file import SEQ, EventFile
 from services.features.store import Event, EventType
 from services.trainer.data import DataError, Dataset, Item, Log
 
@@ -37,21 +40,81 @@ REASONS_KEPT = 5
 READ_PAGE = 10_000
 
 
+#: A version's training interactions, with the event id of every row read from the log ("" otherwise).
+INTERACTIONS_FILE = "interactions.npz"
+
+
+@dataclass(frozen=True)
+class Interactions:
+    log: Log
+    #: Parallel to `log`: the event id a row came from, "" for a row of a base file.
+    event_ids: npt.NDArray[np.str_]
+
+    @classmethod
+    def of_base(cls, log: Log) -> Interactions:
+        return cls(log, np.full(len(log), "", dtype=str))
+
+    def save(self, path: Path) -> None:
+        log = self.log
+        with path.open("wb") as f:
+            np.savez_compressed(
+                f,
+                users=log.users.astype(str),
+                items=log.items.astype(str),
+                ratings=log.ratings,
+                timestamps=log.timestamps,
+                event_ids=self.event_ids.astype(str),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> Interactions:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("users", "items", "ratings", "timestamps", "event_ids")}
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path.name}: not a training-interactions file ({e})") from None
+        log = Log(arrays["users"], arrays["items"], arrays["ratings"], arrays["timestamps"])
+        return cls(log, arrays["event_ids"])
+
+    def seen_ids(self) -> set[str]:
+        return set(self.event_ids.tolist()) - {""}
+
+
+def joined(a: Interactions, b: Interactions) -> Interactions:
+    """Both in one, sorted by time (ties: `a` first)."""
+    log = Log(
+        np.concatenate([a.log.users, b.log.users]).astype(str),
+        np.concatenate([a.log.items, b.log.items]).astype(str),
+        np.concatenate([a.log.ratings, b.log.ratings]).astype(np.float32),
+        np.concatenate([a.log.timestamps, b.log.timestamps]),
+    )
+    order = np.argsort(log.timestamps, kind="stable")
+    return Interactions(log.take(order), np.concatenate([a.event_ids, b.event_ids]).astype(str)[order])
+
+
 @dataclass(frozen=True)
 class EventRead:
-    log: Log
+    #: The clicks and ratings, with their event ids.
+    interactions: Interactions
     #: Impressions of an item the user neither clicked nor rated in this read.
     shown: Log
     counts: dict[str, int]
     reasons: list[str]
-    #: The position of the last event read ("" when the log was empty).
+    #: The position of the last event read (`since` when nothing followed it, "" for an empty log).
     watermark: str
     #: The source without a password.
     source: str
+    #: Where this read started: after this watermark ("": from the beginning of the log).
+    since: str = ""
+
+    @property
+    def log(self) -> Log:
+        return self.interactions.log
 
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "since": self.since,
             "watermark": self.watermark,
             "counts": self.counts,
             "malformed": self.reasons,
@@ -121,32 +184,50 @@ def _event(record: Any) -> Event:
     return event
 
 
-def _log(rows: list[tuple[str, str, float, float]]) -> Log:
+Row = tuple[str, str, float, float, str]
+
+
+def _interactions(rows: list[Row]) -> Interactions:
     rows.sort(key=lambda r: r[3])
-    return Log(
+    log = Log(
         np.array([r[0] for r in rows], dtype=str),
         np.array([r[1] for r in rows], dtype=str),
         np.array([r[2] for r in rows], dtype=np.float32),
         np.array([r[3] for r in rows], dtype=np.float64),
     )
+    return Interactions(log, np.array([r[4] for r in rows], dtype=str))
+
+
+def is_redis(source: str) -> bool:
+    return source.startswith(("redis://", "rediss://", "unix://"))
+
+
+def shown_source(source: str) -> str:
+    """SOURCE as the manifest records it: a Redis URL without its password, a file by its name."""
+    from services.features.redis_store import redact
+
+    return redact(source) if is_redis(source) else Path(source).name
 
 
 def read(
-    source: str, prefix: str = "recsys", click_rating: float = 1.0, since: str | None = None
+    source: str,
+    prefix: str = "recsys",
+    click_rating: float = 1.0,
+    since: str | None = None,
+    seen: set[str] | None = None,
 ) -> EventRead:
-    """Read SOURCE (after `since`, a watermark of an earlier read) into training rows."""
-    from services.features.redis_store import redact
-
-    if source.startswith(("redis://", "rediss://", "unix://")):
-        records, shown_source = _redis_records(source, prefix, since), redact(source)
+    """Read SOURCE (after `since`, a watermark of an earlier read) into training rows; an event whose id
+    is in `seen` (the ids an earlier run trained on) is a duplicate."""
+    if is_redis(source):
+        records = _redis_records(source, prefix, since)
     else:
-        records, shown_source = _file_records(Path(source), since), Path(source).name
+        records = _file_records(Path(source), since)
     counts: Counter[str] = Counter()
     reasons: list[str] = []
-    seen_ids: set[str] = set()
-    interactions: list[tuple[str, str, float, float]] = []
-    impressions: list[tuple[str, str, float, float]] = []
-    watermark = ""
+    seen_ids: set[str] = set(seen or ())
+    interactions: list[Row] = []
+    impressions: list[Row] = []
+    watermark = since or ""  # nothing new: the log is read through the same position as before
     for position, record in records:
         watermark = position
         counts["read"] += 1
@@ -166,42 +247,69 @@ def read(
             counts["exposures"] += 1
         elif event.type is EventType.IMPRESSION:
             counts["impressions"] += 1
-            impressions.append((event.user_id, event.item_id, 0.0, seconds))
+            impressions.append((event.user_id, event.item_id, 0.0, seconds, event.event_id))
         else:
             counts["clicks" if event.type is EventType.CLICK else "ratings"] += 1
             rating = click_rating if event.rating is None or event.type is EventType.CLICK else event.rating
-            interactions.append((event.user_id, event.item_id, float(rating), seconds))
-    chosen = {(u, i) for u, i, _, _ in interactions}
+            interactions.append((event.user_id, event.item_id, float(rating), seconds, event.event_id))
+    chosen = {(r[0], r[1]) for r in interactions}
     shown = [r for r in impressions if (r[0], r[1]) not in chosen]
     counts["interactions"] = len(interactions)
     counts["shown_not_chosen"] = len(shown)
-    return EventRead(_log(interactions), _log(shown), dict(counts), reasons, watermark, shown_source)
-
-
-def concat(a: Log, b: Log) -> Log:
-    """Both logs in one, sorted by time (ties: `a` first)."""
-    joined = Log(
-        np.concatenate([a.users, b.users]).astype(str),
-        np.concatenate([a.items, b.items]).astype(str),
-        np.concatenate([a.ratings, b.ratings]).astype(np.float32),
-        np.concatenate([a.timestamps, b.timestamps]),
+    return EventRead(
+        _interactions(interactions),
+        _interactions(shown).log,
+        dict(counts),
+        reasons,
+        watermark,
+        shown_source(source),
+        since or "",
     )
-    return joined.take(np.argsort(joined.timestamps, kind="stable"))
 
 
-def with_events(base: Dataset | None, events: EventRead) -> Dataset:
-    """The base dataset (or none) plus the events' interactions; items only the events know join the
-    catalogue without metadata (the content source learns them from a catalogue upsert, not from here)."""
-    if base is None and not len(events.log):
-        raise DataError(f"--events {events.source}: no clicks or ratings to train on ({events.counts})")
-    log = events.log if base is None else concat(base.log, events.log)
+def with_events(
+    base: Dataset | None, earlier: Interactions | None, events: EventRead
+) -> tuple[Dataset, Interactions]:
+    """The training set: the base dataset (or none) for the catalogue, and as interactions the `earlier`
+    run's (an incremental read) or else the base's, plus the events'; with those interactions and their
+    event ids. Items only the log knows join the catalogue without metadata (the content source learns
+    them from a catalogue upsert, not from here)."""
+    before = earlier if earlier is not None else Interactions.of_base(base.log) if base is not None else None
+    if before is None or not len(before.log):
+        if not len(events.log):
+            raise DataError(f"--events {events.source}: no clicks or ratings to train on ({events.counts})")
+        before = Interactions.of_base(events.log.take(np.zeros(0, dtype=np.int64)))
+    interactions = joined(before, events.interactions)
+    log = interactions.log
     catalog: dict[str, Item] = dict(base.catalog) if base is not None else {}
-    for item in sorted(set(events.log.items.tolist()) - catalog.keys()):
+    for item in sorted(set(log.items.tolist()) - catalog.keys()):
         catalog[item] = Item()
     marker = f"events:{events.source}@{events.watermark}"
     fingerprint = hashlib.sha256(f"{base.fingerprint if base else ''}\n{marker}".encode()).hexdigest()
     if base is None:
-        return Dataset(f"events ({events.source})", fingerprint, {}, log, catalog)
-    return dataclasses.replace(
-        base, source=f"{base.source} + events", fingerprint=fingerprint, log=log, catalog=catalog
-    )
+        return Dataset(f"events ({events.source})", fingerprint, {}, log, catalog), interactions
+    source = base.source if base.source.endswith(" + events") else f"{base.source} + events"
+    dataset = dataclasses.replace(base, source=source, fingerprint=fingerprint, log=log, catalog=catalog)
+    return dataset, interactions
+
+
+def mark_consumed(source: str, prefix: str, watermark: str) -> None:
+    """Tell SOURCE's store that a published version holds every event through `watermark`, so its
+    retention may drop them: the store's own `mark_consumed` (Redis), or its event file's (embedded)."""
+    if not watermark:
+        return
+    if is_redis(source):
+        import asyncio
+
+        from services.features.redis_store import RedisConfig, RedisStore
+
+        async def mark() -> None:
+            store = RedisStore(RedisConfig(url=source, prefix=prefix))
+            try:
+                await store.mark_consumed(watermark)
+            finally:
+                await store.close()
+
+        asyncio.run(mark())
+    else:
+        EventFile(Path(source)).mark_consumed(int(watermark))

@@ -6,6 +6,7 @@
     user_history.json                 every user's items, most recent first (the features service)
     <source>.*                        each source's own files (services.common.sources)
     ranker_<i>.txt                    the ranker's LightGBM models (services.common.ranker)
+    interactions.npz                  the interactions it was fitted on (the next incremental run's base)
     manifest.json                     pipeline settings, feature schema, metrics, sha256 of every file
 
 `recsys train` and `recsys synth` both write through `export`.
@@ -22,6 +23,7 @@ from typing import Any
 from services.common import ranker as served_ranker
 from services.common.artifacts import ArtifactVersion, new_version_name, publish, staging_dir
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES
+from services.trainer.events import INTERACTIONS_FILE, Interactions
 from services.trainer.pipeline import Fitted
 from services.trainer.ranker import Booster
 from services.trainer.reference import feature_references
@@ -30,9 +32,17 @@ from services.trainer.reference import feature_references
 DIVERSITY_FILE = "diversity.vectors.npy"
 
 
-def export(root: Path, fitted: Fitted, manifest: dict[str, Any]) -> ArtifactVersion:
-    """Publish `fitted` as a new version under `root` and point CURRENT at it; `manifest` adds data,
-    metrics and training details to what the pipeline itself records. Nothing is left half-written."""
+def export(
+    root: Path,
+    fitted: Fitted,
+    manifest: dict[str, Any],
+    *,
+    promote: bool = True,
+    interactions: Interactions | None = None,
+) -> ArtifactVersion:
+    """Publish `fitted` as a new version under `root` and (`promote`) point CURRENT at it; `manifest` adds
+    data, metrics and training details to what the pipeline itself records; `interactions` (what it was
+    fitted on) is kept for the next incremental run. Nothing is left half-written."""
     import numpy as np
 
     version = new_version_name()
@@ -64,6 +74,8 @@ def export(root: Path, fitted: Fitted, manifest: dict[str, Any]) -> ArtifactVers
         if "content" not in stage.sources:
             diversity = DIVERSITY_FILE
             np.save(staging / DIVERSITY_FILE, universe.genres.astype(np.float32))
+        if interactions is not None:
+            interactions.save(staging / INTERACTIONS_FILE)
         for i, model in enumerate(fitted.ranker.models):
             assert isinstance(model, Booster)
             model.booster.save_model(str(staging / served_ranker.model_file(i)))
@@ -87,7 +99,7 @@ def export(root: Path, fitted: Fitted, manifest: dict[str, Any]) -> ArtifactVers
             "ranker": {"models": len(fitted.ranker.models), "fit": fitted.info},
             "diversity": {"file": diversity},
         }
-        return publish(root, staging, version, full)
+        return publish(root, staging, version, full, promote=promote)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ VALUES_FILES: dict[str, Path | None] = {
     "metrics": CHART / "ci" / "values-metrics.yaml",
     "tls": CHART / "ci" / "values-tls.yaml",
     "tls-cert-manager": CHART / "ci" / "values-tls-cert-manager.yaml",
+    "retrain": CHART / "ci" / "values-retrain.yaml",
 }
 KUBE_VERSIONS = ("1.28.0", "1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
 SERVICES = ("gateway", "features", "retrieval", "ranking")
@@ -78,9 +79,10 @@ class Release:
         return found[0]
 
     def workloads(self) -> Iterator[Obj]:
-        """Deployments, StatefulSets and Jobs (the things that run containers long-term or once)."""
+        """Deployments, StatefulSets, Jobs and CronJobs (what runs containers long-term, once or on a
+        schedule)."""
         for o in self.objects:
-            if o["kind"] in ("Deployment", "StatefulSet", "Job"):
+            if o["kind"] in WORKLOADS:
                 yield o
 
     def component_deployment(self, service: str) -> Obj:
@@ -92,8 +94,18 @@ class Release:
         return {c["metadata"]["name"]: dict(c.get("data") or {}) for c in self.of_kind("ConfigMap")}
 
 
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def pod_template(workload: Obj) -> Obj:
+    """The pod template of a workload (a CronJob's: its job template's)."""
+    spec = workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob" else workload["spec"]
+    template: Obj = spec["template"]
+    return template
+
+
 def pod_spec(workload: Obj) -> Obj:
-    spec: Obj = workload["spec"]["template"]["spec"]
+    spec: Obj = pod_template(workload)["spec"]
     return spec
 
 

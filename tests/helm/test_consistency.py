@@ -264,6 +264,43 @@ def test_trainer_job_is_accepted_by_the_train_parser(release: Release) -> None:
     assert f"COPY data/ml-latest-small {args.data}" in (ROOT / "Dockerfile").read_text()
 
 
+def test_the_retraining_cronjob_runs_the_gated_train_on_the_features_event_stream(
+    release: Release, tmp_path: Path
+) -> None:
+    """trainer.schedule: a CronJob (never two runs at once) whose pod is the hook Job's but for its
+    arguments and the Redis URL, and whose `recsys train` reads the stream the features service writes."""
+    trainer = release.values.get("trainer", {})
+    cronjobs = release.of_kind("CronJob")
+    if not trainer.get("schedule"):
+        assert cronjobs == []
+        return
+    (cron,) = cronjobs
+    (job,) = release.of_kind("Job")
+    spec = cron["spec"]
+    retrain = trainer.get("retrain", {})
+    assert spec["schedule"] == trainer["schedule"] and spec["concurrencyPolicy"] == "Forbid"
+    assert spec["successfulJobsHistoryLimit"] == retrain.get("successfulJobsHistoryLimit", 3)
+    assert spec["failedJobsHistoryLimit"] == retrain.get("failedJobsHistoryLimit", 3)
+    assert spec["startingDeadlineSeconds"] == retrain.get("startingDeadlineSeconds", 600)
+    assert spec.get("timeZone") == (retrain.get("timeZone") or None)
+    cron_pod, job_pod = pod_spec(cron), pod_spec(job)
+    (cron_c,), (job_c,) = containers(cron), containers(job)
+    assert {k: v for k, v in cron_pod.items() if k != "containers"} == {
+        k: v for k, v in job_pod.items() if k != "containers"
+    }
+    for key in ("image", "resources", "securityContext", "volumeMounts"):
+        assert cron_c[key] == job_c[key], key
+    files = mounted_files(release, cron, tmp_path / "cron")
+    env = kube_env(cron_c, files)
+    args = build_parser().parse_args([VAR_REF.sub(lambda m: env[m[1]], a) for a in cron_c["args"]])
+    assert args.command == "train" and args.gate and args.no_progress
+    assert args.gate_tolerance == retrain.get("gateTolerance", 0.005) and args.keep == retrain.get("keep", 10)
+    train = build_parser().parse_args(job_c["args"])
+    assert (args.data, args.out) == (train.data, train.out)
+    features, _ = load_service_config(release, "features", tmp_path / "features")
+    assert (args.events, args.events_prefix) == (features.redis_url, features.redis_prefix)
+
+
 def test_the_image_matches_what_the_chart_assumes(releases: dict[str, Release]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["recsys"]' in dockerfile

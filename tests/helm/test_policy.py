@@ -12,9 +12,11 @@ from tests.helm.chart import (
     NAMESPACE,
     RELEASE,
     SERVICES,
+    WORKLOADS,
     Release,
     containers,
     pod_spec,
+    pod_template,
     probe_target,
 )
 from tests.helm.netpol import Pod, allowed, selects
@@ -30,7 +32,7 @@ def recsys_image(release: Release) -> str:
 
 def test_every_container_has_startup_readiness_and_liveness_probes(release: Release) -> None:
     for workload in release.workloads():
-        if workload["kind"] == "Job":
+        if workload["kind"] in ("Job", "CronJob"):
             continue
         for c in containers(workload):
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -64,7 +66,7 @@ def test_service_containers_probe_health_on_their_port(release: Release) -> None
 
 def test_every_container_has_cpu_and_memory_requests_and_limits(release: Release) -> None:
     for obj in release.objects:
-        if obj["kind"] not in ("Deployment", "StatefulSet", "Job", "Pod"):
+        if obj["kind"] not in (*WORKLOADS, "Pod"):
             continue
         spec = obj["spec"] if obj["kind"] == "Pod" else pod_spec(obj)
         for c in [*spec.get("initContainers", []), *spec["containers"]]:
@@ -79,8 +81,8 @@ def _pod_specs(release: Release) -> list[tuple[str, dict[str, Any]]]:
     for obj in release.objects:
         if obj["kind"] == "Pod":
             out.append((obj["metadata"]["name"], obj["spec"]))
-        elif obj["kind"] in ("Deployment", "StatefulSet", "Job"):
-            out.append((obj["metadata"]["name"], pod_spec(obj)))
+        elif obj["kind"] in WORKLOADS:
+            out.append((f"{obj['kind']}/{obj['metadata']['name']}", pod_spec(obj)))
     return out
 
 
@@ -226,7 +228,7 @@ def _pods(release: Release) -> dict[str, Pod]:
     ns_labels = {"kubernetes.io/metadata.name": NAMESPACE}
     pods: dict[str, Pod] = {}
     for workload in release.workloads():
-        labels = dict(workload["spec"]["template"]["metadata"]["labels"])
+        labels = dict(pod_template(workload)["metadata"]["labels"])
         ports = {
             p["name"]: (p["containerPort"], p.get("protocol", "TCP"))
             for c in containers(workload)
@@ -259,10 +261,12 @@ def _intended(release: Release, pods: dict[str, Pod]) -> set[tuple[str, str]]:
     want |= {("gateway", b) for b in ("features", "retrieval", "ranking")}
     want.add(("retrieval", "features"))  # the live catalogue's mirror
     redis = release.values.get("redis", {})
+    # The retraining CronJob's pods (labelled as the trainer's) read the event stream.
+    readers = ["features", *(["trainer"] if release.values.get("trainer", {}).get("schedule") else [])]
     if redis.get("enabled", True):
-        want.add(("features", "redis"))
+        want |= {(r, "redis") for r in readers}
     elif redis.get("external", {}).get("url") or redis.get("external", {}).get("existingSecret"):
-        want.add(("features", EXTERNAL_REDIS))
+        want |= {(r, EXTERNAL_REDIS) for r in readers}
     talkers = release_pods - {"redis"}
     want |= {(s, DNS) for s in talkers}
     if "otel-collector" in release_pods:

@@ -95,6 +95,24 @@ def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], field:
             "without Redis the features service keeps its online state in one process",
         ),
         (
+            {
+                "trainer": {"schedule": "@daily"},
+                "redis": {"enabled": False},
+                "components": {"features": {"replicas": 1, "autoscaling": {"enabled": False}}},
+            },
+            "trainer.schedule: the retraining CronJob trains from the event stream in Redis",
+        ),
+        (
+            {
+                "trainer": {"schedule": "@daily"},
+                "redis": {
+                    "enabled": False,
+                    "external": {"url": "rediss://r:6380/0", "tls": {"existingSecret": "redis-tls"}},
+                },
+            },
+            "trainer.schedule: the trainer cannot yet read a Redis that needs redis.external.tls",
+        ),
+        (
             {"components": {"gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}},
             "components.gateway.autoscaling: minReplicas (5) exceeds maxReplicas (3)",
         ),

@@ -117,7 +117,7 @@ def test_train_on_the_bundled_data_and_the_events(tmp_path: Path, capsys: pytest
     settings = [a for s in TEST_SETTINGS for a in ("--set", s)]
     argv = ["--data", str(BUNDLED_DATA), "--events", str(path), "--out", str(out), "--no-progress", *settings]
     assert main(parse(argv)) == 0
-    assert "events from events.jsonl through 6: 6 read, 6 interactions" in capsys.readouterr().out
+    assert "events from events.jsonl through 6: 6 read, 6 new interactions" in capsys.readouterr().out
     version = open_current(out)
     described = version.manifest["data"]["events"]
     assert described["watermark"] == "6" and described["counts"]["interactions"] == 6
@@ -136,3 +136,12 @@ def test_an_unreachable_event_source_is_one_line_and_publishes_nothing(
     assert not (out / "CURRENT").exists()
     assert main(parse(["--events", str(tmp_path / "missing.jsonl"), "--out", str(out), "--no-progress"])) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_mark_consumed_tells_the_redis_store(redis_url: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    write(RedisStore(RedisConfig(url=redis_url, prefix=prefix)), LOGGED)
+    read = events.read(redis_url, prefix=prefix)
+    events.mark_consumed(redis_url, prefix, read.watermark)
+    client: Any = redis.Redis.from_url(redis_url)
+    assert client.get(f"{prefix}:events:consumed").decode() == read.watermark

@@ -271,3 +271,85 @@ speak) `python -m services.healthcheck` over TLS in the container, presenting th
   {{- toYaml (index $c.probes $kind) | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* RECSYS_REDIS_URL (and the password it is built from) of the chart's Redis or the external one: the
+features service's store, and the retraining CronJob's event source. Empty without Redis. */}}
+{{- define "recsys.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "recsys.redisSecretName" . }}
+      key: {{ .Values.redis.auth.existingSecretKey }}
+- name: RECSYS_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s.%s.svc.%s:6379/%d" (include "recsys.redisFullname" .) .Release.Namespace .Values.clusterDomain (int .Values.redis.database) | quote }}
+{{- else if .Values.redis.external.existingSecret }}
+- name: RECSYS_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.existingSecretKey }}
+{{- else if .Values.redis.external.url }}
+- name: RECSYS_REDIS_URL
+  value: {{ .Values.redis.external.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The trainer's pod spec, shared by the hook Job and the retraining CronJob: dict "root" $ "args" LIST
+"redis" BOOL (RECSYS_REDIS_URL in the environment, for `--events $(RECSYS_REDIS_URL)`). */}}
+{{- define "recsys.trainerPodSpec" -}}
+{{- $root := .root }}
+{{- $t := $root.Values.trainer }}
+{{- $ctx := dict "root" $root "component" "trainer" }}
+restartPolicy: Never
+serviceAccountName: {{ include "recsys.componentFullname" $ctx }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+containers:
+  - name: trainer
+    image: {{ include "recsys.image" $root | quote }}
+    imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    args:
+      {{- range .args }}
+      - {{ . | quote }}
+      {{- end }}
+      {{- range $t.extraArgs }}
+      - {{ . | quote }}
+      {{- end }}
+    env:
+      {{- include "recsys.otelEnv" $ctx | nindent 6 }}
+      {{- if .redis }}
+      {{- include "recsys.redisEnv" $root | trim | nindent 6 }}
+      {{- end }}
+    resources:
+      {{- toYaml $t.resources | nindent 6 }}
+    securityContext:
+      {{- toYaml $root.Values.securityContext | nindent 6 }}
+    volumeMounts:
+      {{- include "recsys.tmpVolumeMount" $root | nindent 6 }}
+      - name: artifacts
+        mountPath: {{ $root.Values.artifacts.mountPath }}
+volumes:
+  {{- include "recsys.tmpVolume" $root | nindent 2 }}
+  - name: artifacts
+    persistentVolumeClaim:
+      claimName: {{ include "recsys.artifactsClaim" $root }}
+{{- with $t.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $t.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $t.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,137 @@
+"""The quality gate (`recsys train --gate`): a new version moves CURRENT only if, on the newest held-out
+slice, it is no worse than the version serving now, within a tolerance.
+
+The slice is the run's held-out interactions that are newer than everything the serving version was
+trained on (its manifest's `data.last`), so neither side has seen them. Both sides are scored through
+the services' own handlers in this process (services/served_quality.py), never the trainer's objects:
+
+* the candidate is the run's evaluation fit (fitted on the log minus the holdout), exported to a hidden
+  scratch root beside the versions; its users' histories are the log minus the holdout;
+* the serving version gets the log's interactions newer than its training data as live feedback (what
+  the running features service would hold), so its users' histories are the same log minus the slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.common.artifacts import ArtifactVersion
+from services.features.store import Event, EventType
+from services.served_quality import in_process
+from services.trainer.data import Log
+from services.trainer.pipeline import Fitted
+
+log = logging.getLogger(__name__)
+
+K = 10
+METRICS = (f"ndcg@{K}", f"map@{K}", f"recall@{K}", f"precision@{K}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    #: How much lower than the serving version's the new version's metric may be and still pass.
+    tolerance: float = 0.005
+    metric: str = f"ndcg@{K}"
+
+    def check(self) -> None:
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ValueError(f"--gate-tolerance {self.tolerance}: expected a number >= 0")
+        if self.metric not in METRICS:
+            raise ValueError(f"--gate-metric {self.metric}: expected one of {', '.join(METRICS)}")
+
+
+def verdict(
+    config: GateConfig,
+    passed: bool,
+    reason: str,
+    serving: str | None,
+    new: float | None = None,
+    served: float | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """The manifest's `gate` record."""
+    return {
+        "passed": passed,
+        "metric": config.metric,
+        "new": new,
+        "serving": served,
+        "serving_version": serving,
+        "tolerance": config.tolerance,
+        "reason": reason,
+        **more,
+    }
+
+
+def _feedback(log_slice: Log) -> list[Event]:
+    return [
+        Event(user_id=u, item_id=i, type=EventType.RATING, timestamp_ms=int(t * 1000), rating=float(r))
+        for u, i, r, t in zip(
+            log_slice.users.tolist(),
+            log_slice.items.tolist(),
+            log_slice.ratings.tolist(),
+            log_slice.timestamps.tolist(),
+            strict=True,
+        )
+    ]
+
+
+def judge(
+    config: GateConfig,
+    root: Path,
+    serving: ArtifactVersion,
+    candidate: Fitted,
+    held_in: Log,
+    held_out: Log,
+) -> dict[str, Any]:
+    """Score `candidate` (the evaluation fit) and `serving` on the newest held-out slice; the verdict."""
+    from services.trainer.export import export
+
+    trained_through = float(serving.manifest.get("data", {}).get("last", -math.inf))
+    newer = held_out.timestamps > trained_through
+    if not newer.any():
+        return verdict(
+            config,
+            False,
+            f"no held-out interaction is newer than the serving version's data (through {trained_through}): "
+            "nothing to compare on",
+            serving.version,
+        )
+    slice_ = held_out.take(newer)
+    relevant: dict[str, set[str]] = {}
+    for user, item in zip(slice_.users.tolist(), slice_.items.tolist(), strict=True):
+        relevant.setdefault(user, set()).add(item)
+    users = sorted(relevant)
+    feedback = _feedback(held_in.take(held_in.timestamps > trained_through))
+    # Beside the versions (same volume, room for a version), hidden so nothing lists or serves it.
+    with tempfile.TemporaryDirectory(dir=root, prefix=".gate-") as scratch:
+        scored = export(Path(scratch), candidate, {"data": {}, "metrics": {}}, promote=False)
+        new = in_process(Path(scratch), users, K, version=scored.version).metrics(relevant, K)
+    served = in_process(root, users, K, version=serving.version, feedback=feedback).metrics(relevant, K)
+    a, b = new[config.metric], served[config.metric]
+    passed = a >= b - config.tolerance
+    comparison = (
+        f"{config.metric} {a:.4f} vs serving {serving.version} {b:.4f} (tolerance {config.tolerance})"
+    )
+    reason = f"{'passed' if passed else 'refused'}: {comparison} on {len(users)} users' newest interactions"
+    return verdict(
+        config,
+        passed,
+        reason,
+        serving.version,
+        a,
+        b,
+        slice={
+            "users": len(users),
+            "interactions": len(slice_),
+            "after": trained_through,
+            "through": float(np.max(slice_.timestamps)),
+        },
+        metrics={"new": new, "serving": served},
+    )
