@@ -71,6 +71,10 @@ class PipelineConfig:
         unknown = [s for s in self.sources if s not in SOURCE_NAMES]
         if unknown or not self.sources:
             raise ValueError(f"sources: unknown {unknown} (known: {', '.join(SOURCE_NAMES)})")
+        for name in self.sources:
+            problem = source_class(name).unavailable()
+            if problem:
+                raise ValueError(f"source {name} {problem}")
         if len(set(self.sources)) != len(self.sources):
             raise ValueError(f"sources: listed twice in {','.join(self.sources)}")
         missing = [s for s in self.fusion.fused if s not in self.sources]
