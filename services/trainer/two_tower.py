@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +27,7 @@ from torch.nn import functional as tf
 
 from services.common.sources.base import F32, FitData, FitError, Rows
 from services.common.sources.two_tower import TwoTowerParams, UserTower
+from services.trainer.torch_threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +166,6 @@ class Towers(nn.Module):
         with torch.no_grad():
             out: F32 = np.ascontiguousarray(self.items(torch.arange(self.pad)).numpy(), dtype=np.float32)
         return out
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Torch's intra-op threads set for the fit (the machine is shared), restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def recall(model: Towers, data: FitData, ex: Examples, k: int) -> float:
