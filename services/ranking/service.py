@@ -335,11 +335,6 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         ids = list(cands.item_ids)
         rows = model.rows(ids)
         matrix = model.features(request, rows)
-        require(
-            not request.explain or model.family == "lightgbm",
-            "explain",
-            f"explanations need a tree ranker; version {model.version} is served by {model.family}",
-        )
         scores = (
             await asyncio.to_thread(model.ranker.score, matrix, rows)
             if n > 2000
@@ -374,7 +369,14 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if request.debug:
             response.features = matrix[top].astype("<f4").tobytes()
             response.feature_names.extend(model.feature_names)
-        if request.explain:
+        if request.explain and model.family != "lightgbm":
+            # per-feature contributions come from the trees (SHAP): a deep family says so per item
+            why = f"the {model.family} ranker gives no per-feature contributions (tree rankers do)"
+            response.explanations.extend(
+                common_pb2.Explanation(item_id=ids[i], ranker_score=float(scores[i]), unavailable=why)
+                for i in top.tolist()
+            )
+        elif request.explain:
             response.explanations.extend(
                 await asyncio.to_thread(explain, model, request.candidates, matrix, scores, top)
             )
