@@ -316,9 +316,11 @@ def fit(data: Dataset, log_to_fit: Log, config: PipelineConfig, progress: Progre
     universe = Universe.build(data, log_to_fit)
     started = time.perf_counter()
     groups, info = ranker_groups(universe, log_to_fit, config, progress)
-    with progress.step(
-        f"ranker ({config.ranker.seeds} x {config.ranker.rounds} rounds on {len(groups.labels)} rows)"
-    ):
+    r = config.ranker
+    shape = (
+        f"{r.seeds} x {r.rounds} rounds" if r.family == "lightgbm" else f"{r.family}, {r.deep_epochs} epochs"
+    )
+    with progress.step(f"ranker ({shape} on {len(groups.labels)} rows)"):
         ensemble = ranker.train(
             groups, config.feature_names, config.ranker, config.seed, config.threads, universe.n_items
         )

@@ -4,21 +4,33 @@ model whose inputs are not the manifest's features."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
+import logging
+import shutil
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.artifacts import ArtifactError
+from services.cli import main as cli_main
+from services.common import config as config_module
+from services.common.artifacts import ArtifactError, ArtifactVersion, publish, set_current, staging_dir
 from services.common.ranker import ONNX_FILE
+from services.common.server import serve
+from services.local import free_port
 from services.ranking.onnx_scorer import OnnxScorer
-from services.trainer.deep_ranker import DeepModel
+from services.ranking.service import Config, create
+from services.trainer.deep_ranker import DcnV2, DeepModel, Inputs
 from services.trainer.evaluation import evaluate
 from services.trainer.export import export
 from services.trainer.pipeline import Fitted, PipelineConfig, fit
 from tests.support import REPO
-from tests.unit.test_pipeline import small, synthetic
+from tests.unit.test_pipeline import evaluate_settings, small, synthetic, synthetic_csv
 from tests.unit.test_two_tower import run_python
 
 FAMILIES = ("dcnv2", "deepfm")
@@ -123,3 +135,76 @@ def test_without_the_deep_extra_a_deep_family_says_which_extra(tmp_path: Path) -
     assert done.stderr.strip().splitlines() == [
         "recsys train: ranker.family deepfm needs PyTorch, the optional extra recsys[deep]: pip install 'recsys[deep]'"
     ]
+
+
+def with_onnx_of_width(version: ArtifactVersion, root: Path, width: int) -> ArtifactVersion:
+    """A copy of `version` (published under `root`, made CURRENT) whose ranker.onnx is a DCN-v2 of
+    `width` inputs: every checksum matches, only the model's input schema is wrong."""
+    model, _, _ = fitted("dcnv2")
+    n_items = model.universe.n_items
+    params = model.config.ranker
+    inputs = Inputs(torch.zeros(width), torch.ones(width), n_items)
+    other = DeepModel(DcnV2(inputs, width, n_items, params), "dcnv2", width)
+    staging = staging_dir(root, "wrong")
+    for file in version.manifest["files"]:
+        if file != ONNX_FILE:
+            shutil.copy2(version.path / file, staging / file)
+    rng = np.random.default_rng(0)
+    other.export_onnx(
+        staging / ONNX_FILE, rng.normal(size=(4, width)).astype(np.float32), np.arange(4, dtype=np.int64)
+    )
+    manifest = {
+        k: v
+        for k, v in version.manifest.items()
+        if k not in ("schema_version", "version", "created_at", "files")
+    }
+    published = publish(root, staging, "wrong", manifest)
+    set_current(root, "wrong")
+    return published
+
+
+def test_a_version_whose_onnx_inputs_differ_from_its_features_is_not_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _, _ = fitted("dcnv2")
+    width = len(model.config.feature_names)
+    root = tmp_path / "artifacts"
+    with_onnx_of_width(export(tmp_path / "good", model, {}), root, width - 1)
+
+    async def main() -> None:
+        config = config_module.parse(
+            Config,
+            ["--port", str(free_port()), "--artifacts-dir", str(root), "--reload-interval-s", "0.1"],
+            env={},
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(create(config), config, stop))
+        check = health_pb2.HealthCheckRequest(service="recsys.v1.RankingService")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{config.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                while not any(r.getMessage() == "artifact version refused" for r in caplog.records):
+                    assert not task.done(), "the server stopped"
+                    await asyncio.sleep(0.05)
+                reply = await health.Check(check, timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    (refused,) = [r for r in caplog.records if r.getMessage() == "artifact version refused"]
+    assert f"{ONNX_FILE} input features has shape" in refused.reason  # type: ignore[attr-defined]
+    assert f"{width - 1} features, the manifest lists {width}" in refused.reason  # type: ignore[attr-defined]
+
+
+def test_recsys_evaluate_trains_a_deep_family(tmp_path: Path) -> None:
+    data = synthetic_csv(tmp_path / "log.csv")
+    out = tmp_path / "report"
+    deep_settings = ["ranker.family=deepfm", "ranker.deep_epochs=2", "ranker.deep_hidden=16"]
+    settings = [*evaluate_settings(), *(arg for s in deep_settings for arg in ("--set", s))]
+    assert cli_main(["evaluate", "--data", str(data), "--out", str(out), "--seeds", "1", *settings]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pipeline"]["ranker"]["family"] == "deepfm"
+    assert "fused candidates + DeepFM ranker" in (out / "report.md").read_text()
