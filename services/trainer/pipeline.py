@@ -17,7 +17,6 @@ themselves, so what is measured is what is served.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import sys
 import time
@@ -30,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from services.common.extras import deep_missing
 from services.common.fusion import CandidateColumns, FusionParams, generate
 from services.common.ranker import Ensemble
 from services.common.ranker_features import assemble, ranker_features
 from services.common.sources import SOURCE_NAMES, source_class
 from services.common.sources.base import History, Rows, Source
-from services.common.sources.two_tower import NEEDS_EXTRA
 from services.trainer import ranker
 from services.trainer.data import Dataset, Log
 from services.trainer.protocols import Protocol
@@ -94,8 +93,9 @@ class PipelineConfig:
         if self.ranker.family not in ranker.FAMILIES:
             raise ValueError(f"ranker.family: {self.ranker.family!r} (known: {', '.join(ranker.FAMILIES)})")
         if self.ranker.family != "lightgbm":
-            if importlib.util.find_spec("torch") is None:
-                raise ValueError(f"ranker.family {self.ranker.family} {NEEDS_EXTRA}")
+            problem = deep_missing()
+            if problem:
+                raise ValueError(f"ranker.family {self.ranker.family} {problem}")
             r = self.ranker
             if min(r.deep_epochs, r.deep_embedding, r.deep_hidden, r.deep_groups_per_batch) < 1:
                 raise ValueError(

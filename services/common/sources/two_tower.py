@@ -16,7 +16,6 @@ Files: `twotower.vectors.npy`, `twotower.index.faiss`, `twotower.user_tower.npz`
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -25,13 +24,11 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.extras import NEEDS_DEEP, deep_missing
 from services.common.sources.base import F32, FitData, FitError, History
 from services.common.sources.vectors import VectorSource, flat_index
 
 F64 = npt.NDArray[np.float64]
-
-#: The one-line answer when the source is configured but PyTorch is not installed.
-NEEDS_EXTRA = "needs PyTorch, the optional extra recsys[deep]: pip install 'recsys[deep]'"
 
 #: The arrays of `twotower.user_tower.npz`, in the order `UserTower` takes them.
 TOWER_ARRAYS = ("table", "w1", "b1", "w2", "b2")
@@ -126,8 +123,7 @@ class TwoTower(VectorSource):
 
     @classmethod
     def unavailable(cls) -> str | None:
-        # find_spec, not an import: the check runs before any fit, and torch takes seconds to import
-        return None if importlib.util.find_spec("torch") is not None else NEEDS_EXTRA
+        return deep_missing()
 
     @classmethod
     def fit(cls, data: FitData, params: TwoTowerParams) -> TwoTower:
@@ -139,7 +135,7 @@ class TwoTower(VectorSource):
         try:
             from services.trainer import two_tower
         except ImportError:
-            raise FitError(cls.name, NEEDS_EXTRA) from None
+            raise FitError(cls.name, NEEDS_DEEP) from None
         vectors, tower = two_tower.train(data, params)
         return cls(params, vectors, flat_index(vectors), {"type": "flat"}, tower).tuned(
             data.histories(), params.index, params.recall_target, data.seed
