@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.extras import NEEDS_DEEP
 from services.common.ranker import Ensemble
 
 F32 = npt.NDArray[np.float32]
@@ -108,7 +109,10 @@ def train(
     half of the seeded models' gain came from their own bins (docs/evaluation.md). A deep family: one
     model (services.trainer.deep_ranker) over the same groups and `n_items` item rows."""
     if params.family != "lightgbm":
-        from services.trainer import deep_ranker
+        try:
+            from services.trainer import deep_ranker
+        except ImportError as e:  # installed but not importable: the same one line as when it is missing
+            raise ValueError(f"ranker.family {params.family} {NEEDS_DEEP} ({e})") from None
 
         return Ensemble([deep_ranker.train(groups, params, n_items, seed, threads)])
     import lightgbm as lgb
