@@ -189,8 +189,17 @@ def recall(model: Towers, data: FitData, ex: Examples, k: int) -> float:
     return hits / len(ex)
 
 
-def train(data: FitData, params: TwoTowerParams) -> tuple[F32, UserTower]:
-    """(item vectors (items, dim), the numpy user tower), from the epoch of best validation recall."""
+@dataclass(frozen=True)
+class Trained:
+    vectors: F32  # (items, dim) the item tower's, unit length
+    tower: UserTower
+    validation_recall: list[float]  # after each epoch run
+    best_epoch: int  # whose weights these are (0-based)
+    validation: Examples
+
+
+def train(data: FitData, params: TwoTowerParams) -> Trained:
+    """The towers of the epoch of best validation recall."""
     ex = examples(data, params.window)
     training, validation = held_out(ex)
     if training.size < 2:
@@ -209,9 +218,9 @@ def train(data: FitData, params: TwoTowerParams) -> tuple[F32, UserTower]:
         optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
         rng = np.random.default_rng(data.seed)
         val = ex.take(validation)
-        best, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
+        best, best_state, best_epoch, stale = -1.0, copy.deepcopy(model.state_dict()), 0, 0
         history: list[float] = []
-        for _epoch in range(params.epochs):
+        for epoch in range(params.epochs):
             model.train()
             shuffled = rng.permutation(training)
             for start in range(0, training.size, params.batch):
@@ -226,7 +235,7 @@ def train(data: FitData, params: TwoTowerParams) -> tuple[F32, UserTower]:
             found = recall(model, data, val, params.validation_k) if len(val) else 0.0
             history.append(round(found, 6))
             if found > best:
-                best, best_state, stale = found, copy.deepcopy(model.state_dict()), 0
+                best, best_state, best_epoch, stale = found, copy.deepcopy(model.state_dict()), epoch, 0
             else:
                 stale += 1
                 if stale >= params.patience:
@@ -234,12 +243,16 @@ def train(data: FitData, params: TwoTowerParams) -> tuple[F32, UserTower]:
         model.load_state_dict(best_state)
         log.info(
             "two-tower trained",
-            extra={"epochs": len(history), f"validation_recall@{params.validation_k}": history},
+            extra={
+                "epochs": len(history),
+                "best_epoch": best_epoch,
+                f"validation_recall@{params.validation_k}": history,
+            },
         )
         vectors, tower = model.item_vectors(), model.user_tower()
     if not np.isfinite(vectors).all():
         raise FitError("twotower", "the fit diverged (non-finite item vectors)")
-    return vectors, tower
+    return Trained(vectors, tower, history, best_epoch, val)
 
 
 def batch_loss(model: Towers, batch: Examples, log_q: torch.Tensor, params: TwoTowerParams) -> torch.Tensor:

@@ -104,3 +104,29 @@ def test_without_the_deep_extra_a_pipeline_naming_the_source_says_which_extra(tm
         "recsys train: source twotower needs PyTorch, the optional extra recsys[deep]: pip install 'recsys[deep]'"
     ]
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_training_stops_early_and_keeps_the_best_epoch() -> None:
+    """Validation recall after each epoch; training stops `patience` epochs after the best, and the
+    towers returned are the best epoch's: served (numpy, over the whole catalogue, the user's other
+    items excluded) they find the held-out items as often as that epoch did."""
+    from services.trainer import two_tower
+
+    s = small_slice()
+    p = params("twotower", epochs=40, patience=2, learning_rate=3e-2)
+    trained = two_tower.train(s.data, p)
+    history = trained.validation_recall
+    assert trained.best_epoch == int(np.argmax(history))
+    assert len(history) < p.epochs  # a learning rate this high overfits the small slice: it stopped
+    assert len(history) == trained.best_epoch + 1 + p.patience
+    val, pad = trained.validation, s.universe.n_items
+    hits = 0
+    for row in range(len(val)):
+        recent = np.sort(val.recent[row][val.recent[row] != pad])
+        query = trained.tower.query(recent, int(val.prior[row]))
+        assert query is not None
+        scores = trained.vectors @ query
+        target = scores[val.targets[row]]
+        scores[s.data.matrix[val.users[row]].indices] = -np.inf
+        hits += int((scores > target).sum() < p.validation_k)
+    assert abs(hits / len(val) - history[trained.best_epoch]) <= 0.01

@@ -136,8 +136,9 @@ class TwoTower(VectorSource):
             from services.trainer import two_tower
         except ImportError:
             raise FitError(cls.name, NEEDS_DEEP) from None
-        vectors, tower = two_tower.train(data, params)
-        return cls(params, vectors, flat_index(vectors), {"type": "flat"}, tower).tuned(
+        trained = two_tower.train(data, params)
+        vectors = trained.vectors
+        return cls(params, vectors, flat_index(vectors), {"type": "flat"}, trained.tower).tuned(
             data.histories(), params.index, params.recall_target, data.seed
         )
 
