@@ -107,10 +107,11 @@ async def handlers(
             for start in range(0, len(feedback), FEEDBACK_BATCH):
                 await store.append_events(feedback[start : start + FEEDBACK_BATCH])
             features = FeatureServicer(store, FileCatalogue(Path(tmp) / "catalogue.jsonl"))
+            context: Any = None  # valid requests never touch the context
             # the live catalogue from this process's features servicer, not from a features address
             retrieval = RetrievalService(
                 RetrievalConfig(),
-                lambda after: features.GetCatalogue(GetCatalogueRequest(after_version=after), None),
+                lambda after: features.GetCatalogue(GetCatalogueRequest(after_version=after), context),
             )
             await retrieval.load(served)
             ranking = RankingService(RankingConfig(compiled_trees=False))

@@ -4,6 +4,8 @@ counts alike whatever the scale of its raw scores (one model's order is its raw 
 
 The trainer scores with LightGBM boosters; the ranking service with the same trees compiled
 (services/ranking/trees.py), which agree to 1e-6. Files: `ranker_<i>.txt`, one LightGBM model each.
+A deep family (DCN-v2, DeepFM) is one model, `ranker.onnx`, scored with onnxruntime
+(services/ranking/onnx_scorer.py); it also reads each candidate's item row.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import numpy.typing as npt
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+Rows = npt.NDArray[np.int64]
+
+#: The file of a deep family's model.
+ONNX_FILE = "ranker.onnx"
 
 
 def model_file(i: int) -> str:
@@ -24,7 +30,10 @@ def model_file(i: int) -> str:
 
 
 class Model(Protocol):
-    def predict(self, matrix: F32) -> F64: ...
+    def predict(self, matrix: F32, items: Rows | None = None) -> F64:
+        """Raw scores of the rows of `matrix`; `items`: each row's item row (-1 unknown), for the models
+        with item embeddings (the trees ignore it; None: every item unknown)."""
+        ...
 
     def contributions(self, matrix: F32) -> F64:
         """(n, features + 1): each feature's SHAP contribution to the raw score, then the base value."""
@@ -45,11 +54,11 @@ class Ensemble:
             raise ValueError("a ranker needs at least one model")
         self.models = list(models)
 
-    def score(self, matrix: F32) -> F64:
-        """The scores of one user's candidate list (rows of `matrix`)."""
+    def score(self, matrix: F32, items: Rows | None = None) -> F64:
+        """The scores of one user's candidate list (rows of `matrix`, of the item rows `items`)."""
         if matrix.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
-        return combine([m.predict(matrix) for m in self.models])
+        return combine([m.predict(matrix, items) for m in self.models])
 
     def explain(self, matrix: F32, rows: npt.NDArray[np.int64]) -> tuple[F64, F64]:
         """For the candidates `rows` of one list (`matrix`): (base (len(rows),), contributions
@@ -67,12 +76,12 @@ class Ensemble:
             base += (parts[:, -1] - raw.mean()) / scale
         return base, total
 
-    def score_lists(self, matrix: F32, lengths: Sequence[int]) -> list[F64]:
+    def score_lists(self, matrix: F32, lengths: Sequence[int], items: Rows | None = None) -> list[F64]:
         """`score` of several lists stacked in `matrix` (the models predict each row on its own, so one
         call over the stack gives every list exactly the scores `score` would)."""
         if matrix.shape[0] == 0:
             return [np.empty(0, dtype=np.float64) for _ in lengths]
-        raw = [m.predict(matrix) for m in self.models]
+        raw = [m.predict(matrix, items) for m in self.models]
         bounds = np.cumsum([0, *lengths])
         return [
             combine([r[a:b] for r in raw]) if b > a else np.empty(0, dtype=np.float64)

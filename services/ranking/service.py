@@ -35,12 +35,15 @@ from services.common.diversity import POOL_FACTOR, mmr
 from services.common.drift import Histogram
 from services.common.fusion import CandidateColumns
 from services.common.meters import meter
-from services.common.ranker import Ensemble, model_file
+from services.common.ranker import ONNX_FILE, Ensemble, model_file
+from services.common.ranker import Model as RankerModel
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, assemble, ranker_features
 from services.common.rpc import handler, require, require_max_len
 from services.common.server import ServerConfig
 from services.common.versions import ServedVersions
 from services.ranking.monitor import FeatureMonitor, Window
+from services.ranking.onnx_scorer import FAMILIES as ONNX_FAMILIES
+from services.ranking.onnx_scorer import OnnxScorer
 from services.ranking.trees import TreeScorer, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Config(ServerConfig):
         "ranked candidates leave empty)",
         share,
     )
+    onnx_threads: int = option(1, "onnxruntime intra-op threads of a deep ranker (per request)", positive)
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class Model:
     version: str
     sources: list[str]
     feature_names: list[str]
-    scorers: list[TreeScorer]
+    family: str  # the ranker family (manifest ranker.family): lightgbm, dcnv2, deepfm
+    scorers: list[TreeScorer]  # the trees to compile (none for a deep family)
     ranker: Ensemble
     item_row: dict[str, int]
     item_features: npt.NDArray[np.float32]  # (items, len(ITEM_FEATURES)), rows as item_ids.json
@@ -108,11 +113,24 @@ class Model:
                     f"{what}: manifest features.{key} differ from what this ranking service assembles "
                     "(train and serve versions disagree)"
                 )
-        count = int((manifest.get("ranker") or {}).get("models") or 0)
+        ranker_info = manifest.get("ranker") or {}
+        family = str(ranker_info.get("family") or "lightgbm")
+        count = int(ranker_info.get("models") or 0)
         if count < 1:
             raise ArtifactError(f"{what}: manifest ranker.models names no model")
-        scorers = []
-        for i in range(count):
+        scorers: list[TreeScorer] = []
+        models: list[RankerModel] = []
+        if family in ONNX_FAMILIES:
+            schema = list((ranker_info.get("inputs") or {}).get("features") or [])
+            if schema != names:
+                raise ArtifactError(
+                    f"{what}: manifest ranker.inputs.features ({len(schema)}) differ from the ranker features "
+                    f"({len(names)})"
+                )
+            models.append(OnnxScorer(version.file(ONNX_FILE), len(names), config.onnx_threads, what))
+        elif family != "lightgbm":
+            raise ArtifactError(f"{what}: manifest ranker.family {family!r} is not one this service scores")
+        for i in range(count if family == "lightgbm" else 0):
             path = version.file(model_file(i))
             try:
                 booster = lgb.Booster(model_file=str(path))
@@ -123,6 +141,7 @@ class Model:
                     f"{what}: {path.name} takes {booster.num_feature()} features, the manifest lists {len(names)}"
                 )
             scorers.append(TreeScorer(booster, path))
+            models.append(scorers[-1])
         item_ids = json.loads(version.file("item_ids.json").read_text())
         item_features = np.load(version.file("item_features.npy"), allow_pickle=False)
         if not isinstance(item_ids, list) or item_features.shape != (len(item_ids), len(ITEM_FEATURES)):
@@ -141,14 +160,18 @@ class Model:
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{what}: manifest features.reference.ranker is malformed ({e})") from e
         monitor = FeatureMonitor(names, reference, config.drift_sample_rows, config.drift_window_seconds)
-        ranker = Ensemble(scorers)
+        ranker = Ensemble(models)
         # One scoring call proves the models and the assembly agree before the version is served.
         probe = CandidateColumns(np.zeros(2, np.int64), np.zeros(2, np.float32), ["", ""], {})
-        ranker.score(assemble(sources, np.empty(0, np.float32), np.zeros((2, len(ITEM_FEATURES))), probe))
+        ranker.score(
+            assemble(sources, np.empty(0, np.float32), np.zeros((2, len(ITEM_FEATURES))), probe),
+            np.array([0, -1], dtype=np.int64),
+        )
         return cls(
             version.version,
             sources,
             names,
+            family,
             scorers,
             ranker,
             {str(item): i for i, item in enumerate(item_ids)},
@@ -263,7 +286,7 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
 
     def _compile_later(self, model: Model) -> None:
         """Compile the trees in the background; until then (or if it fails) LightGBM scores."""
-        if not self.config.compiled_trees:
+        if not self.config.compiled_trees or not model.scorers:  # a deep family has no trees
             return
 
         async def compile_trees() -> None:
@@ -326,7 +349,9 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         rows = model.rows(ids)
         matrix = model.features(request, rows)
         scores = (
-            await asyncio.to_thread(model.ranker.score, matrix) if n > 2000 else model.ranker.score(matrix)
+            await asyncio.to_thread(model.ranker.score, matrix, rows)
+            if n > 2000
+            else model.ranker.score(matrix, rows)
         )
         seen = set(request.user.seen_item_ids)
         if len(set(ids)) == n:  # retrieval sends distinct items; a caller may not
@@ -358,7 +383,14 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if request.debug:
             response.features = matrix[top].astype("<f4").tobytes()
             response.feature_names.extend(model.feature_names)
-        if request.explain:
+        if request.explain and model.family != "lightgbm":
+            # per-feature contributions come from the trees (SHAP): a deep family says so per item
+            why = f"the {model.family} ranker gives no per-feature contributions (tree rankers do)"
+            response.explanations.extend(
+                common_pb2.Explanation(item_id=ids[i], ranker_score=float(scores[i]), unavailable=why)
+                for i in top.tolist()
+            )
+        elif request.explain:
             response.explanations.extend(
                 await asyncio.to_thread(explain, model, request.candidates, matrix, scores, top)
             )

@@ -34,7 +34,9 @@ class TreeScorer:
     def kind(self) -> str:
         return "lleaves" if self.compiled is not None else "lightgbm"
 
-    def predict(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def predict(
+        self, matrix: npt.NDArray[np.float32], items: npt.NDArray[np.int64] | None = None
+    ) -> npt.NDArray[np.float64]:
         compiled = self.compiled  # one reference: compile() may swap it in meanwhile
         if compiled is not None:
             scores: npt.NDArray[np.float64] = compiled.predict(matrix.astype(np.float64), n_jobs=1)

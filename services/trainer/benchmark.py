@@ -17,7 +17,9 @@ from services.trainer.pipeline import Fitted, PipelineConfig, Progress, fit
 
 
 def feature_importance(fitted: Fitted) -> dict[str, float]:
-    """Total gain per ranker feature, averaged over the ranker's models."""
+    """Total gain per ranker feature, averaged over the ranker's models (none for a deep family)."""
+    if fitted.config.ranker.family != "lightgbm":
+        return {}
     gains = [
         np.asarray(m.booster.feature_importance(importance_type="gain"), dtype=np.float64)  # type: ignore[attr-defined]
         for m in fitted.ranker.models

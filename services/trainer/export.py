@@ -6,6 +6,7 @@
     user_history.json                 every user's items, most recent first (the features service)
     <source>.*                        each source's own files (services.common.sources)
     ranker_<i>.txt                    the ranker's LightGBM models (services.common.ranker)
+    ranker.onnx                       or a deep family's model (manifest ranker.family, ranker.inputs)
     interactions.npz                  the interactions it was fitted on (the next incremental run's base)
     manifest.json                     pipeline settings, feature schema, metrics, sha256 of every file
 
@@ -76,9 +77,14 @@ def export(
             np.save(staging / DIVERSITY_FILE, universe.genres.astype(np.float32))
         if interactions is not None:
             interactions.save(staging / INTERACTIONS_FILE)
-        for i, model in enumerate(fitted.ranker.models):
-            assert isinstance(model, Booster)
-            model.booster.save_model(str(staging / served_ranker.model_file(i)))
+        family = fitted.config.ranker.family
+        ranker_info: dict[str, Any] = {"family": family, "models": len(fitted.ranker.models)}
+        if family == "lightgbm":
+            for i, model in enumerate(fitted.ranker.models):
+                assert isinstance(model, Booster)
+                model.booster.save_model(str(staging / served_ranker.model_file(i)))
+        else:
+            ranker_info.update(export_onnx(staging, fitted))
         full = {
             **manifest,
             "pipeline": {
@@ -96,10 +102,36 @@ def export(
                 "dtype": "float32",
                 "reference": feature_references(fitted),
             },
-            "ranker": {"models": len(fitted.ranker.models), "fit": fitted.info},
+            "ranker": {**ranker_info, "fit": fitted.info},
             "diversity": {"file": diversity},
         }
         return publish(root, staging, version, full, promote=promote)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def export_onnx(staging: Path, fitted: Fitted) -> dict[str, Any]:
+    """Write the deep ranker as `ranker.onnx`, checked against torch on real candidate rows (some users'
+    candidates in the fitted pipeline); the manifest's description of its inputs."""
+    import numpy as np
+
+    from services.trainer.deep_ranker import INPUTS, OUTPUT, DeepModel
+
+    (model,) = fitted.ranker.models
+    assert isinstance(model, DeepModel)
+    stage = fitted.stage
+    users = sorted(stage.histories)[:: max(1, len(stage.histories) // 20)]
+    cands = [stage.candidates(u, fitted.config) for u in users]
+    probe = np.vstack([stage.features(u, c, fitted.config) for u, c in zip(users, cands, strict=True)])
+    rows = np.concatenate([c.rows for c in cands]).astype(np.int64)
+    error = model.export_onnx(staging / served_ranker.ONNX_FILE, probe, rows)
+    return {
+        "file": served_ranker.ONNX_FILE,
+        "inputs": {
+            INPUTS[0]: fitted.config.feature_names,
+            INPUTS[1]: "item rows of item_ids.json (-1 unknown)",
+        },
+        "output": OUTPUT,
+        "onnx_max_abs_error": error,
+    }

@@ -29,11 +29,12 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from services.common.extras import deep_missing
 from services.common.fusion import CandidateColumns, FusionParams, generate
 from services.common.ranker import Ensemble
 from services.common.ranker_features import assemble, ranker_features
 from services.common.sources import SOURCE_NAMES, source_class
-from services.common.sources.base import History, Source
+from services.common.sources.base import History, Rows, Source
 from services.trainer import ranker
 from services.trainer.data import Dataset, Log
 from services.trainer.protocols import Protocol
@@ -71,6 +72,10 @@ class PipelineConfig:
         unknown = [s for s in self.sources if s not in SOURCE_NAMES]
         if unknown or not self.sources:
             raise ValueError(f"sources: unknown {unknown} (known: {', '.join(SOURCE_NAMES)})")
+        for name in self.sources:
+            problem = source_class(name).unavailable()
+            if problem:
+                raise ValueError(f"source {name} {problem}")
         if len(set(self.sources)) != len(self.sources):
             raise ValueError(f"sources: listed twice in {','.join(self.sources)}")
         missing = [s for s in self.fusion.fused if s not in self.sources]
@@ -85,6 +90,17 @@ class PipelineConfig:
             )
         if self.ranker.rounds < 1 or self.ranker.seeds < 1 or self.ranker.num_leaves < 2:
             raise ValueError("ranker: rounds and seeds must be >= 1, num_leaves >= 2")
+        if self.ranker.family not in ranker.FAMILIES:
+            raise ValueError(f"ranker.family: {self.ranker.family!r} (known: {', '.join(ranker.FAMILIES)})")
+        if self.ranker.family != "lightgbm":
+            problem = deep_missing()
+            if problem:
+                raise ValueError(f"ranker.family {self.ranker.family} {problem}")
+            r = self.ranker
+            if min(r.deep_epochs, r.deep_embedding, r.deep_hidden, r.deep_groups_per_batch) < 1:
+                raise ValueError(
+                    "ranker: deep_epochs, deep_embedding, deep_hidden, deep_groups_per_batch must be >= 1"
+                )
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         self.protocol.check()
@@ -234,21 +250,23 @@ class Fitted:
         cands = [self.stage.candidates(u, self.config) for u in progress.bar(users, "candidates")]
         matrix = [self.stage.features(u, c, self.config) for u, c in zip(users, cands, strict=True)]
         stacked = np.vstack(matrix) if matrix else np.empty((0, len(self.config.feature_names)), np.float32)
-        scores = self.ranker.score_lists(stacked, [len(c) for c in cands])
+        rows = np.concatenate([c.rows for c in cands]) if cands else None
+        scores = self.ranker.score_lists(stacked, [len(c) for c in cands], rows)
         return {u: (c, s) for u, c, s in zip(users, cands, scores, strict=True)}
 
 
 def labelled_groups(
     stage: Stage, label_log: Log, config: PipelineConfig, progress: Progress
-) -> tuple[list[tuple[F32, F64]], float]:
-    """One group per user of the labelling slice known to the fitting slice: (features, labels); and the
-    share of labelled interactions found among the candidates."""
+) -> tuple[list[tuple[F32, F64]], list[Rows], float]:
+    """One group per user of the labelling slice known to the fitting slice: (features, labels), and its
+    candidates' item rows; and the share of labelled interactions found among the candidates."""
     universe = stage.universe
     relevant: dict[str, set[int]] = {}
     for user, item in zip(label_log.users.tolist(), label_log.items.tolist(), strict=True):
         if user in stage.histories and item in universe.item_row:
             relevant.setdefault(user, set()).add(universe.item_row[item])
     groups: list[tuple[F32, F64]] = []
+    items: list[Rows] = []
     found = total = 0
     for user in progress.bar(sorted(relevant), "ranker groups"):
         cand = stage.candidates(user, config)
@@ -258,7 +276,8 @@ def labelled_groups(
         found += int(labels.sum())
         total += len(relevant[user])
         groups.append((stage.features(user, cand, config), labels))
-    return groups, found / max(1, total)
+        items.append(cand.rows)
+    return groups, items, found / max(1, total)
 
 
 def ranker_groups(
@@ -266,14 +285,16 @@ def ranker_groups(
 ) -> tuple[Groups, dict[str, Any]]:
     """Stage A's training data: the labelled groups of every label slice of `log_to_fit`, pooled."""
     parts: list[tuple[F32, F64]] = []
+    items: list[Rows] = []
     recalls: list[float] = []
     slices = config.protocol.slice_count()
     for i, (fit_slice, label_slice) in enumerate(config.protocol.label_slices(log_to_fit, config.seed)):
         progress_slice = Progress(progress.show, f"{progress.prefix}stage A slice {i + 1}/{slices}: ")
         stage = fit_stage(universe, fit_slice, config, config.seed + i, progress_slice)
         with progress_slice.step(f"groups ({len(label_slice)} labels)"):
-            groups, recall = labelled_groups(stage, label_slice, config, progress_slice)
+            groups, group_items, recall = labelled_groups(stage, label_slice, config, progress_slice)
         parts += groups
+        items += group_items
         recalls.append(recall)
         for name, seconds in progress_slice.seconds.items():
             progress.seconds[f"stage A {name}"] = round(
@@ -285,7 +306,7 @@ def ranker_groups(
         "rows": int(sum(len(y) for _, y in parts)),
         "label_recall_in_candidates": round(float(np.mean(recalls)), 6) if recalls else 0.0,
     }
-    return Groups.stack(parts, len(config.feature_names)), info
+    return Groups.stack(parts, len(config.feature_names), items), info
 
 
 def fit(data: Dataset, log_to_fit: Log, config: PipelineConfig, progress: Progress | None = None) -> Fitted:
@@ -295,10 +316,14 @@ def fit(data: Dataset, log_to_fit: Log, config: PipelineConfig, progress: Progre
     universe = Universe.build(data, log_to_fit)
     started = time.perf_counter()
     groups, info = ranker_groups(universe, log_to_fit, config, progress)
-    with progress.step(
-        f"ranker ({config.ranker.seeds} x {config.ranker.rounds} rounds on {len(groups.labels)} rows)"
-    ):
-        ensemble = ranker.train(groups, config.feature_names, config.ranker, config.seed, config.threads)
+    r = config.ranker
+    shape = (
+        f"{r.seeds} x {r.rounds} rounds" if r.family == "lightgbm" else f"{r.family}, {r.deep_epochs} epochs"
+    )
+    with progress.step(f"ranker ({shape} on {len(groups.labels)} rows)"):
+        ensemble = ranker.train(
+            groups, config.feature_names, config.ranker, config.seed, config.threads, universe.n_items
+        )
     with progress.step("stage B"):
         stage = fit_stage(universe, log_to_fit, config, config.seed, Progress(False))
     info["seconds"] = round(time.perf_counter() - started, 3)

@@ -16,7 +16,7 @@ ANCHOR: dict[str, dict[str, float]] = {
 }
 TARGET = {"map": 0.16, "ndcg@10": 0.50, "precision@10": 0.43, "recall@10": 0.23}
 ROWS = {
-    "pipeline": "two-stage: fused candidates + LightGBM ranker",
+    "pipeline": "two-stage: fused candidates + {family} ranker",
     "retrieval": "retrieval alone (reciprocal-rank fusion)",
     "ease": "EASE (baseline)",
     "cooc": "item-item co-occurrence (baseline)",
@@ -25,6 +25,7 @@ ROWS = {
     "seqease": "sequence EASE (baseline)",
     "recent": "recent interest: co-occurrence of the latest items (baseline)",
     "als": "ALS, implicit, folded in (baseline)",
+    "twotower": "two-tower, user tower on the live history (baseline)",
     "content": "content / genres and tags (baseline)",
     "popular": "popularity (baseline)",
 }
@@ -39,9 +40,12 @@ METRICS = (
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     acc = result["summary"]["accuracy"]
     rows = []
+    family = {"lightgbm": "LightGBM", "dcnv2": "DCN-v2", "deepfm": "DeepFM"}
+    ranker = str(result["pipeline"]["ranker"].get("family", "lightgbm"))
     for name, label in ROWS.items():
         if name in acc:
-            rows.append({"name": label, **{ours: acc[name][ours] for ours, _ in METRICS}})
+            named = label.format(family=family.get(ranker, ranker))
+            rows.append({"name": named, **{ours: acc[name][ours] for ours, _ in METRICS}})
     return rows
 
 
@@ -112,7 +116,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += ["", "## Feature importance (gain, mean over seeds, top 20)", ""]
     top = sorted(s["feature_importance"].items(), key=lambda kv: -kv[1])[:20]
-    lines += [f"- {name}: {value:.1f}" for name, value in top]
+    lines += [f"- {name}: {value:.1f}" for name, value in top] or ["(tree rankers only)"]
     lines += ["", "## Training time per stage (seconds, per seed)", ""]
     for run in result["per_seed"]:
         secs = {k: v for k, v in run["seconds"].items() if isinstance(v, float | int)}

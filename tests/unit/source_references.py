@@ -122,6 +122,19 @@ def als(data: FitData, user: int, params: object, vectors: F64) -> F64:
     return out
 
 
+def twotower(
+    data: FitData, user: int, params: object, vectors: F64, table: F64, w1: F64, b1: F64, w2: F64, b2: F64
+) -> F64:
+    """The user tower over the `window` latest items (their table rows averaged, then log1p of the
+    history's size), a ReLU layer and a linear one, normalised; against the item tower's vectors."""
+    history = _history(data, user)
+    recent = history[: params.window]  # type: ignore[attr-defined]
+    x = np.concatenate([table[recent].astype(np.float64).mean(axis=0), [np.log1p(history.size)]])
+    u = w2 @ np.maximum(w1 @ x + b1, 0.0) + b2
+    out: F64 = vectors.astype(np.float64) @ (u / np.linalg.norm(u))
+    return out
+
+
 def content(data: FitData, user: int, params: object) -> F64:
     v = data.content.astype(np.float64)
     profile = v[_binary(data, user) > 0].sum(axis=0)
@@ -134,7 +147,8 @@ def popular(data: FitData, user: int, params: object) -> F64:
     return out
 
 
-#: By source name: (data, user row, params) -> every item's score. ALS also needs its fitted vectors.
+#: By source name: (data, user row, params) -> every item's score. ALS also needs its fitted vectors,
+#: the two-tower source its item vectors and user tower.
 REFERENCES: dict[str, Callable[..., F64]] = {
     "ease": ease,
     "cooc": cooc,
@@ -143,6 +157,7 @@ REFERENCES: dict[str, Callable[..., F64]] = {
     "seqease": seqease,
     "recent": recent,
     "als": als,
+    "twotower": twotower,
     "content": content,
     "popular": popular,
 }

@@ -278,18 +278,27 @@ def test_an_item_only_held_out_is_not_in_the_catalogue() -> None:
     assert set(Universe.build(known, train).item_ids) == set(train.items.tolist())
 
 
-def test_recsys_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
-    data = tmp_path / "log.csv"
+def synthetic_csv(path: Path) -> Path:
+    """`synthetic()`'s log as the CSV `recsys evaluate` reads."""
     log = synthetic().log
-    data.write_text(
+    path.write_text(
         "user,item,rating,timestamp\n"
         + "".join(
             f"{u},{i},{r},{int(t)}\n"
             for u, i, r, t in zip(log.users, log.items, log.ratings, log.timestamps, strict=True)
         )
     )
+    return path
+
+
+def evaluate_settings() -> list[str]:
+    return [arg for pair in dataclasses.astuple(Settings()) for arg in ("--set", pair)]
+
+
+def test_recsys_evaluate_writes_report_and_plots(tmp_path: Path) -> None:
+    data = synthetic_csv(tmp_path / "log.csv")
     out = tmp_path / "report"
-    settings = [arg for pair in dataclasses.astuple(Settings()) for arg in ("--set", pair)]
+    settings = evaluate_settings()
     assert main(["evaluate", "--data", str(data), "--out", str(out), "--seeds", "1", *settings]) == 0
     report = json.loads((out / "report.json").read_text())
     assert {"pipeline", "retrieval", "ease", "popular"} <= set(report["summary"]["accuracy"])

@@ -20,7 +20,9 @@ import pytest
 
 from services.common.artifacts import ArtifactError, ArtifactVersion, open_version, publish, staging_dir
 from services.common.sources import SOURCE_NAMES, source_class
+from services.common.sources.als import Als
 from services.common.sources.base import FitData, FitError, History, Source, exclusion
+from services.common.sources.two_tower import TwoTower
 from services.trainer.data import load
 from services.trainer.universe import Universe
 from tests.support import BUNDLED_DATA
@@ -33,6 +35,7 @@ EXACT: dict[str, dict[str, Any]] = {
     "seq": {"neighbours": 100_000},
     "seqease": {"neighbours": 100_000},
     "als": {"factors": 16, "iterations": 6},
+    "twotower": {"dim": 16, "hidden": 32, "epochs": 4},
 }
 #: A setting each source refuses to fit with, and the words the error must contain.
 BAD: dict[str, tuple[dict[str, Any], str]] = {
@@ -43,6 +46,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "seqease": ({"lam": -1.0}, "lam must be > 0"),
     "recent": ({"window": 0}, "window must be >= 1"),
     "als": ({"regularization": 0.0}, "regularization and alpha must be > 0"),
+    "twotower": ({"window": 0}, "window=0: must be >= 1"),
     "content": ({}, "needs (items, d) content vectors"),
     "popular": ({"half_life_days": -1.0}, "half_life_days must be >= 0"),
 }
@@ -99,6 +103,16 @@ def export(source: Source, root: Path, version: str = "v1") -> ArtifactVersion:
     return open_version(root, version)
 
 
+def fitted_inputs(source: Source) -> tuple[Any, ...]:
+    """What a source's reference needs of the fit itself (learned weights), beyond the data."""
+    if isinstance(source, TwoTower):
+        t = source.tower
+        return (source.vectors, t.table, t.w1, t.b1, t.w2, t.b2)
+    if isinstance(source, Als):
+        return (source.vectors,)
+    return ()
+
+
 def user_row(user: str) -> int:
     return small_slice().universe.user_row[user]
 
@@ -112,7 +126,7 @@ def test_every_source_has_a_reference() -> None:
 def test_scores_are_the_reference_for_every_item(name: str) -> None:
     s = small_slice()
     source = fitted(name)
-    extra = (source.vectors,) if name == "als" else ()  # type: ignore[attr-defined]
+    extra = fitted_inputs(source)
     every = np.arange(s.universe.n_items)
     for user in s.users:
         expected = REFERENCES[name](s.data, user_row(user), params(name), *extra)
@@ -200,7 +214,8 @@ def test_a_live_click_changes_the_candidates_at_once() -> None:
     user = s.users[0]
     history = s.histories[user]
     before = {
-        n: fitted(n).scores(history).top(20, exclusion(history.as_set))[0] for n in ("ease", "recent", "als")
+        n: fitted(n).scores(history).top(20, exclusion(history.as_set))[0]
+        for n in ("ease", "recent", "als", "twotower")
     }
     clicked = before["ease"][0]
     after_history = History.of(np.concatenate([[clicked], history.items]))

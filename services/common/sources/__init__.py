@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "seqease": "services.common.sources.sequence_ease:SequenceEase",
     "recent": "services.common.sources.recent:Recent",
     "als": "services.common.sources.als:Als",
+    "twotower": "services.common.sources.two_tower:TwoTower",
     "content": "services.common.sources.content:Content",
     "popular": "services.common.sources.popularity:Popularity",
 }

@@ -136,6 +136,12 @@ class Source(abc.ABC):
         self.params = params
 
     @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this source cannot be fitted in this environment (an optional extra not installed), in
+        one line; None when it can. Checked before any fit, so a pipeline fails before its work starts."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def fit(cls, data: FitData, params: Any) -> Source:
         """Fit on one slice; FitError (naming the source) when it cannot."""

@@ -75,12 +75,21 @@ class VectorSource(Source):
         cls, params: Any, vectors: F32, sample: list[History], kind: str, recall_target: float, seed: int
     ) -> Self:
         """An instance over `vectors` with the index of `kind`, tuned on the queries of `sample`."""
-        probe = cls(params, vectors, _flat(vectors), {"type": "flat"})
-        queries = [q for q in (probe.query(h) for h in sample[:TUNING_QUERIES]) if q is not None]
-        index, info = build_index(
-            vectors, kind, np.stack(queries) if queries else None, recall_target=recall_target, seed=seed
+        return cls(params, vectors, flat_index(vectors), {"type": "flat"}).tuned(
+            sample, kind, recall_target, seed
         )
-        return cls(params, vectors, index, info)
+
+    def tuned(self, sample: list[History], kind: str, recall_target: float, seed: int) -> Self:
+        """This source over the index of `kind`, tuned on the queries this source makes of `sample`."""
+        queries = [q for q in (self.query(h) for h in sample[:TUNING_QUERIES]) if q is not None]
+        index, info = build_index(
+            self.vectors, kind, np.stack(queries) if queries else None, recall_target=recall_target, seed=seed
+        )
+        return self.with_index(index, info)
+
+    def with_index(self, index: Any, index_info: dict[str, Any]) -> Self:
+        """This source over another index of the same vectors."""
+        return type(self)(self.params, self.vectors, index, index_info)
 
     @classmethod
     def load(cls, version: ArtifactVersion, n_items: int) -> Self:
@@ -119,7 +128,8 @@ class VectorSource(Source):
         return vectors, index
 
 
-def _flat(vectors: F32) -> Any:
+def flat_index(vectors: F32) -> Any:
+    """Exact inner-product search over `vectors`."""
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index

@@ -1,0 +1,212 @@
+"""The ranker families side by side: LightGBM (the default), DCN-v2 and DeepFM, each trained by the one
+pipeline (`recsys evaluate`'s fit, `ranker.family=...`) on the published ML-100k protocol (stratified by
+item 75 / 25, seeds 42, 43, 44) and scored on its test split: MAP / nDCG / P / R@10, the ranker's
+training time, and the SERVED scorer's latency for one list of 500 candidates on CPU, one thread and two
+(LightGBM: the compiled trees the ranking service swaps in; DCN-v2 / DeepFM: the exported ONNX model in
+onnxruntime, as the ranking service loads it from the artifact version).
+
+    .venv/bin/python bench/ranker_families.py [--seeds 42 43 44] [--data DIR] [--set NAME=VALUE ...]
+
+Writes bench/results/ranker_families.json and bench/results/ranker_families.png, prints the table.
+Latencies are ratios between families measured in one run (docs: the machines differ in speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.validation import load_ml100k  # noqa: E402
+from services.common.fusion import generate  # noqa: E402
+from services.common.ranker import combine  # noqa: E402
+from services.ranking.service import Config, Model  # noqa: E402
+from services.trainer.benchmark import aggregate  # noqa: E402
+from services.trainer.data import Dataset  # noqa: E402
+from services.trainer.evaluate_cli import DEFAULT_CACHE  # noqa: E402
+from services.trainer.evaluation import evaluate  # noqa: E402
+from services.trainer.export import export  # noqa: E402
+from services.trainer.pipeline import Fitted, PipelineConfig, Progress, fit  # noqa: E402
+from services.trainer.protocols import Protocol  # noqa: E402
+
+FAMILIES = ("lightgbm", "dcnv2", "deepfm")
+METRICS = ("map@10", "ndcg@10", "precision@10", "recall@10")
+LIST = 500  # candidates per latency measurement
+REPEATS = 200  # scored lists per latency setting (after a warm-up)
+
+
+def latency_lists(fitted: Fitted, users: int = 20) -> list[tuple[Any, Any]]:
+    """(feature rows, item rows) of `LIST` candidates for some users, as the ranking service gets them."""
+    stage, config = fitted.stage, fitted.config
+    out = []
+    for user in sorted(stage.histories)[:: max(1, len(stage.histories) // users)][:users]:
+        cand = generate(
+            stage.sources, stage.histories[user], LIST, dataclasses.replace(config.fusion, depth=LIST)
+        )
+        out.append((stage.features(user, cand, config), cand.rows))
+    return out
+
+
+def timed(score: Any, lists: list[tuple[Any, Any]]) -> dict[str, float]:
+    for matrix, rows in lists[:5]:
+        score(matrix, rows)
+    took = []
+    for i in range(REPEATS):
+        matrix, rows = lists[i % len(lists)]
+        start = time.perf_counter()
+        score(matrix, rows)
+        took.append((time.perf_counter() - start) * 1000)
+    return {
+        "p50_ms": round(float(np.percentile(took, 50)), 3),
+        "p95_ms": round(float(np.percentile(took, 95)), 3),
+    }
+
+
+def served_latency(fitted: Fitted, work: Path) -> dict[str, dict[str, float]]:
+    """Per thread count, the served scorer's latency over `LIST` candidates."""
+    version = export(work, fitted, {})
+    lists = latency_lists(fitted)
+    out: dict[str, dict[str, float]] = {}
+    for threads in (1, 2):
+        model = Model.load(version, Config(onnx_threads=threads))
+        if model.family == "lightgbm":
+            compiled = [s.compiled for s in model.scorers if s.compile(work / "lleaves")]
+            if len(compiled) != len(model.scorers):
+                raise SystemExit("the compiled trees disagree with LightGBM")
+
+            # the served path scores on one thread (TreeScorer); two: the same compiled trees, n_jobs=2
+            def trees(matrix: Any, rows: Any, n_jobs: int = threads, models: list[Any] = compiled) -> Any:
+                x = matrix.astype(np.float64)
+                return combine([c.predict(x, n_jobs=n_jobs) for c in models])
+
+            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(trees, lists)
+        else:
+            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(model.ranker.score, lists)
+    return out
+
+
+def run(data: Dataset, family: str, seed: int, settings: list[str], work: Path) -> dict[str, Any]:
+    base = PipelineConfig(protocol=Protocol(name="stratified"), seed=seed)
+    config = base.with_settings([f"ranker.family={family}", *settings])
+    train, test = config.protocol.holdout(data.log, seed)
+    progress = Progress(True, f"{family} seed {seed}: ")
+    fitted = fit(data.known_from(train), train, config, progress)
+    scored = evaluate(fitted, test)["accuracy"]
+    accuracy = scored["pipeline"]
+    ranker_seconds = sum(v for k, v in progress.seconds.items() if k.startswith("ranker ("))
+    result = {
+        "family": family,
+        "seed": seed,
+        "accuracy": {m: accuracy[m] for m in METRICS},
+        "popular": {m: scored["popular"][m] for m in METRICS},
+        "ranker_training_seconds": round(ranker_seconds, 2),
+        "latency_500": served_latency(fitted, work / f"{family}-{seed}"),
+    }
+    print(f"{family} seed {seed}: {result}", file=sys.stderr, flush=True)
+    return result
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    x = np.arange(len(FAMILIES))
+    for i, metric in enumerate(METRICS):
+        means = [summary[f]["accuracy"][metric]["mean"] for f in FAMILIES]
+        stds = [summary[f]["accuracy"][metric]["std"] for f in FAMILIES]
+        axes[0].bar(x + (i - 1.5) * 0.2, means, 0.2, yerr=stds, label=metric)
+    axes[0].set_xticks(x, FAMILIES)
+    axes[0].set_title("accuracy on the test split (mean ± std over seeds)")
+    axes[0].legend()
+    axes[1].bar(x, [summary[f]["ranker_training_seconds"]["mean"] for f in FAMILIES])
+    axes[1].set_xticks(x, FAMILIES)
+    axes[1].set_title("ranker training (s, mean over seeds)")
+    for j, threads in enumerate(("1_thread", "2_threads")):
+        axes[2].bar(
+            x + (j - 0.5) * 0.35,
+            [summary[f]["latency_500"][threads]["mean"] for f in FAMILIES],
+            0.35,
+            label=threads,
+        )
+    axes[2].set_xticks(x, FAMILIES)
+    axes[2].set_title(f"served scoring of {LIST} candidates, p50 (ms)")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_CACHE, help="MovieLens 100k directory (u.data)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ranker_families.json")
+    args = parser.parse_args()
+    data = load_ml100k(args.data)
+    # torch and the optimisers' compiler stack load on first use: here, so no family's training time
+    # includes them
+    import torch._dynamo  # noqa: F401
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [run(data, f, seed, args.settings, Path(tmp)) for f in FAMILIES for seed in args.seeds]
+    summary: dict[str, Any] = {}
+    for family in FAMILIES:
+        mine = [r for r in runs if r["family"] == family]
+        summary[family] = {
+            "accuracy": {m: aggregate([r["accuracy"][m] for r in mine]) for m in METRICS},
+            "ranker_training_seconds": aggregate([r["ranker_training_seconds"] for r in mine]),
+            "latency_500": {
+                t: aggregate([r["latency_500"][t]["p50_ms"] for r in mine]) for t in mine[0]["latency_500"]
+            },
+        }
+    # the same split per seed for every family: popularity's row once
+    popular = {m: aggregate([r["popular"][m] for r in runs if r["family"] == FAMILIES[0]]) for m in METRICS}
+    summary["popular"] = {"accuracy": popular}
+    result = {
+        "protocol": "ML-100k, stratified by item 75/25 (the published protocol)",
+        "seeds": args.seeds,
+        "settings": args.settings,
+        "per_run": runs,
+        "summary": summary,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    png = args.out.with_suffix(".png")
+    plot(summary, png)
+    header = "".join(f"{m:>14}" for m in METRICS) + f"{'train s':>10}{'1 thr ms':>10}{'2 thr ms':>10}"
+    print(f"{'family':10}{header}")
+    print(
+        f"{'popular':10}" + "".join(f"{popular[m]['mean']:>8.4f} ±{popular[m]['std']:.3f}" for m in METRICS)
+    )
+    for family in FAMILIES:
+        s = summary[family]
+        cells = "".join(f"{s['accuracy'][m]['mean']:>8.4f} ±{s['accuracy'][m]['std']:.3f}" for m in METRICS)
+        lat = s["latency_500"]
+        print(
+            f"{family:10}{cells}{s['ranker_training_seconds']['mean']:>10.1f}"
+            f"{lat['1_thread']['mean']:>10.2f}{lat['2_threads']['mean']:>10.2f}"
+        )
+    print(f"written {args.out} and {png}; wall time {result['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
