@@ -205,3 +205,24 @@ def test_the_catalogue_survives_a_features_restart(live: LocalPlatform, client: 
         changed=0, catalogue_version=version
     )
     assert ids(client.similar_items("durable", k=3))
+
+
+def test_the_cli_verbs_over_the_wire(
+    live: LocalPlatform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main
+
+    gateway = ["--gateway", live.address("gateway")]
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"item_id": "cli-1", "categories": ["Comedy"]}\n{"item_id": "cli-2", "categories": ["Drama"]}\n'
+    )
+    assert main(["items", "upsert", str(path), *gateway]) == 0
+    assert "upserted 2 items" in capsys.readouterr().out
+    assert main(["items", "hide", "cli-2", *gateway]) == 0
+    assert "hide: 1 changed" in capsys.readouterr().out
+    assert main(["similar", "--item", "cli-1", "-k", "5", *gateway]) == 0
+    out = capsys.readouterr().out
+    assert "cli-1 " not in out and "cli-2" not in out and len(out.strip().splitlines()) == 5
+    assert main(["similar", "--item", "cli-2", *gateway]) == 2  # hidden: NOT_FOUND, one line
+    assert capsys.readouterr().err.startswith("recsys similar: NOT_FOUND")
