@@ -228,7 +228,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         )
         # One reference for the whole request: a reload cannot change it midway.
         model = self.versions.get(request.artifact_version)
-        live = self.live(model, await self.catalogue(request.catalogue_version, context.time_remaining()))
+        live = self.live(model, await self.catalogue(request.catalogue_version, _remaining(context)))
         check_filter(request.filter, live.attributes)
         n = max(request.n or model.fusion.candidates, request.min_n)
         history = model.history(request.user)
@@ -265,7 +265,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
         require_id(request.item_id, "item_id")
         require(1 <= request.k <= MAX_K, "k", f"must be in 1..{MAX_K}, got {request.k}")
         model = self.versions.get(request.artifact_version)
-        live = self.live(model, await self.catalogue(request.catalogue_version, context.time_remaining()))
+        live = self.live(model, await self.catalogue(request.catalogue_version, _remaining(context)))
         check_filter(request.filter, live.attributes)
         items = similar_items(model, live, request.item_id, request.k, request.filter)
         if items is None:
@@ -275,6 +275,11 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
                 f"catalogue {live.version}) or is hidden",
             )
         return retrieval_pb2.RetrievalSimilarResponse(items=items, artifact_version=model.version)
+
+
+def _remaining(context: grpc.aio.ServicerContext[Any, Any] | None) -> float | None:
+    """The call's time left (None: no deadline, or a handler called in-process without a context)."""
+    return context.time_remaining() if context is not None else None
 
 
 def _fresh_order(

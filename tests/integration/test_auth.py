@@ -122,7 +122,7 @@ def test_missing_unknown_and_wrong_role_are_refused_and_the_right_role_answered(
         # authentication comes first: undecodable bytes without a key are not even parsed
         assert code_of(lambda: raw(b"\x08\xff", timeout=10))[0] == grpc.StatusCode.UNAUTHENTICATED
         # a method that does not exist tells a caller without a key nothing, and needs admin
-        ghost = channel.unary_unary("/recsys.v1.Gateway/UpsertItems", None, None)
+        ghost = channel.unary_unary("/recsys.v1.Gateway/DropEverything", None, None)
         assert code_of(lambda: ghost(b"", timeout=10))[0] == grpc.StatusCode.UNAUTHENTICATED
         reader_md = auth_metadata(made["reader"])
         assert (
@@ -131,6 +131,13 @@ def test_missing_unknown_and_wrong_role_are_refused_and_the_right_role_answered(
         )
         ops_md = auth_metadata(made["ops"])
         assert code_of(lambda: ghost(b"", metadata=ops_md, timeout=10))[0] == grpc.StatusCode.UNIMPLEMENTED
+        # the catalogue's writes need admin: a reader is refused, an admin reaches the handler
+        upsert = channel.unary_unary("/recsys.v1.Gateway/UpsertItems", None, None)
+        reader_code = code_of(lambda: upsert(b"", metadata=reader_md, timeout=10))[0]
+        assert reader_code == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            code_of(lambda: upsert(b"", metadata=ops_md, timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+        )
 
     after = scrape(metrics_port)
 
