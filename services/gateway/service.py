@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from opentelemetry import trace
@@ -59,6 +59,16 @@ MAX_EXCLUDE = 1000
 MAX_CONTEXT = 64
 
 T = TypeVar("T")
+
+
+class CatalogueWrite(Protocol):
+    """A reply of the catalogue's writes (UpsertItemsResponse, HideItemsResponse)."""
+
+    @property
+    def catalogue_version(self) -> int: ...
+
+
+W = TypeVar("W", bound=CatalogueWrite)
 
 
 def _valid_candidates(value: int) -> str | None:
@@ -656,7 +666,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise  # unreachable: abort raises
         return gateway_pb2.SimilarItemsResponse(items=reply.items, artifact_version=reply.artifact_version)
 
-    async def _catalogue_write(self, call: Awaitable[T], context: grpc.aio.ServicerContext[Any, Any]) -> T:
+    async def _catalogue_write(self, call: Awaitable[W], context: grpc.aio.ServicerContext[Any, Any]) -> W:
         """A catalogue write forwarded to the features service, whose status is ours; this gateway's
         mirror then catches up, so its own fallbacks see the change at once."""
         try:
@@ -665,7 +675,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             await context.abort(e.code(), e.details() or e.code().name)
             raise  # unreachable: abort raises
         try:
-            await self.catalogue.catch_up(reply.catalogue_version)  # type: ignore[attr-defined]
+            await self.catalogue.catch_up(reply.catalogue_version)
         except grpc.aio.AioRpcError as e:
             log.warning("catalogue mirror behind after a write", extra={"code": e.code().name})
         return reply

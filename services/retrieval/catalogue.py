@@ -118,7 +118,7 @@ class LiveCatalogue:
             fresh,
             vectors,
             np.array([i.published_at_ms for i in fresh], dtype=np.int64),
-            frozenset(k for i in state.upserted() for k in i.attributes),
+            state.attributes,
             state.hidden,
         )
 
