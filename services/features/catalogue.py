@@ -55,21 +55,9 @@ class FileCatalogue:
         self._replay()
 
     def _replay(self) -> None:
-        if not self.path.is_file():
-            return
-        good = 0
-        with self.path.open("rb") as f:
-            for line in f:
-                try:
-                    batch = json.loads(line)
-                    entries = [Entry.from_json(e) for e in batch["entries"]]
-                except (ValueError, KeyError, TypeError):
-                    break  # a torn last write: cut off below
-                good += len(line)
-                for entry in entries:
-                    self._entries[entry.item.item_id] = entry
-                self.version = max(self.version, int(batch["version"]))
-        if good != self.path.stat().st_size:
+        entries, self.version, good = replayed(self.path)
+        self._entries = {e.item.item_id: e for e in entries}
+        if self.path.is_file() and good != self.path.stat().st_size:
             with self.path.open("r+b") as f:
                 f.truncate(good)
 
@@ -119,6 +107,27 @@ class FileCatalogue:
 
     async def close(self) -> None:
         return None
+
+
+def replayed(path: Path) -> tuple[list[Entry], int, int]:
+    """A catalogue file read, without changing it: (each item's latest entry, the catalogue version, the
+    bytes up to the first torn line)."""
+    entries: dict[str, Entry] = {}
+    version = good = 0
+    if not path.is_file():
+        return [], 0, 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                batch = json.loads(line)
+                written = [Entry.from_json(e) for e in batch["entries"]]
+            except (ValueError, KeyError, TypeError):
+                break  # a torn last write
+            good += len(line)
+            for entry in written:
+                entries[entry.item.item_id] = entry
+            version = max(version, int(batch["version"]))
+    return list(entries.values()), version, good
 
 
 #: KEYS: version, items hash, changes zset. ARGV: pairs of (item id, item JSON).

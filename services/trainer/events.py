@@ -10,6 +10,11 @@ JSON-lines log. What becomes of each event:
 * an event id seen before (in this read, or in an earlier run's interactions: `seen`) -> counted once;
 * anything malformed -> skipped, counted, and the first few reasons kept; never a crash.
 
+The live catalogue beside the log (the store's upserted items: Redis keys under the prefix, or the
+embedded store's `catalogue.jsonl` next to its event log) is read whole: an upserted item's title,
+categories (as genres), publish year and tags replace what the base file says of it, so a retrain
+learns the content of items that only the catalogue API ever described.
+
 The watermark is the log position of the last event read: it goes into the manifest, and a later read
 can start after it (`since`). Each version also keeps the interactions it was fitted on, with the event
 id of each row that came from the log (`interactions.npz`): the next run is those plus the events after
@@ -22,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,9 +37,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.catalogue import CatalogueItem
 from services.features.event_file import SEQ, EventFile
 from services.features.store import Event, EventType
-from services.trainer.data import DataError, Dataset, Item, Log
+from services.trainer.data import DataError, Dataset, Item, Log, Tags
 
 #: Malformed events whose reasons are kept (the count covers them all).
 REASONS_KEPT = 5
@@ -42,6 +49,8 @@ READ_PAGE = 10_000
 
 #: A version's training interactions, with the event id of every row read from the log ("" otherwise).
 INTERACTIONS_FILE = "interactions.npz"
+#: The embedded store's catalogue, beside its event log (the features service's default).
+CATALOGUE_FILE = "catalogue.jsonl"
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ class EventRead:
     source: str
     #: Where this read started: after this watermark ("": from the beginning of the log).
     since: str = ""
+    #: The live catalogue's upserted items (hidden ones too: hiding is a serving rule).
+    catalogue: tuple[CatalogueItem, ...] = ()
 
     @property
     def log(self) -> Log:
@@ -198,6 +209,33 @@ def _interactions(rows: list[Row]) -> Interactions:
     return Interactions(log, np.array([r[4] for r in rows], dtype=str))
 
 
+def _catalogue(source: str, prefix: str) -> tuple[CatalogueItem, ...]:
+    """The upserted items of the catalogue kept with SOURCE's store, oldest change first."""
+    from services.features import catalogue
+
+    if not is_redis(source):
+        entries, _, _ = catalogue.replayed(Path(source).with_name(CATALOGUE_FILE))
+    else:
+        import asyncio
+
+        import redis
+        import redis.asyncio as aioredis
+
+        async def changes() -> list[Any]:
+            client = aioredis.Redis.from_url(source, socket_connect_timeout=5, socket_timeout=30)
+            try:
+                found, _ = await catalogue.RedisCatalogue(client, prefix).changes(0)
+                return found
+            finally:
+                await client.aclose()
+
+        try:
+            entries = asyncio.run(changes())
+        except redis.RedisError as e:
+            raise DataError(f"--events: cannot read the live catalogue: {e}") from None
+    return tuple(e.item for e in sorted(entries, key=lambda e: e.version) if e.upserted)
+
+
 def is_redis(source: str) -> bool:
     return source.startswith(("redis://", "rediss://", "unix://"))
 
@@ -256,6 +294,8 @@ def read(
     shown = [r for r in impressions if (r[0], r[1]) not in chosen]
     counts["interactions"] = len(interactions)
     counts["shown_not_chosen"] = len(shown)
+    upserted = _catalogue(source, prefix)
+    counts["catalogue_items"] = len(upserted)
     return EventRead(
         _interactions(interactions),
         _interactions(shown).log,
@@ -264,6 +304,7 @@ def read(
         watermark,
         shown_source(source),
         since or "",
+        upserted,
     )
 
 
@@ -272,8 +313,8 @@ def with_events(
 ) -> tuple[Dataset, Interactions]:
     """The training set: the base dataset (or none) for the catalogue, and as interactions the `earlier`
     run's (an incremental read) or else the base's, plus the events'; with those interactions and their
-    event ids. Items only the log knows join the catalogue without metadata (the content source learns
-    them from a catalogue upsert, not from here)."""
+    event ids. The live catalogue's items replace or join the base's; an item only the log knows joins
+    without metadata."""
     before = earlier if earlier is not None else Interactions.of_base(base.log) if base is not None else None
     if before is None or not len(before.log):
         if not len(events.log):
@@ -282,15 +323,42 @@ def with_events(
     interactions = joined(before, events.interactions)
     log = interactions.log
     catalog: dict[str, Item] = dict(base.catalog) if base is not None else {}
+    catalog.update((i.item_id, _item(i)) for i in events.catalogue)
     for item in sorted(set(log.items.tolist()) - catalog.keys()):
         catalog[item] = Item()
+    tags = _with_catalogue_tags(base.tags if base is not None else Tags.empty(), events.catalogue)
     marker = f"events:{events.source}@{events.watermark}"
     fingerprint = hashlib.sha256(f"{base.fingerprint if base else ''}\n{marker}".encode()).hexdigest()
     if base is None:
-        return Dataset(f"events ({events.source})", fingerprint, {}, log, catalog), interactions
+        return Dataset(f"events ({events.source})", fingerprint, {}, log, catalog, tags=tags), interactions
     source = base.source if base.source.endswith(" + events") else f"{base.source} + events"
-    dataset = dataclasses.replace(base, source=source, fingerprint=fingerprint, log=log, catalog=catalog)
+    dataset = dataclasses.replace(
+        base, source=source, fingerprint=fingerprint, log=log, catalog=catalog, tags=tags
+    )
     return dataset, interactions
+
+
+def _item(upserted: CatalogueItem) -> Item:
+    year = (
+        float(time.gmtime(upserted.published_at_ms / 1000).tm_year)
+        if upserted.published_at_ms > 0
+        else float("nan")
+    )
+    return Item(title=upserted.title, genres=upserted.categories, release_year=year)
+
+
+def _with_catalogue_tags(tags: Tags, upserted: tuple[CatalogueItem, ...]) -> Tags:
+    """`tags` (users' tags) plus each upserted item's tags, as given by no user at no time (item metadata,
+    so every fit may know them)."""
+    pairs = [(i.item_id, t.strip().lower()) for i in upserted for t in i.tags if t.strip()]
+    if not pairs:
+        return tags
+    return Tags(
+        np.concatenate([tags.users, np.full(len(pairs), "", dtype=str)]).astype(str),
+        np.concatenate([tags.items, np.array([p[0] for p in pairs], dtype=str)]).astype(str),
+        np.concatenate([tags.texts, np.array([p[1] for p in pairs], dtype=str)]).astype(str),
+        np.concatenate([tags.timestamps, np.zeros(len(pairs))]),
+    )
 
 
 def mark_consumed(source: str, prefix: str, watermark: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import uuid
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 import redis
 
 from services.common.artifacts import open_current
+from services.common.catalogue import CatalogueItem
+from services.features.catalogue import CatalogueStore, FileCatalogue, RedisCatalogue
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.store import Event, EventType, OnlineStore
@@ -95,6 +98,51 @@ def test_the_redis_stream(redis_url: str) -> None:
     assert events.read(redis_url, prefix=prefix, since=read.watermark).counts.get("read", 0) == 0
 
 
+NEW_FILM = CatalogueItem(
+    "brand-new-item", "A New Film (2031)", ("Animation", "Sci-Fi"), ("Robots", "space"), 1_924_992_000_000
+)
+
+
+def upsert(catalogue: CatalogueStore, items: list[CatalogueItem]) -> None:
+    async def main() -> None:
+        try:
+            await catalogue.upsert(items)
+            await catalogue.set_hidden([items[0].item_id], True)  # hiding is a serving rule: still read
+        finally:
+            await catalogue.close()
+
+    asyncio.run(main())
+
+
+def check_catalogue(read: events.EventRead) -> None:
+    assert read.counts["catalogue_items"] == 2
+    assert sorted(i.item_id for i in read.catalogue) == ["1", "brand-new-item"]
+    data, _ = events.with_events(None, None, read)
+    assert data.catalog["brand-new-item"].genres == ("Animation", "Sci-Fi")
+    assert data.catalog["brand-new-item"].year == 2031.0
+    assert data.catalog["1"].title == "Toy Story, renamed"
+    tags = data.tags
+    tagged = set(zip(tags.users.tolist(), tags.items.tolist(), tags.texts.tolist(), strict=True))
+    assert tagged == {("", "brand-new-item", "robots"), ("", "brand-new-item", "space")}
+
+
+def test_the_live_catalogue_beside_the_embedded_log(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    write(EmbeddedStore(EmbeddedConfig(event_log=path)), LOGGED)
+    upsert(
+        FileCatalogue(tmp_path / events.CATALOGUE_FILE), [CatalogueItem("1", "Toy Story, renamed"), NEW_FILM]
+    )
+    check_catalogue(events.read(str(path)))
+
+
+def test_the_live_catalogue_in_redis(redis_url: str) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    write(RedisStore(RedisConfig(url=redis_url, prefix=prefix)), LOGGED)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    upsert(RedisCatalogue(client, prefix), [CatalogueItem("1", "Toy Story, renamed"), NEW_FILM])
+    check_catalogue(events.read(redis_url, prefix=prefix))
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -113,6 +161,7 @@ def test_train_on_the_bundled_data_and_the_events(tmp_path: Path, capsys: pytest
         ev("2", "brand-new-item", EventType.CLICK, 2_000_000_000_200),
     ]
     write(EmbeddedStore(EmbeddedConfig(event_log=path)), batch)
+    upsert(FileCatalogue(path.with_name(events.CATALOGUE_FILE)), [NEW_FILM])
     out = tmp_path / "artifacts"
     settings = [a for s in TEST_SETTINGS for a in ("--set", s)]
     argv = ["--data", str(BUNDLED_DATA), "--events", str(path), "--out", str(out), "--no-progress", *settings]
@@ -124,6 +173,10 @@ def test_train_on_the_bundled_data_and_the_events(tmp_path: Path, capsys: pytest
     assert version.manifest["data"]["source"] == "ml-latest-small + events"
     assert "newcomer" in json.loads(version.file("user_ids.json").read_text())
     assert "brand-new-item" in json.loads(version.file("item_ids.json").read_text())
+    # The item only the catalogue API described is trained with its categories.
+    with version.file("items.csv").open(newline="") as f:
+        genres = {row["item_id"]: row["genres"] for row in csv.DictReader(f)}
+    assert genres["brand-new-item"] == "Animation|Sci-Fi"
 
 
 def test_an_unreachable_event_source_is_one_line_and_publishes_nothing(
