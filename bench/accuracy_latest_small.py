@@ -12,7 +12,6 @@ Writes bench/results/accuracy_latest_small.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -22,42 +21,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.served import METRICS, check_settings, per_seed, recsys_train, relevant_sets, serve_and_score  # noqa: E402
+from bench.served import (  # noqa: E402
+    METRICS,
+    check_settings,
+    per_seed,
+    recsys_train,
+    relevant_sets,
+    serve_and_score,
+    write_train_split,
+)
 from services.trainer.benchmark import aggregate  # noqa: E402
-from services.trainer.data import BUNDLED_DATA, Log, load  # noqa: E402
+from services.trainer.data import BUNDLED_DATA, load  # noqa: E402
 from services.trainer.splits import leave_last_n  # noqa: E402
 
 LEAVE_N = 5
-
-
-def write_train_split(source: Path, train: Log, test: Log, out: Path) -> None:
-    """`train` as ratings.csv (input order), with the movies of its items and the tags a model fitted on
-    it may see: none on a held-out (user, movie) pair, none on a movie it does not know."""
-    out.mkdir(parents=True)
-    with (out / "ratings.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["userId", "movieId", "rating", "timestamp"])
-        for i in train.file_order().tolist():
-            writer.writerow(
-                [train.users[i], train.items[i], f"{train.ratings[i]:g}", int(train.timestamps[i])]
-            )
-    items = set(train.items.tolist())
-    held = set(zip(test.users.tolist(), test.items.tolist(), strict=True))
-
-    def known(name: str, row: dict[str, str]) -> bool:
-        return row["movieId"] in items and (
-            name == "movies.csv" or (row["userId"], row["movieId"]) not in held
-        )
-
-    for name in ("movies.csv", "tags.csv"):
-        with (source / name).open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [row for row in reader if known(name, row)]
-            fields = reader.fieldnames or []
-        with (out / name).open("w", newline="", encoding="utf-8") as f:
-            table = csv.DictWriter(f, fieldnames=fields)
-            table.writeheader()
-            table.writerows(rows)
 
 
 def run_seed(seed: int, settings: list[str], work: Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the same artifacts in-process and each source alone."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -74,6 +75,37 @@ def recsys_train(data: Path, out: Path, flags: list[str], log: Path) -> float:
     if done.returncode != 0:
         sys.exit(f"recsys train failed; its log: {log}")
     return time.perf_counter() - started
+
+
+def write_train_split(source: Path, train: Log, test: Log, out: Path) -> None:
+    """`train` (of the MovieLens directory `source`) as ratings.csv (input order), with the movies of its
+    items and the tags a model fitted on it may see: none on a held-out (user, movie) pair, none on a
+    movie it does not know (the trainer itself drops tags made after its last interaction)."""
+    out.mkdir(parents=True)
+    with (out / "ratings.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["userId", "movieId", "rating", "timestamp"])
+        for i in train.file_order().tolist():
+            writer.writerow(
+                [train.users[i], train.items[i], f"{train.ratings[i]:g}", int(train.timestamps[i])]
+            )
+    items = set(train.items.tolist())
+    held = set(zip(test.users.tolist(), test.items.tolist(), strict=True))
+
+    def known(name: str, row: dict[str, str]) -> bool:
+        return row["movieId"] in items and (
+            name == "movies.csv" or (row["userId"], row["movieId"]) not in held
+        )
+
+    for name in ("movies.csv", "tags.csv"):
+        with (source / name).open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if known(name, row)]
+            fields = reader.fieldnames or []
+        with (out / name).open("w", newline="", encoding="utf-8") as f:
+            table = csv.DictWriter(f, fieldnames=fields)
+            table.writeheader()
+            table.writerows(rows)
 
 
 def relevant_sets(train: Log, test: Log) -> dict[str, set[str]]:
