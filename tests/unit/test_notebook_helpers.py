@@ -86,6 +86,9 @@ def test_held_out_lists_are_the_pipelines_and_permutation_importance_finds_what_
     held = held_out(fitted, test)
     pipeline = rankings(fitted, test, Progress(False), k=10).lists["pipeline"]
     assert ranked_lists(fitted, held, 10) == pipeline and len(pipeline) == len(held.users) > 10
+    part = held.sample(9)
+    assert len(part.users) == 9 and set(part.users) < set(held.users)
+    assert ranked_lists(fitted, part, 10) == {u: pipeline[u] for u in part.users}
     groups = feature_groups(config.sources)
     assert [c for cols in groups.values() for c in cols] == ranker_features(config.sources)
     importance = permutation_importance(fitted, held, groups, "ndcg@10", seed=3)
