@@ -269,7 +269,8 @@ class Fitted:
         """The top `k` item ids and their ranker scores for a live history `items` (ids, most recent
         first; ids the version does not know are left out), as the services answer it: the fused
         candidates of that history (topped up with popular items), the ranker over them with `user`'s
-        feature row when the version has one (a new user has none: NaN), the history excluded."""
+        feature row when the version has one (a new user has none: NaN), the history excluded. (No arm's
+        overrides: no MMR, no exploration slots, no business rules.)"""
         known = [self.universe.item_row[i] for i in items if i in self.universe.item_row]
         history = History.of(known)
         cand = generate(self.stage.sources, history, self.config.fusion.candidates, self.config.fusion)
