@@ -14,7 +14,6 @@ Latencies are ratios between families measured in one run (docs: the machines di
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -28,71 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.validation import load_ml100k  # noqa: E402
-from services.common.fusion import generate  # noqa: E402
-from services.common.ranker import combine  # noqa: E402
-from services.ranking.service import Config, Model  # noqa: E402
-from services.trainer.benchmark import aggregate  # noqa: E402
+from services.trainer.benchmark import LIST, aggregate, served_latency  # noqa: E402
 from services.trainer.data import Dataset  # noqa: E402
 from services.trainer.evaluate_cli import DEFAULT_CACHE  # noqa: E402
 from services.trainer.evaluation import evaluate  # noqa: E402
-from services.trainer.export import export  # noqa: E402
-from services.trainer.pipeline import Fitted, PipelineConfig, Progress, fit  # noqa: E402
+from services.trainer.pipeline import PipelineConfig, Progress, fit  # noqa: E402
 from services.trainer.protocols import Protocol  # noqa: E402
 
 FAMILIES = ("lightgbm", "dcnv2", "deepfm")
 METRICS = ("map@10", "ndcg@10", "precision@10", "recall@10")
-LIST = 500  # candidates per latency measurement
-REPEATS = 200  # scored lists per latency setting (after a warm-up)
-
-
-def latency_lists(fitted: Fitted, users: int = 20) -> list[tuple[Any, Any]]:
-    """(feature rows, item rows) of `LIST` candidates for some users, as the ranking service gets them."""
-    stage, config = fitted.stage, fitted.config
-    out = []
-    for user in sorted(stage.histories)[:: max(1, len(stage.histories) // users)][:users]:
-        cand = generate(
-            stage.sources, stage.histories[user], LIST, dataclasses.replace(config.fusion, depth=LIST)
-        )
-        out.append((stage.features(user, cand, config), cand.rows))
-    return out
-
-
-def timed(score: Any, lists: list[tuple[Any, Any]]) -> dict[str, float]:
-    for matrix, rows in lists[:5]:
-        score(matrix, rows)
-    took = []
-    for i in range(REPEATS):
-        matrix, rows = lists[i % len(lists)]
-        start = time.perf_counter()
-        score(matrix, rows)
-        took.append((time.perf_counter() - start) * 1000)
-    return {
-        "p50_ms": round(float(np.percentile(took, 50)), 3),
-        "p95_ms": round(float(np.percentile(took, 95)), 3),
-    }
-
-
-def served_latency(fitted: Fitted, work: Path) -> dict[str, dict[str, float]]:
-    """Per thread count, the served scorer's latency over `LIST` candidates."""
-    version = export(work, fitted, {})
-    lists = latency_lists(fitted)
-    out: dict[str, dict[str, float]] = {}
-    for threads in (1, 2):
-        model = Model.load(version, Config(onnx_threads=threads))
-        if model.family == "lightgbm":
-            compiled = [s.compiled for s in model.scorers if s.compile(work / "lleaves")]
-            if len(compiled) != len(model.scorers):
-                raise SystemExit("the compiled trees disagree with LightGBM")
-
-            # the served path scores on one thread (TreeScorer); two: the same compiled trees, n_jobs=2
-            def trees(matrix: Any, rows: Any, n_jobs: int = threads, models: list[Any] = compiled) -> Any:
-                x = matrix.astype(np.float64)
-                return combine([c.predict(x, n_jobs=n_jobs) for c in models])
-
-            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(trees, lists)
-        else:
-            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(model.ranker.score, lists)
-    return out
 
 
 def run(data: Dataset, family: str, seed: int, settings: list[str], work: Path) -> dict[str, Any]:

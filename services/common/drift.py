@@ -145,3 +145,17 @@ class LiveCounts:
             counts = tuple(self.counts[j, : w + 1].tolist())
             out[name] = Histogram(tuple(float(e) for e in self._edges[j, :w]), counts, int(self.missing[j]))
         return out
+
+
+def psi_by_feature(
+    names: Sequence[str], reference_matrix: npt.NDArray[np.floating], live_matrix: npt.NDArray[np.floating]
+) -> dict[str, float]:
+    """PSI of each column of `live_matrix` against the same column of `reference_matrix`, binned on the
+    reference's deciles (`references`), as the ranking service's counts are judged against a version's
+    manifest: e.g. the feature rows of two time windows of a log."""
+    if live_matrix.ndim != 2 or live_matrix.shape[1] != len(names):
+        raise ValueError(f"psi_by_feature: {len(names)} names for a live matrix of shape {live_matrix.shape}")
+    refs = references(names, reference_matrix)
+    return {
+        name: psi(refs[name], histogram(refs[name].edges, live_matrix[:, j])) for j, name in enumerate(names)
+    }

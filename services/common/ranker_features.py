@@ -77,6 +77,19 @@ def ranker_features(sources: Sequence[str]) -> list[str]:
     return [*names, "fused_log_rank", *ITEM_FEATURES, *USER_FEATURES, *CROSS_FEATURES]
 
 
+def feature_groups(sources: Sequence[str]) -> dict[str, list[str]]:
+    """The ranker's columns in groups, in order: one per source (its three columns), the fused rank,
+    the item row, the user row and the cross features; every column of `ranker_features` once."""
+    groups = {s: [f"{s}_{f}" for f in SOURCE_FEATURES] for s in sources}
+    return {
+        **groups,
+        "fused_rank": ["fused_log_rank"],
+        "item": list(ITEM_FEATURES),
+        "user": list(USER_FEATURES),
+        "cross": list(CROSS_FEATURES),
+    }
+
+
 def assemble(
     sources: Sequence[str],
     user_values: npt.NDArray[np.floating],

@@ -466,14 +466,20 @@ def analyze(
 
 
 def plot(report: Report, path: Path) -> Path:
-    """Per-arm metrics with 95% CIs, and each treatment's relative lift with its CI."""
-    import matplotlib
+    """`figure(report)` written as a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure(report).savefig(path, dpi=100)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def figure(report: Report) -> Any:
+    """Per-arm metrics with 95% CIs, and each treatment's relative lift with its CI: a matplotlib
+    Figure made without pyplot, so it changes no backend (a notebook displays it inline)."""
+    from matplotlib.figure import Figure
 
     metrics = [("CTR", "ctr"), ("clicks per user", "clicks_per_user"), ("mean rating", "mean_rating")]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    fig = Figure(figsize=(16, 4))
+    axes = fig.subplots(1, 4)
     names = [a.arm for a in report.arms]
     for ax, (title, key) in zip(axes[:3], metrics, strict=True):
         est: list[Estimate] = [getattr(a, key) for a in report.arms]
@@ -504,10 +510,7 @@ def plot(report: Report, path: Path) -> Path:
         title += f"  —  SAMPLE RATIO MISMATCH (p={report.srm_p:.2g})"
     fig.suptitle(title, color="red" if report.srm_warning else "black")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def report_from_events(

@@ -7,13 +7,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.common.fusion import generate
 from services.trainer.data import Dataset
 from services.trainer.evaluation import evaluate
 from services.trainer.pipeline import Fitted, PipelineConfig, Progress, fit
+
+LIST = 500  # candidates per latency measurement
+REPEATS = 200  # scored lists per latency setting (after a warm-up)
 
 
 def feature_importance(fitted: Fitted) -> dict[str, float]:
@@ -97,4 +102,60 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     out["feature_importance"] = {
         name: round(float(np.mean([imp[name] for imp in importance])), 3) for name in importance[0]
     }
+    return out
+
+
+def latency_lists(fitted: Fitted, users: int = 20) -> list[tuple[Any, Any]]:
+    """(feature rows, item rows) of `LIST` candidates for some users, as the ranking service gets them."""
+    stage, config = fitted.stage, fitted.config
+    out = []
+    for user in sorted(stage.histories)[:: max(1, len(stage.histories) // users)][:users]:
+        cand = generate(
+            stage.sources, stage.histories[user], LIST, dataclasses.replace(config.fusion, depth=LIST)
+        )
+        out.append((stage.features(user, cand, config), cand.rows))
+    return out
+
+
+def timed(score: Any, lists: list[tuple[Any, Any]]) -> dict[str, float]:
+    for matrix, rows in lists[:5]:
+        score(matrix, rows)
+    took = []
+    for i in range(REPEATS):
+        matrix, rows = lists[i % len(lists)]
+        start = time.perf_counter()
+        score(matrix, rows)
+        took.append((time.perf_counter() - start) * 1000)
+    return {
+        "p50_ms": round(float(np.percentile(took, 50)), 3),
+        "p95_ms": round(float(np.percentile(took, 95)), 3),
+    }
+
+
+def served_latency(fitted: Fitted, work: Path) -> dict[str, dict[str, float]]:
+    """Per thread count (1, 2), the p50 / p95 ms of the SERVED scorer over lists of `LIST` candidates:
+    `fitted` exported into `work`, loaded as the ranking service loads it (LightGBM: its trees compiled
+    by lleaves, as the service swaps them in; DCN-v2 / DeepFM: the ONNX model in onnxruntime)."""
+    from services.common.ranker import combine
+    from services.ranking.service import Config, Model
+    from services.trainer.export import export
+
+    version = export(work, fitted, {})
+    lists = latency_lists(fitted)
+    out: dict[str, dict[str, float]] = {}
+    for threads in (1, 2):
+        model = Model.load(version, Config(onnx_threads=threads))
+        if model.family == "lightgbm":
+            compiled = [s.compiled for s in model.scorers if s.compile(work / "lleaves")]
+            if len(compiled) != len(model.scorers):
+                raise SystemExit("the compiled trees disagree with LightGBM")
+
+            # the served path scores on one thread (TreeScorer); two: the same compiled trees, n_jobs=2
+            def trees(matrix: Any, rows: Any, n_jobs: int = threads, models: list[Any] = compiled) -> Any:
+                x = matrix.astype(np.float64)
+                return combine([c.predict(x, n_jobs=n_jobs) for c in models])
+
+            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(trees, lists)
+        else:
+            out[f"{threads}_thread{'s' if threads > 1 else ''}"] = timed(model.ranker.score, lists)
     return out

@@ -7,7 +7,7 @@ relevant, minus the items the user already has in the fitted log (they are never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.diversity import POOL_FACTOR, mmr
+from services.common.fusion import CandidateColumns
 from services.common.sources.base import exclusion
 from services.trainer.data import Log
 from services.trainer.metrics import coverage, intra_list_diversity, mean_metrics, popularity_bias
@@ -59,9 +60,9 @@ def rankings(fitted: Fitted, test: Log, progress: Progress, k: int = max(KS)) ->
     pipeline_scores: dict[str, npt.NDArray[np.float64]] = {}
     for user in users:
         cand, scores = ranked[user]
-        order = np.argsort(-scores, kind="stable")
-        lists["pipeline"][user] = universe.ids(cand.rows[order][:k])
-        pipeline_scores[user] = scores[order][:k]
+        order = np.argsort(-scores, kind="stable")[:k]
+        lists["pipeline"][user] = universe.ids(cand.rows[order])
+        pipeline_scores[user] = scores[order]
         lists["retrieval"][user] = universe.ids(cand.rows[:k])
         candidates[user] = universe.ids(cand.rows)
         history = stage.histories[user]
@@ -71,6 +72,83 @@ def rankings(fitted: Fitted, test: Log, progress: Progress, k: int = max(KS)) ->
             depth[s][user] = universe.ids(rows)
             lists[s][user] = depth[s][user][:k]
     return Rankings(relevant, lists, candidates, depth, pipeline_scores)
+
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass
+class HeldOut:
+    """The scored users of a holdout under one fitted stage, with their candidates and the ranker's
+    input rows of them (stacked in user order): what every ranker fitted on that stage
+    (services.trainer.pipeline.fit_rankers) is scored on, computed once."""
+
+    users: list[str]
+    relevant: dict[str, set[str]]
+    candidates: list[CandidateColumns]
+    matrix: F32
+
+    def sample(self, count: int) -> HeldOut:
+        """At most `count` of these users, evenly spread over the sorted ones (deterministic), with
+        their own candidates and rows: a cheaper set to repeat many scorings on."""
+        step = max(1, -(-len(self.users) // max(1, count)))
+        keep = list(range(0, len(self.users), step))[:count]
+        bounds = np.cumsum([0, *(len(c) for c in self.candidates)])
+        pieces = [np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i in keep]
+        rows = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+        users = [self.users[i] for i in keep]
+        return HeldOut(
+            users,
+            {u: self.relevant[u] for u in users},
+            [self.candidates[i] for i in keep],
+            self.matrix[rows],
+        )
+
+
+def held_out(fitted: Fitted, test: Log, progress: Progress | None = None) -> HeldOut:
+    relevant = relevant_sets(fitted.stage, test)
+    users = sorted(relevant)
+    cands, matrix = fitted.candidates_and_features(users, progress or Progress(False))
+    return HeldOut(users, relevant, cands, matrix)
+
+
+def ranked_lists(
+    fitted: Fitted, held: HeldOut, k: int = K, matrix: F32 | None = None
+) -> dict[str, list[str]]:
+    """Each held-out user's top k by `fitted`'s ranker (the pipeline's lists of `rankings`); `matrix`:
+    the input rows changed (same shape), e.g. a column shuffled."""
+    scores = fitted.score(held.candidates, held.matrix if matrix is None else matrix)
+    out: dict[str, list[str]] = {}
+    for user, cand, s in zip(held.users, held.candidates, scores, strict=True):
+        out[user] = fitted.universe.ids(cand.rows[np.argsort(-s, kind="stable")[:k]])
+    return out
+
+
+def permutation_importance(
+    fitted: Fitted,
+    held: HeldOut,
+    groups: Mapping[str, Sequence[str]],
+    metric: str = f"ndcg@{K}",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per group of ranker columns (services.common.ranker_features.feature_groups): how much the mean
+    `metric` of the pipeline's lists drops when the group's columns are shuffled together across all
+    the held-out candidate rows (each row keeping its other columns). Model-agnostic, so the ranker
+    families compare on it; 0 for columns the ranker ignores, below 0 when shuffling happens to help.
+    A deep ranker's item embedding is not a column: it is never shuffled."""
+    _, _, at = metric.partition("@")
+    k = int(at) if at else K
+    names = fitted.config.feature_names
+    base = mean_metrics(ranked_lists(fitted, held, k), held.relevant, k)[metric]
+    shuffled = held.matrix[np.random.default_rng(seed).permutation(held.matrix.shape[0])]
+    out: dict[str, float] = {}
+    for group, columns in groups.items():
+        index = [names.index(c) for c in columns]
+        matrix = held.matrix.copy()
+        matrix[:, index] = shuffled[:, index]
+        after = mean_metrics(ranked_lists(fitted, held, k, matrix), held.relevant, k)[metric]
+        out[group] = round(float(base - after), 6)
+    return out
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:

@@ -18,7 +18,7 @@ popularity bias   = mean train count of the recommended items (ARP), and the sha
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -104,20 +104,29 @@ def popularity_bias(
     return {f"arp@{k}": float(pops.mean()), f"head_share@{k}": float((pops >= threshold).mean())}
 
 
+def per_user_metrics(
+    rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, Collection[str]], k: int
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(users, {metric: one value per user}) over the users of `rankings` that have relevant items, in
+    the order of `rankings`: what a paired comparison of two rankers on the same users needs."""
+    users = [u for u in rankings if relevant.get(u)]
+    metrics = {
+        f"recall@{k}": recall_at_k,
+        f"precision@{k}": precision_at_k,
+        f"ndcg@{k}": ndcg_at_k,
+        f"map@{k}": average_precision_at_k,
+    }
+    return users, {
+        name: np.array([f(rankings[u], relevant[u], k) for u in users], dtype=np.float64)
+        for name, f in metrics.items()
+    }
+
+
 def mean_metrics(
     rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, Collection[str]], k: int
 ) -> dict[str, float]:
     """Mean recall/precision/ndcg/map@k over the users of `rankings` that have relevant items."""
-    users = [u for u in rankings if relevant.get(u)]
+    users, values = per_user_metrics(rankings, relevant, k)
     if not users:
-        return {f"recall@{k}": 0.0, f"precision@{k}": 0.0, f"ndcg@{k}": 0.0, f"map@{k}": 0.0}
-
-    def mean(values: Iterable[float]) -> float:
-        return float(np.mean(list(values)))
-
-    return {
-        f"recall@{k}": mean(recall_at_k(rankings[u], relevant[u], k) for u in users),
-        f"precision@{k}": mean(precision_at_k(rankings[u], relevant[u], k) for u in users),
-        f"ndcg@{k}": mean(ndcg_at_k(rankings[u], relevant[u], k) for u in users),
-        f"map@{k}": mean(average_precision_at_k(rankings[u], relevant[u], k) for u in users),
-    }
+        return {name: 0.0 for name in values}
+    return {name: float(np.mean(v)) for name, v in values.items()}

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -245,14 +245,41 @@ class Fitted:
     def universe(self) -> Universe:
         return self.stage.universe
 
-    def rank(self, users: list[str], progress: Progress) -> dict[str, tuple[CandidateColumns, F64]]:
-        """Each user's candidates and the ranker's score of each (served order: score descending)."""
+    def candidates_and_features(
+        self, users: list[str], progress: Progress
+    ) -> tuple[list[CandidateColumns], F32]:
+        """Each user's candidates, and the ranker's input rows of all of them stacked (in user order)."""
         cands = [self.stage.candidates(u, self.config) for u in progress.bar(users, "candidates")]
         matrix = [self.stage.features(u, c, self.config) for u, c in zip(users, cands, strict=True)]
         stacked = np.vstack(matrix) if matrix else np.empty((0, len(self.config.feature_names)), np.float32)
+        return cands, stacked
+
+    def score(self, cands: list[CandidateColumns], stacked: F32) -> list[F64]:
+        """The ranker's scores of each candidate list (`candidates_and_features`, or its rows changed)."""
         rows = np.concatenate([c.rows for c in cands]) if cands else None
-        scores = self.ranker.score_lists(stacked, [len(c) for c in cands], rows)
+        return self.ranker.score_lists(stacked, [len(c) for c in cands], rows)
+
+    def rank(self, users: list[str], progress: Progress) -> dict[str, tuple[CandidateColumns, F64]]:
+        """Each user's candidates and the ranker's score of each (served order: score descending)."""
+        cands, stacked = self.candidates_and_features(users, progress)
+        scores = self.score(cands, stacked)
         return {u: (c, s) for u, c, s in zip(users, cands, scores, strict=True)}
+
+    def recommend(self, items: Sequence[str], k: int = 10, user: str | None = None) -> tuple[list[str], F64]:
+        """The top `k` item ids and their ranker scores for a live history `items` (ids, most recent
+        first; ids the version does not know are left out), as the services answer it: the fused
+        candidates of that history (topped up with popular items), the ranker over them with `user`'s
+        feature row when the version has one (a new user has none: NaN), the history excluded. (No arm's
+        overrides: no MMR, no exploration slots, no business rules.)"""
+        known = [self.universe.item_row[i] for i in items if i in self.universe.item_row]
+        history = History.of(known)
+        cand = generate(self.stage.sources, history, self.config.fusion.candidates, self.config.fusion)
+        row = self.universe.user_row.get(user) if user is not None else None
+        values = self.stage.user_rows[row] if row is not None else np.empty(0, dtype=np.float32)
+        matrix = assemble(self.config.sources, values, self.stage.item_rows[cand.rows], cand)
+        scores = self.ranker.score(matrix, cand.rows)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return self.universe.ids(cand.rows[order]), scores[order]
 
 
 def labelled_groups(
@@ -311,20 +338,54 @@ def ranker_groups(
 
 def fit(data: Dataset, log_to_fit: Log, config: PipelineConfig, progress: Progress | None = None) -> Fitted:
     """Stage A (the ranker, on label slices of `log_to_fit`), then stage B (everything on all of it)."""
-    config.check()
+    (fitted,) = fit_rankers(data, log_to_fit, [config], progress)
+    return fitted
+
+
+def fit_rankers(
+    data: Dataset, log_to_fit: Log, configs: Sequence[PipelineConfig], progress: Progress | None = None
+) -> list[Fitted]:
+    """`fit` of each of `configs`, which differ only in their ranker settings (`ranker.*`: another
+    family, more rounds): stage A's groups and stage B are computed once and shared, so each further
+    config costs only its ranker's training. Each Fitted is what `fit` of its config returns; its
+    info's "ranker_seconds" is its own ranker's training time. ValueError when the configs differ in
+    anything but the ranker."""
+    if not configs:
+        raise ValueError("fit_rankers: no configs")
+    first = configs[0]
+    for config in configs:
+        config.check()
+        if dataclasses.replace(config, ranker=first.ranker) != first:
+            raise ValueError("fit_rankers: the configs differ in more than their ranker settings")
     progress = progress or Progress(False)
     universe = Universe.build(data, log_to_fit)
     started = time.perf_counter()
-    groups, info = ranker_groups(universe, log_to_fit, config, progress)
-    r = config.ranker
-    shape = (
-        f"{r.seeds} x {r.rounds} rounds" if r.family == "lightgbm" else f"{r.family}, {r.deep_epochs} epochs"
-    )
-    with progress.step(f"ranker ({shape} on {len(groups.labels)} rows)"):
-        ensemble = ranker.train(
-            groups, config.feature_names, config.ranker, config.seed, config.threads, universe.n_items
+    groups, info = ranker_groups(universe, log_to_fit, first, progress)
+    shared = time.perf_counter() - started
+    ensembles: list[tuple[Ensemble, float]] = []
+    for config in configs:
+        r = config.ranker
+        shape = (
+            f"{r.seeds} x {r.rounds} rounds"
+            if r.family == "lightgbm"
+            else f"{r.family}, {r.deep_epochs} epochs"
         )
+        began = time.perf_counter()
+        with progress.step(f"ranker ({shape} on {len(groups.labels)} rows)"):
+            ensemble = ranker.train(
+                groups, config.feature_names, config.ranker, config.seed, config.threads, universe.n_items
+            )
+        ensembles.append((ensemble, time.perf_counter() - began))
+    began = time.perf_counter()
     with progress.step("stage B"):
-        stage = fit_stage(universe, log_to_fit, config, config.seed, Progress(False))
-    info["seconds"] = round(time.perf_counter() - started, 3)
-    return Fitted(config, stage, ensemble, info)
+        stage = fit_stage(universe, log_to_fit, first, first.seed, Progress(False))
+    shared += time.perf_counter() - began
+    return [
+        Fitted(
+            config,
+            stage,
+            ensemble,
+            {**info, "seconds": round(shared + seconds, 3), "ranker_seconds": round(seconds, 3)},
+        )
+        for config, (ensemble, seconds) in zip(configs, ensembles, strict=True)
+    ]
