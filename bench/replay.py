@@ -44,6 +44,8 @@ from bench.served import (  # noqa: E402
     RELAXED,
     check_settings,
     recsys_train,
+    relevant_sets,
+    unseen_sets,
     wait_compiled,
     write_train_split,
 )
@@ -53,7 +55,7 @@ from services.common.catalogue import CatalogueItem  # noqa: E402
 from services.local import LocalPlatform  # noqa: E402
 from services.served_quality import Answers, from_gateway  # noqa: E402
 from services.trainer.data import BUNDLED_DATA, Log, load  # noqa: E402
-from services.trainer.metrics import ndcg_at_k  # noqa: E402
+from services.trainer.metrics import per_user_metrics  # noqa: E402
 
 K = 10
 SHARES = (0.8, 0.9)  # train | replay | score
@@ -148,18 +150,6 @@ def rating_event(log: Log, i: int) -> Any:
     return e
 
 
-def first_seen(history: Log, scored: Log) -> dict[str, set[str]]:
-    """Every scored user's items they had not rated before (all of them for a user new in `scored`)."""
-    seen: dict[str, set[str]] = {}
-    for user, item in zip(history.users.tolist(), history.items.tolist(), strict=True):
-        seen.setdefault(user, set()).add(item)
-    out: dict[str, set[str]] = {}
-    for user, item in zip(scored.users.tolist(), scored.items.tolist(), strict=True):
-        if item not in seen.get(user, ()):
-            out.setdefault(user, set()).add(item)
-    return out
-
-
 def newest_version(root: Path) -> str:
     return max(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -189,7 +179,9 @@ def state(answers: Answers, relevant: Mapping[str, set[str]], new_items: set[str
 
 
 def per_user_ndcg(answers: Answers, relevant: Mapping[str, set[str]]) -> np.ndarray:
-    return np.array([ndcg_at_k(answers.items[u], relevant[u], K) for u in relevant])
+    """nDCG@K per user of `relevant`, in its order (the same users in the same order for every state)."""
+    rankings = {user: answers.items[user] for user in relevant}
+    return per_user_metrics(rankings, relevant, K)[1][f"ndcg@{K}"]
 
 
 def paired_bootstrap(after: np.ndarray, before: np.ndarray, seed: int = 0) -> dict[str, Any]:
@@ -243,9 +235,8 @@ def run(settings: list[str], work: Path) -> dict[str, Any]:
     first = current_version_name(artifacts)
 
     history = joined(train, replayed)
-    everyone = first_seen(history, scored)
-    known = set(history.users.tolist())
-    relevant = {user: items for user, items in everyone.items() if user in known}
+    everyone = unseen_sets(history, scored)
+    relevant = relevant_sets(history, scored)
     users = sorted(relevant)
     cohort = sorted(everyone)
     new_items = set(replayed.items.tolist()) - set(train.items.tolist())

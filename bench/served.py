@@ -108,16 +108,23 @@ def write_train_split(source: Path, train: Log, test: Log, out: Path) -> None:
             table.writerows(rows)
 
 
-def relevant_sets(train: Log, test: Log) -> dict[str, set[str]]:
-    """Each test user's held-out items they had not interacted with in train."""
+def unseen_sets(history: Log, test: Log) -> dict[str, set[str]]:
+    """Each test user's items they had not interacted with in `history` (all of theirs for a user new in
+    `test`)."""
     seen: dict[str, set[str]] = {}
-    for user, item in zip(train.users.tolist(), train.items.tolist(), strict=True):
+    for user, item in zip(history.users.tolist(), history.items.tolist(), strict=True):
         seen.setdefault(user, set()).add(item)
     out: dict[str, set[str]] = {}
     for user, item in zip(test.users.tolist(), test.items.tolist(), strict=True):
-        if user in seen and item not in seen[user]:
+        if item not in seen.get(user, ()):
             out.setdefault(user, set()).add(item)
     return out
+
+
+def relevant_sets(train: Log, test: Log) -> dict[str, set[str]]:
+    """Each test user's held-out items they had not interacted with in train (users of train only)."""
+    known = set(train.users.tolist())
+    return {user: items for user, items in unseen_sets(train, test).items() if user in known}
 
 
 def alone(artifacts: Path, users: list[str], relevant: dict[str, set[str]]) -> dict[str, dict[str, float]]:

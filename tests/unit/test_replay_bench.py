@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench import replay
+from bench.served import relevant_sets, unseen_sets
 from services.trainer.data import BUNDLED_DATA, Log
 
 
@@ -29,7 +30,8 @@ def test_the_slices_follow_time_and_cover_the_log() -> None:
 def test_scored_items_are_those_not_rated_before_and_newcomers_get_all_of_theirs() -> None:
     history = log([("a", "x", 1), ("a", "y", 2)])
     scored = log([("a", "x", 3), ("a", "z", 4), ("new", "x", 5), ("new", "w", 6)])
-    assert replay.first_seen(history, scored) == {"a": {"z"}, "new": {"x", "w"}}
+    assert unseen_sets(history, scored) == {"a": {"z"}, "new": {"x", "w"}}
+    assert relevant_sets(history, scored) == {"a": {"z"}}
 
 
 def test_a_new_movie_is_described_as_known_when_it_first_appears() -> None:
