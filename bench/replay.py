@@ -11,7 +11,7 @@ gate, and the services pick the new version up. The last 10% scores what the gat
 * retrained: the version trained from the event log, with the same live state.
 
 The users scored are the last 10%'s users with a history before it (in the first 90%); their relevant
-items are their last-10% items they had not rated before. A paired bootstrap over those users gives the
+items are their last-10% items they had not rated before. The paired per-user difference over them gives the
 retrained-minus-frozen nDCG@10 interval; "new items" are the movies first rated in the replayed 10%.
 `all_users` adds the last 10%'s newcomers (no history: the cold path serves them). The gate's verdict on
 its own slice is reported; a refused version is promoted by hand so that it is measured all the same.
@@ -52,6 +52,7 @@ from bench.served import (  # noqa: E402
 from services.client import Client, event  # noqa: E402
 from services.common.artifacts import current_version_name, promote_version  # noqa: E402
 from services.common.catalogue import CatalogueItem  # noqa: E402
+from services.experiment.analysis import mean_estimate  # noqa: E402
 from services.local import LocalPlatform  # noqa: E402
 from services.served_quality import Answers, from_gateway  # noqa: E402
 from services.trainer.data import BUNDLED_DATA, Log, load  # noqa: E402
@@ -67,7 +68,6 @@ LABELS = {
     "frozen_after_replay": "frozen, after replay",
     "retrained": "retrained from events",
 }
-BOOTSTRAP = 2000
 YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
@@ -184,15 +184,15 @@ def per_user_ndcg(answers: Answers, relevant: Mapping[str, set[str]]) -> np.ndar
     return per_user_metrics(rankings, relevant, K)[1][f"ndcg@{K}"]
 
 
-def paired_bootstrap(after: np.ndarray, before: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """The mean per-user difference and its 95% percentile interval over resampled users."""
+def paired_difference(after: np.ndarray, before: np.ndarray) -> dict[str, Any]:
+    """The mean per-user difference and its 95% interval (normal, as the quality gate and the experiment
+    analysis compute it: services.experiment.analysis.mean_estimate)."""
     diff = after - before
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    estimate = mean_estimate(diff)
+    low, high = estimate.ci()
     return {
-        "mean": round(float(diff.mean()), 6),
-        "ci95": [round(float(low), 6), round(float(high), 6)],
+        "mean": round(estimate.value, 6),
+        "ci95": [round(low, 6), round(high, 6)],
         "users_better": int((diff > 0).sum()),
         "users_worse": int((diff < 0).sum()),
     }
@@ -281,7 +281,7 @@ def run(settings: list[str], work: Path) -> dict[str, Any]:
             "users": len(cohort),
             "states": {s: state(answers[s], everyone, new_items) for s in STATES},
         },
-        "retrained_minus_frozen_ndcg": paired_bootstrap(ndcg["retrained"], ndcg["frozen_after_replay"]),
+        "retrained_minus_frozen_ndcg": paired_difference(ndcg["retrained"], ndcg["frozen_after_replay"]),
         "retrain": {
             "wall_seconds": round(retrain_seconds, 1),
             "trainer_seconds": manifest["training"]["seconds"],

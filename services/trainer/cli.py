@@ -88,9 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gate",
         action="store_true",
-        help="promote the new version to CURRENT only if, on the newest held-out interactions, it is no worse "
-        "than the serving version (both scored through the services' handlers); otherwise keep it unpromoted "
-        "with the reason in its manifest",
+        help="promote the new version to CURRENT unless, on the newest held-out interactions, it is "
+        "confidently worse than the serving version (both scored through the services' handlers; the 95%% "
+        "interval of the per-user difference below -tolerance); otherwise keep it unpromoted with the reason "
+        "in its manifest",
     )
     parser.add_argument(
         "--gate-tolerance",

@@ -121,6 +121,8 @@ def test_gate_incremental_reads_and_rollback(
     gate = v3.manifest["gate"]
     assert gate["passed"] is False and gate["serving_version"] == v2.version
     assert gate["new"] < gate["serving"] - gate["tolerance"] and gate["reason"].startswith("refused: ndcg@10")
+    # refused because confidently worse: the whole 95% interval of the paired difference below -tolerance
+    assert gate["difference"]["ci95"][1] < -gate["tolerance"], gate
     assert artifacts.current_version_name(out) == v2.version
     assert (tmp_path / "events.jsonl.consumed").read_text() == read2["watermark"]
     printed = capsys.readouterr().out

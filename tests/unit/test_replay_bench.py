@@ -43,10 +43,10 @@ def test_a_new_movie_is_described_as_known_when_it_first_appears() -> None:
     assert item.tags == ("fun", "pixar")  # none given after it appeared
 
 
-def test_the_paired_bootstrap_brackets_the_mean_difference() -> None:
+def test_the_paired_difference_brackets_the_mean_difference() -> None:
     rng = np.random.default_rng(1)
     before = rng.random(200)
-    better = replay.paired_bootstrap(before + 0.1, before)
+    better = replay.paired_difference(before + 0.1, before)
     assert better["mean"] == 0.1 and better["ci95"][0] > 0 and better["users_worse"] == 0
-    noise = replay.paired_bootstrap(before + rng.normal(0, 0.3, 200), before)
+    noise = replay.paired_difference(before + rng.normal(0, 0.3, 200), before)
     assert noise["ci95"][0] < noise["mean"] < noise["ci95"][1]
