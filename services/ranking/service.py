@@ -348,12 +348,17 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         ids = list(cands.item_ids)
         rows = model.rows(ids)
         matrix = model.features(request, rows)
-        scores = (
-            await asyncio.to_thread(model.ranker.score, matrix, rows)
-            if n > 2000
-            else model.ranker.score(matrix, rows)
-        )
         seen = set(request.user.seen_item_ids)
+        # The ranker learns on users with a history (its label groups); for a user with none it has
+        # nothing to go on, and measured it orders popular items worse than popularity does
+        # (bench/replay.py's newcomers), so they keep retrieval's order: the fused score.
+        cold = not seen
+        if cold:
+            scores = np.asarray(cands.scores, dtype=np.float64)
+        elif n > 2000:
+            scores = await asyncio.to_thread(model.ranker.score, matrix, rows)
+        else:
+            scores = model.ranker.score(matrix, rows)
         if len(set(ids)) == n:  # retrieval sends distinct items; a caller may not
             if seen.isdisjoint(ids):  # retrieval excludes the history already
                 order = np.arange(n)
@@ -383,9 +388,13 @@ class RankingService(ranking_pb2_grpc.RankingServiceServicer):
         if request.debug:
             response.features = matrix[top].astype("<f4").tobytes()
             response.feature_names.extend(model.feature_names)
-        if request.explain and model.family != "lightgbm":
+        if request.explain and (cold or model.family != "lightgbm"):
             # per-feature contributions come from the trees (SHAP): a deep family says so per item
-            why = f"the {model.family} ranker gives no per-feature contributions (tree rankers do)"
+            why = (
+                "a user with no history is served in retrieval order, not by the ranker"
+                if cold
+                else f"the {model.family} ranker gives no per-feature contributions (tree rankers do)"
+            )
             response.explanations.extend(
                 common_pb2.Explanation(item_id=ids[i], ranker_score=float(scores[i]), unavailable=why)
                 for i in top.tolist()

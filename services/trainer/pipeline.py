@@ -269,7 +269,8 @@ class Fitted:
         """The top `k` item ids and their ranker scores for a live history `items` (ids, most recent
         first; ids the version does not know are left out), as the services answer it: the fused
         candidates of that history (topped up with popular items), the ranker over them with `user`'s
-        feature row when the version has one (a new user has none: NaN), the history excluded. (No arm's
+        feature row when the version has one (a new user has none: NaN), the history excluded; with no
+        history at all, the fused order (as the ranking service serves a cold user). (No arm's
         overrides: no MMR, no exploration slots, no business rules.)"""
         known = [self.universe.item_row[i] for i in items if i in self.universe.item_row]
         history = History.of(known)
@@ -277,7 +278,7 @@ class Fitted:
         row = self.universe.user_row.get(user) if user is not None else None
         values = self.stage.user_rows[row] if row is not None else np.empty(0, dtype=np.float32)
         matrix = assemble(self.config.sources, values, self.stage.item_rows[cand.rows], cand)
-        scores = self.ranker.score(matrix, cand.rows)
+        scores = self.ranker.score(matrix, cand.rows) if items else cand.fused.astype(np.float64)
         order = np.argsort(-scores, kind="stable")[:k]
         return self.universe.ids(cand.rows[order]), scores[order]
 

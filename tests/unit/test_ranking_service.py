@@ -293,16 +293,17 @@ def test_explanations_sum_to_the_trainers_score_over_the_wire(served: Served) ->
     run_with(served.version, scenario)
 
 
-def test_unknown_items_duplicates_and_cold_users_are_scored(served: Served) -> None:
+def test_unknown_items_duplicates_and_new_users_are_scored(served: Served) -> None:
     async def scenario(stub: Stub) -> None:
         case = case_for(served, 1, n=20, k=30)
-        cold = ranking_pb2.RankRequest()
-        cold.CopyFrom(case.request)
-        cold.user.ClearField("values")
-        cold.user.ClearField("recent_item_ids")
-        cold.user.ClearField("seen_item_ids")
-        cold.user.known = False
-        case = Case(cold, case.columns, np.empty(0, np.float32))
+        new_user = ranking_pb2.RankRequest()
+        new_user.CopyFrom(case.request)
+        new_user.user.ClearField("values")
+        new_user.user.known = False
+        # no profile, one live click (an item outside the candidates): the ranker scores them
+        del new_user.user.recent_item_ids[1:]
+        del new_user.user.seen_item_ids[1:]
+        case = Case(new_user, case.columns, np.empty(0, np.float32))
         first = case.request.candidates.item_ids[0]
         case = append_candidates(
             case, ["no-such-item", first], [-1, int(case.columns.rows[0])], [19, 0], "popular"
@@ -322,9 +323,28 @@ def test_unknown_items_duplicates_and_cold_users_are_scored(served: Served) -> N
         names = ranker_features(served.sources)
         user = slice(names.index(USER_FEATURES[0]), names.index(USER_FEATURES[-1]) + 1)
         item = slice(names.index(ITEM_FEATURES[0]), names.index(ITEM_FEATURES[-1]) + 1)
-        assert np.isnan(rows[:, user]).all()  # a cold user: no profile
+        assert np.isnan(rows[:, user]).all()  # a new user: no profile
         assert np.isnan(rows[ids.index("no-such-item"), item]).all()
         assert np.isfinite([i.score for i in reply.items]).all()
+
+    run_with(served.version, scenario)
+
+
+def test_a_user_with_no_history_keeps_the_retrieval_order(served: Served) -> None:
+    """The ranker learns on users with a history; one with none (a newcomer's popular candidates) is
+    served in retrieval's fused order, with the fused scores, and explain says why."""
+
+    async def scenario(stub: Stub) -> None:
+        request = case_for(served, 2, n=40, k=10).request
+        request.user.CopyFrom(common_pb2.UserFeatures(user_id="newcomer"))
+        request.explain = True
+        reply = await stub.Rank(request)
+        assert [i.item_id for i in reply.items] == list(request.candidates.item_ids[:10])
+        np.testing.assert_allclose([i.score for i in reply.items], request.candidates.scores[:10], rtol=1e-6)
+        assert len(reply.explanations) == 10
+        assert {e.unavailable for e in reply.explanations} == {
+            "a user with no history is served in retrieval order, not by the ranker"
+        }
 
     run_with(served.version, scenario)
 
