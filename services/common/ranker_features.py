@@ -38,6 +38,9 @@ ITEM_FEATURES: tuple[str, ...] = (
     "item_mean_hour",  # mean hour of day (UTC) of its interactions
     "item_rater_age",  # mean age of the users who interacted (when ages are known)
     "item_male_share",
+    # log1p(the item's shown-not-chosen (user, item) pairs until the slice's end / the slice's
+    # interactions * 1e4): impressions of the platform's own that got no click (0 without impressions)
+    "item_log_skipped",
 )
 #: User feature rows (from the slice; demographics where given).
 USER_FEATURES: tuple[str, ...] = (

@@ -5,7 +5,8 @@ with the live catalogue (services.common.catalogue) on top.
 * A trained item that was upserted takes the upserted metadata (categories, publish time, attributes);
   the others have their genres as categories, no publish time and no attributes.
 * Upserted items the version was not trained on are `fresh`: no source of the version knows them, so
-  retrieval scores them by content (their categories against the user's content profile) and appends
+  retrieval scores them by content (their categories and tags, in the version's content space, against
+  the user's content profile) and appends
   them as candidates of origin `fresh`; the ranking service gives them its exploration slots.
 
 `LiveCatalogue` is rebuilt whenever the mirror or the served version changes (per request only the
@@ -26,6 +27,7 @@ import scipy.sparse as sp
 from recsys.v1 import common_pb2
 from services.common.artifacts import ArtifactError
 from services.common.catalogue import CatalogueItem, MirrorState, is_empty, matches
+from services.common.content_space import ContentSpace
 from services.common.sources.base import EMPTY_ROWS, F32, Rows
 
 ITEMS_FILE = "items.csv"
@@ -71,17 +73,6 @@ class TrainedCategories:
         return np.asarray(self.matrix[:, cols].sum(axis=1)).reshape(-1) > 0
 
 
-def content_vector(categories: Sequence[str], genre_names: Sequence[str], dim: int) -> F32:
-    """An item's content vector from its categories alone, as the trainer makes one for an untagged
-    item (services.trainer.content): the one-hot of its known genres, L2-normalised, zero tag part."""
-    out = np.zeros(dim, dtype=np.float32)
-    index = {g: j for j, g in enumerate(genre_names)}
-    cols = sorted({index[c] for c in categories if c in index})
-    if cols:
-        out[cols] = 1.0 / np.sqrt(len(cols))
-    return out
-
-
 @dataclass(frozen=True)
 class LiveCatalogue:
     """One version's items with one state of the live catalogue on top."""
@@ -96,9 +87,7 @@ class LiveCatalogue:
     hidden_ids: frozenset[str]
 
     @classmethod
-    def build(
-        cls, state: MirrorState, row_of: Mapping[str, int], genre_names: Sequence[str], content_dim: int
-    ) -> LiveCatalogue:
+    def build(cls, state: MirrorState, row_of: Mapping[str, int], space: ContentSpace) -> LiveCatalogue:
         hidden_rows = np.sort(np.fromiter((row_of[i] for i in state.hidden if i in row_of), dtype=np.int64))
         upserted_rows: dict[int, CatalogueItem] = {}
         fresh: list[CatalogueItem] = []
@@ -108,9 +97,9 @@ class LiveCatalogue:
                 upserted_rows[row] = item
             elif item.item_id not in state.hidden:
                 fresh.append(item)
-        vectors = np.zeros((len(fresh), content_dim), dtype=np.float32)
+        vectors = np.zeros((len(fresh), space.dim), dtype=np.float32)
         for j, item in enumerate(fresh):
-            vectors[j] = content_vector(item.categories, genre_names, content_dim)
+            vectors[j] = space.vector(item.categories, item.tags)
         return cls(
             state.version,
             hidden_rows,

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from recsys.v1 import common_pb2
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.content_space import CONTENT_SPACE_FILE, ContentSpace
 from services.common.fusion import FusionParams
 from services.common.sources import source_class
 from services.common.sources.base import EMPTY_ROWS, History, Rows, Source
@@ -29,8 +30,10 @@ class RetrievalModel:
     row_of: dict[str, int]
     sources: dict[str, Source]
     fusion: FusionParams
-    #: every item's genres: its categories for filters, and the vocabulary of an upserted item's vector
+    #: every item's genres: its categories for filters
     categories: TrainedCategories
+    #: how an upserted item's content vector is made (its categories and tags)
+    content_space: ContentSpace
 
     @classmethod
     def load(cls, version: ArtifactVersion) -> RetrievalModel:
@@ -73,14 +76,14 @@ class RetrievalModel:
             categories = TrainedCategories.read(version.file(ITEMS_FILE), row_of)
         except ArtifactError as e:
             raise ArtifactError(f"{what}: {e}") from e
-        return cls(version.version, np.array(ids, dtype=object), row_of, sources, fusion, categories)
-
-    @property
-    def content_dim(self) -> int:
-        """The width of the content source's vectors (the genres alone without one)."""
-        content = self.sources.get("content")
-        vectors = getattr(content, "vectors", None)
-        return int(vectors.shape[1]) if vectors is not None else max(1, len(self.categories.names))
+        space = ContentSpace.read(version)
+        vectors = getattr(sources.get("content"), "vectors", None)
+        if vectors is not None and vectors.shape[1] != space.dim:
+            raise ArtifactError(
+                f"{what}: the content vectors have {vectors.shape[1]} dimensions, {CONTENT_SPACE_FILE} "
+                f"describes {space.dim}"
+            )
+        return cls(version.version, np.array(ids, dtype=object), row_of, sources, fusion, categories, space)
 
     @property
     def size(self) -> int:

@@ -149,7 +149,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServiceServicer):
     def live(self, model: RetrievalModel, state: MirrorState) -> LiveCatalogue:
         built = self._live.get(model.version)
         if built is None or built.version != state.version:
-            built = LiveCatalogue.build(state, model.row_of, model.categories.names, model.content_dim)
+            built = LiveCatalogue.build(state, model.row_of, model.content_space)
             self._live = {**self._live, model.version: built}
         return built
 

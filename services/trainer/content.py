@@ -1,5 +1,6 @@
 """Item content vectors from the catalogue: genres and the tags users gave (what the content source
-scores with, and what diversity is measured on)."""
+scores with, and what diversity is measured on). services.common.content_space makes one item's vector
+the same way, for an item upserted after training."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ def genre_vectors(item_ids: Sequence[str], catalog: dict[str, Item]) -> tuple[li
     return names, _normalised(out)
 
 
-def tag_vectors(item_ids: Sequence[str], tags: Tags) -> F32:
-    """(items, tags) TF-IDF of the tags each item was given (tf: how many times), rows L2-normalised and
-    zero for an untagged item. Only tags given to at least two items are columns: a tag on a single
-    item links it to no other."""
+def tag_vectors(item_ids: Sequence[str], tags: Tags) -> tuple[list[str], F32, F32]:
+    """(tag column names, their idf, (items, tags) TF-IDF of the tags each item was given (tf: how many
+    times), rows L2-normalised and zero for an untagged item). Only tags given to at least two items are
+    columns: a tag on a single item links it to no other."""
     index = {item: row for row, item in enumerate(item_ids)}
     rows = np.fromiter((index.get(i, -1) for i in tags.items.tolist()), dtype=np.int64, count=len(tags))
     names, cols = np.unique(tags.texts[rows >= 0], return_inverse=True)
@@ -42,7 +43,8 @@ def tag_vectors(item_ids: Sequence[str], tags: Tags) -> F32:
     tagged = int((counts.getnnz(axis=1) > 0).sum())
     # smoothed idf (as scikit-learn's): a tag on every tagged item still counts
     idf = (np.log((1 + tagged) / (1 + items_per_tag[shared])) + 1.0).astype(np.float32)
-    return _normalised(np.asarray((counts[:, shared] @ sp.diags(idf)).todense(), dtype=np.float32))
+    matrix = _normalised(np.asarray((counts[:, shared] @ sp.diags(idf)).todense(), dtype=np.float32))
+    return [str(t) for t in names[shared]], idf, matrix
 
 
 def content_vectors(genres: F32, tags: F32) -> F32:

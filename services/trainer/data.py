@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import sha256_file
+from services.common.content_space import normalise_tag
 
 # MovieLens latest-small, shipped in the repository for the demo and the tests.
 BUNDLED_DATA = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small"
@@ -51,6 +52,10 @@ class Log:
     # Each row's position in the input file (0-based), when known: seeded splits that must reproduce
     # a reference implementation (random numbers drawn in file order) need it.
     positions: npt.NDArray[np.int64] | None = None
+
+    @classmethod
+    def empty(cls) -> Log:
+        return cls(np.empty(0, dtype=str), np.empty(0, dtype=str), np.empty(0, np.float32), np.empty(0))
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -86,7 +91,7 @@ class Tags:
 
     users: npt.NDArray[np.str_]
     items: npt.NDArray[np.str_]
-    texts: npt.NDArray[np.str_]  # stripped and lower-cased: "Pixar" and "pixar " are one tag
+    texts: npt.NDArray[np.str_]  # normalise_tag: "Pixar" and "pixar " are one tag
     timestamps: npt.NDArray[np.float64]
 
     @classmethod
@@ -124,6 +129,9 @@ class Dataset:
     # Optional user attributes (MovieLens 100k: age, gender, occupation), as text.
     user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)
     tags: Tags = field(default_factory=Tags.empty)
+    # Impressions of an item the user neither clicked nor rated (the platform's own events, time order):
+    # the ranker's `item_log_skipped`.
+    shown: Log = field(default_factory=Log.empty)
 
     def known_from(self, log: Log) -> Dataset:
         """The dataset as a model fitted on `log` (a split of it) may see it: the log, and the catalogue
@@ -278,7 +286,7 @@ def read_tags(path: Path) -> Tags:
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(f"{path.name} line {line}: expected {len(header)} columns, got {len(row)}")
-        text = row[tag_col].strip().lower()
+        text = normalise_tag(row[tag_col])
         if not text:
             raise DataError(f"{path.name} line {line}: empty tag")
         users.append(row[user_col].strip())

@@ -5,7 +5,8 @@ JSON-lines log. What becomes of each event:
 
 * click   -> an interaction, rating `click_rating` (clicks carry none);
 * rating  -> an interaction with its rating;
-* impression of an item the user did not click or rate -> shown-not-chosen (kept apart: `shown`);
+* impression of an item the user did not click or rate -> shown-not-chosen (`Interactions.shown`: the
+  ranker's item feature `item_log_skipped`, services/trainer/stats.py);
 * exposure (the gateway's record of a response) -> not an interaction, only counted;
 * an event id seen before (in this read, or in an earlier run's interactions: `seen`) -> counted once;
 * anything malformed -> skipped, counted, and the first few reasons kept; never a crash.
@@ -38,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.catalogue import CatalogueItem
+from services.common.content_space import normalise_tag
 from services.features.event_file import SEQ, EventFile
 from services.features.store import Event, EventType
 from services.trainer.data import DataError, Dataset, Item, Log, Tags
@@ -58,13 +60,15 @@ class Interactions:
     log: Log
     #: Parallel to `log`: the event id a row came from, "" for a row of a base file.
     event_ids: npt.NDArray[np.str_]
+    #: Impressions of an item the user neither clicked nor rated (no pair of `log`), in time order.
+    shown: Log = dataclasses.field(default_factory=Log.empty)
 
     @classmethod
     def of_base(cls, log: Log) -> Interactions:
         return cls(log, np.full(len(log), "", dtype=str))
 
     def save(self, path: Path) -> None:
-        log = self.log
+        log, shown = self.log, self.shown
         with path.open("wb") as f:
             np.savez_compressed(
                 f,
@@ -73,40 +77,72 @@ class Interactions:
                 ratings=log.ratings,
                 timestamps=log.timestamps,
                 event_ids=self.event_ids.astype(str),
+                shown_users=shown.users.astype(str),
+                shown_items=shown.items.astype(str),
+                shown_timestamps=shown.timestamps,
             )
 
     @classmethod
     def load(cls, path: Path) -> Interactions:
+        keys = ("users", "items", "ratings", "timestamps", "event_ids")
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("users", "items", "ratings", "timestamps", "event_ids")}
+                arrays = {k: z[k] for k in keys}
+                # a version written before shown-not-chosen was kept has none
+                shown = (
+                    _shown_log(z["shown_users"], z["shown_items"], z["shown_timestamps"])
+                    if "shown_users" in z
+                    else Log.empty()
+                )
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"{path.name}: not a training-interactions file ({e})") from None
         log = Log(arrays["users"], arrays["items"], arrays["ratings"], arrays["timestamps"])
-        return cls(log, arrays["event_ids"])
+        return cls(log, arrays["event_ids"], shown)
 
     def seen_ids(self) -> set[str]:
         return set(self.event_ids.tolist()) - {""}
 
 
 def joined(a: Interactions, b: Interactions) -> Interactions:
-    """Both in one, sorted by time (ties: `a` first)."""
-    log = Log(
-        np.concatenate([a.log.users, b.log.users]).astype(str),
-        np.concatenate([a.log.items, b.log.items]).astype(str),
-        np.concatenate([a.log.ratings, b.log.ratings]).astype(np.float32),
-        np.concatenate([a.log.timestamps, b.log.timestamps]),
-    )
+    """Both in one, sorted by time (ties: `a` first); a pair shown in one and chosen in either is no
+    longer shown-not-chosen."""
+    log = _concatenated(a.log, b.log)
     order = np.argsort(log.timestamps, kind="stable")
-    return Interactions(log.take(order), np.concatenate([a.event_ids, b.event_ids]).astype(str)[order])
+    shown = _concatenated(a.shown, b.shown)
+    chosen = set(zip(log.users.tolist(), log.items.tolist(), strict=True))
+    keep = np.fromiter(
+        (p not in chosen for p in zip(shown.users.tolist(), shown.items.tolist(), strict=True)),
+        dtype=bool,
+        count=len(shown),
+    )
+    shown = shown.take(keep)
+    return Interactions(
+        log.take(order),
+        np.concatenate([a.event_ids, b.event_ids]).astype(str)[order],
+        shown.take(np.argsort(shown.timestamps, kind="stable")),
+    )
+
+
+def _concatenated(a: Log, b: Log) -> Log:
+    return Log(
+        np.concatenate([a.users, b.users]).astype(str),
+        np.concatenate([a.items, b.items]).astype(str),
+        np.concatenate([a.ratings, b.ratings]).astype(np.float32),
+        np.concatenate([a.timestamps, b.timestamps]),
+    )
+
+
+def _shown_log(
+    users: npt.NDArray[np.str_], items: npt.NDArray[np.str_], timestamps: npt.NDArray[np.float64]
+) -> Log:
+    return Log(users, items, np.zeros(len(users), dtype=np.float32), timestamps)
 
 
 @dataclass(frozen=True)
 class EventRead:
-    #: The clicks and ratings, with their event ids.
+    #: The clicks and ratings, with their event ids, and the impressions of an item the user neither
+    #: clicked nor rated in this read (`shown`).
     interactions: Interactions
-    #: Impressions of an item the user neither clicked nor rated in this read.
-    shown: Log
     counts: dict[str, int]
     reasons: list[str]
     #: The position of the last event read (`since` when nothing followed it, "" for an empty log).
@@ -296,9 +332,9 @@ def read(
     counts["shown_not_chosen"] = len(shown)
     upserted = _catalogue(source, prefix)
     counts["catalogue_items"] = len(upserted)
+    read = _interactions(interactions)
     return EventRead(
-        _interactions(interactions),
-        _interactions(shown).log,
+        dataclasses.replace(read, shown=_interactions(shown).log),
         dict(counts),
         reasons,
         watermark,
@@ -329,11 +365,13 @@ def with_events(
     tags = _with_catalogue_tags(base.tags if base is not None else Tags.empty(), events.catalogue)
     marker = f"events:{events.source}@{events.watermark}"
     fingerprint = hashlib.sha256(f"{base.fingerprint if base else ''}\n{marker}".encode()).hexdigest()
+    shown = interactions.shown
     if base is None:
-        return Dataset(f"events ({events.source})", fingerprint, {}, log, catalog, tags=tags), interactions
+        dataset = Dataset(f"events ({events.source})", fingerprint, {}, log, catalog, tags=tags, shown=shown)
+        return dataset, interactions
     source = base.source if base.source.endswith(" + events") else f"{base.source} + events"
     dataset = dataclasses.replace(
-        base, source=source, fingerprint=fingerprint, log=log, catalog=catalog, tags=tags
+        base, source=source, fingerprint=fingerprint, log=log, catalog=catalog, tags=tags, shown=shown
     )
     return dataset, interactions
 
@@ -350,7 +388,7 @@ def _item(upserted: CatalogueItem) -> Item:
 def _with_catalogue_tags(tags: Tags, upserted: tuple[CatalogueItem, ...]) -> Tags:
     """`tags` (users' tags) plus each upserted item's tags, as given by no user at no time (item metadata,
     so every fit may know them)."""
-    pairs = [(i.item_id, t.strip().lower()) for i in upserted for t in i.tags if t.strip()]
+    pairs = [(i.item_id, normalise_tag(t)) for i in upserted for t in i.tags if normalise_tag(t)]
     if not pairs:
         return tags
     return Tags(

@@ -71,6 +71,7 @@ def export(
         dump("user_history.json", {u: universe.ids(h.items) for u, h in sorted(stage.histories.items())})
         for source in stage.sources.values():
             source.save(staging)
+        stage.content_space.save(staging)
         diversity = "content.vectors.npy"
         if "content" not in stage.sources:
             diversity = DIVERSITY_FILE

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
+from services.common.content_space import ContentSpace
 from services.common.extras import deep_missing
 from services.common.fusion import CandidateColumns, FusionParams, generate
 from services.common.ranker import Ensemble
@@ -207,6 +208,8 @@ class Stage:
     item_rows: F32
     user_rows: F32
     histories: dict[str, History]
+    #: how the content vectors were made (exported: serving makes a new item's the same way)
+    content_space: ContentSpace
 
     def candidates(self, user: str, config: PipelineConfig) -> CandidateColumns:
         history = self.histories.get(user) or History.of([])
@@ -229,7 +232,7 @@ def fit_stage(
             sources[name] = source_class(name).fit(data, config.params(name))
     with progress.step("feature rows"):
         item_rows, user_rows = feature_rows(universe, log_slice)
-    return Stage(universe, sources, item_rows, user_rows, universe.histories(log_slice))
+    return Stage(universe, sources, item_rows, user_rows, universe.histories(log_slice), data.content_space)
 
 
 @dataclass

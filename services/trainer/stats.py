@@ -18,6 +18,18 @@ DAY = 86_400.0
 BAYES_PRIOR = 10.0
 
 
+def _skipped(universe: Universe, end: float) -> F64:
+    """Per item row, the distinct (user, item) pairs shown and not chosen no later than `end` (what a
+    model fitted on a slice ending there may know)."""
+    shown = universe.shown
+    if not len(shown):
+        return np.zeros(universe.n_items)
+    keep = shown.timestamps <= end
+    pairs = set(zip(shown.users[keep].tolist(), shown.items[keep].tolist(), strict=True))
+    rows = np.fromiter((universe.item_row.get(i, -1) for _, i in pairs), dtype=np.int64, count=len(pairs))
+    return np.bincount(rows[rows >= 0], minlength=universe.n_items).astype(np.float64)
+
+
 def _group(codes: I64, values: F64, n: int) -> tuple[F64, F64, F64]:
     """Per-group count, mean and std (NaN where the group is empty)."""
     count = np.bincount(codes, minlength=n).astype(np.float64)
@@ -87,6 +99,7 @@ def feature_rows(universe: Universe, log: Log) -> tuple[F32, F32]:
             "item_mean_hour": i_hour,
             "item_rater_age": i_rater_age,
             "item_male_share": i_male,
+            "item_log_skipped": np.log1p(_skipped(universe, end) / total * 1e4),
         }
         users = {
             "user_log_count": np.log1p(u_count / mean_count),

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import ArtifactVersion
+from services.common.content_space import ContentSpace
 from services.common.fusion import FusionParams
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES
 from services.common.sources import source_class
@@ -29,7 +30,7 @@ from services.common.sources.content import Content
 from services.common.sources.popularity import Popularity
 from services.common.sources.tables import NeighbourTable, TableSource
 from services.trainer import ranker
-from services.trainer.data import Tags
+from services.trainer.data import Log, Tags
 from services.trainer.export import export
 from services.trainer.pipeline import Fitted, PipelineConfig, Stage
 from services.trainer.ranker import Groups, RankerParams
@@ -169,6 +170,7 @@ def generate(config: SyntheticConfig) -> ArtifactVersion:
         c = user_cluster[u]
         picks = offsets[c] + rng.choice(sizes[c], min(config.history, sizes[c]), replace=False)
         histories.append(History.of(by_cluster[picks]))
+    genre_names = [f"genre{g}" for g in range(GENRES)]
     universe = Universe(
         item_ids,
         user_ids,
@@ -180,9 +182,10 @@ def generate(config: SyntheticConfig) -> ArtifactVersion:
         np.full(config.users, np.nan),
         np.full(config.users, np.nan),
         Tags.empty(),
+        Log.empty(),
         frozenset(),
         [f"Synthetic item {i}" for i in item_ids],
-        [f"genre{g}" for g in range(GENRES)],
+        genre_names,
     )
     sources = synthetic_sources(
         rng, config, pipeline, items, item_cluster, genres, counts, histories, user_ids
@@ -191,7 +194,12 @@ def generate(config: SyntheticConfig) -> ArtifactVersion:
     item_rows[:, ITEM_FEATURES.index("item_log_pop")] = np.log1p(counts / counts.sum() * 1e4)
     user_rows = rng.standard_normal((config.users, len(USER_FEATURES)), dtype=np.float32)
     stage = Stage(
-        universe, sources, item_rows, user_rows, {u: h for u, h in zip(user_ids, histories, strict=True)}
+        universe,
+        sources,
+        item_rows,
+        user_rows,
+        {u: h for u, h in zip(user_ids, histories, strict=True)},
+        ContentSpace(tuple(genre_names), (), ()),  # genres alone: no tags
     )
 
     _say(f"training the ranker ({models} x {pipeline.ranker.rounds} trees) on the pipeline's own candidates")

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from services.common.content_space import ContentSpace
 from services.common.sources.base import FitData, History, Rows
 from services.trainer.content import content_vectors, genre_vectors, tag_vectors
 from services.trainer.data import Dataset, Log, Tags
@@ -35,6 +36,7 @@ class Universe:
     user_gender: F64  # 1 = M, 0 = F, NaN unknown
     user_occupation: F64  # category code, NaN unknown
     tags: Tags
+    shown: Log  # shown-not-chosen impressions (Dataset.shown)
     # every (user, item) of the dataset's log, held-out ratings included: only to leave their tags out
     rated: frozenset[tuple[str, str]]
     titles: list[str]
@@ -62,6 +64,7 @@ class Universe:
             ),
             np.array([code.get(a.get("occupation", ""), np.nan) for a in attrs], dtype=np.float64),
             data.tags,
+            data.shown,
             data.rated_pairs() if len(data.tags) else frozenset(),
             [data.catalog[i].title if i in data.catalog else "" for i in item_ids],
             names,
@@ -88,8 +91,10 @@ class Universe:
         matrix.sum_duplicates()
         matrix.data[:] = 1.0
         tags = self.tags.known_to(log, self.rated) if len(self.tags) else self.tags
-        content = content_vectors(self.genres, tag_vectors(self.item_ids, tags))
-        return FitData(matrix, users, items, times, content, seed, threads)
+        tag_names, idf, tag_part = tag_vectors(self.item_ids, tags)
+        space = ContentSpace(tuple(self.genre_names), tuple(tag_names), tuple(idf.tolist()))
+        content = content_vectors(self.genres, tag_part)
+        return FitData(matrix, users, items, times, content, space, seed, threads)
 
     def histories(self, log: Log) -> dict[str, History]:
         """Each user's history in `log`: distinct items, most recent first (the log is in time order,

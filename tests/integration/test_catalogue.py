@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from recsys.v1 import common_pb2
@@ -81,6 +82,37 @@ def test_an_upserted_item_is_recommended_to_a_matching_user_before_any_retrain(
     assert ids(after)[:9] == ids(before)[:9]
     scores = [i.score for i in after.items]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_an_upserted_items_tags_place_it_before_any_retrain(client: Client, artifacts_root: Path) -> None:
+    """Two new items of the same category, one tagged with the tag the user's history carries most (in
+    the version's content space: content.vectors.npy, content_space.json), one with a tag none of it
+    carries: the tags alone order them (a publish-time filter leaves only these two to serve)."""
+    version = open_current(artifacts_root)
+    user, _, unliked = a_user_and_their_genre(artifacts_root)
+    space = json.loads(version.file("content_space.json").read_text())
+    row = {item: r for r, item in enumerate(json.loads(version.file("item_ids.json").read_text()))}
+    history = json.loads(version.file("user_history.json").read_text())[user]
+    vectors = np.load(version.file("content.vectors.npy"))
+    profile = vectors[[row[i] for i in history]].sum(axis=0)[max(1, len(space["genres"])) :]
+    assert profile.max() > 0 and profile.min() == 0, "the user's history carries tags, not all of them"
+    carried, absent = space["tags"][int(profile.argmax())], space["tags"][int(profile.argmin())]
+    future = 3_000_000_000_000  # 2065: no other item is published after 2060
+    new = [
+        common_pb2.CatalogueItem(
+            item_id="absent-tag", categories=[unliked], tags=[absent], published_at_ms=future
+        ),
+        common_pb2.CatalogueItem(
+            item_id="carried-tag", categories=[unliked], tags=[carried.title()], published_at_ms=future
+        ),
+    ]
+    client.upsert_items(new)
+    try:
+        got = client.recommend(user, k=10, item_filter=item_filter(published_after_ms=future - 1))
+        assert ids(got) == ["carried-tag", "absent-tag"]
+        assert got.items[0].score > got.items[1].score
+    finally:
+        client.hide_items([i.item_id for i in new])  # later tests filter on publish time too
 
 
 def test_a_hidden_item_is_absent_from_every_path(

@@ -14,7 +14,7 @@ from services.cli import main
 from services.common.ranker import Ensemble
 from services.common.ranker_features import ITEM_FEATURES, USER_FEATURES, ranker_features
 from services.trainer import ranker
-from services.trainer.data import Dataset, Item, Log, Tags
+from services.trainer.data import BUNDLED_DATA, Dataset, Item, Log, Tags, load
 from services.trainer.evaluation import evaluate
 from services.trainer.pipeline import PipelineConfig, Progress, fit, fit_stage
 from services.trainer.protocols import Protocol
@@ -210,6 +210,28 @@ def test_content_vectors_count_only_tags_a_fitted_slice_may_know() -> None:
     score = dict(zip(universe.item_ids, scores.tolist(), strict=True))
     assert score["c"] == pytest.approx(0.5)  # half of a's and of c's vector is the shared tag
     assert score["b"] == score["d"] == score["e"] == 0.0
+
+
+def test_the_content_space_makes_each_trained_items_vector_from_its_genres_and_tags() -> None:
+    """What serving makes of an item's genres and tags (services.common.content_space, for an item
+    upserted after training) is the row the trainer's matrix code made for it, on the bundled data's
+    real genres and tags; a tag the fit did not keep adds nothing."""
+    data = load(BUNDLED_DATA)
+    fitting = data.log.take(data.log.timestamps <= np.quantile(data.log.timestamps, 0.8))
+    universe = Universe.build(data, fitting)
+    fitted = universe.fit_data(fitting, seed=0, threads=1)
+    space = fitted.content_space
+    assert len(space.tags) > 50 and space.dim == fitted.content.shape[1]
+    known = universe.tags.known_to(fitting, universe.rated)
+    given: dict[str, list[str]] = {}
+    for item, text in zip(known.items.tolist(), known.texts.tolist(), strict=True):
+        given.setdefault(item, []).append(text.upper())  # as a client may send them
+    genres = {i: data.catalog[i].genres if i in data.catalog else () for i in universe.item_ids}
+    made = np.stack([space.vector(genres[i], given.get(i, [])) for i in universe.item_ids])
+    np.testing.assert_allclose(made, fitted.content, atol=1e-6)
+    tagged = [i for i in universe.item_ids if set(map(str.lower, given.get(i, []))) & set(space.tags)]
+    assert len(tagged) > 100  # the tag part is exercised, not only the genres
+    np.testing.assert_array_equal(space.vector(["Drama"], ["no such tag"]), space.vector(["Drama"], []))
 
 
 def test_feature_rows_of_a_hand_made_slice() -> None:

@@ -12,17 +12,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 
 from services.common.artifacts import open_current
 from services.common.catalogue import CatalogueItem
+from services.common.ranker_features import ITEM_FEATURES
 from services.features.catalogue import CatalogueStore, FileCatalogue, RedisCatalogue
 from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.store import Event, EventType, OnlineStore
 from services.trainer import events
 from services.trainer.cli import add_arguments, main
+from services.trainer.data import Log
 from tests.support import BUNDLED_DATA, TEST_SETTINGS
 
 #: How the store writes its lines (the seq first, no spaces).
@@ -62,7 +65,23 @@ def check(read: events.EventRead, malformed: int) -> None:
         ("u2", "c", 3.5),
     ]
     assert list(read.log.timestamps) == [2.0, 4.0]
-    assert list(zip(read.shown.users, read.shown.items, strict=True)) == [("u1", "b")]
+    shown = read.interactions.shown
+    assert list(zip(shown.users, shown.items, strict=True)) == [("u1", "b")]
+
+
+def test_shown_not_chosen_is_kept_across_reads_until_chosen() -> None:
+    def log(rows: list[tuple[str, str, float]]) -> Log:
+        users, items, stamps = (list(c) for c in zip(*rows, strict=True))
+        return Log(np.array(users), np.array(items), np.ones(len(rows), np.float32), np.array(stamps))
+
+    earlier = events.Interactions(
+        log([("u1", "a", 1.0)]), np.array(["e1"]), log([("u1", "b", 2.0), ("u2", "b", 3.0)])
+    )
+    later = events.Interactions(log([("u2", "b", 5.0)]), np.array(["e9"]), log([("u1", "c", 4.0)]))
+    both = events.joined(earlier, later)
+    # u2 chose b after it was shown to them: no longer shown-not-chosen; u1's pairs stay, in time order
+    assert list(zip(both.shown.users, both.shown.items, strict=True)) == [("u1", "b"), ("u1", "c")]
+    assert list(both.log.items) == ["a", "b"]
 
 
 def test_the_embedded_log(tmp_path: Path) -> None:
@@ -160,16 +179,20 @@ def test_train_on_the_bundled_data_and_the_events(tmp_path: Path, capsys: pytest
         ev("1", "brand-new-item", EventType.CLICK, 2_000_000_000_100),
         ev("2", "brand-new-item", EventType.CLICK, 2_000_000_000_200),
     ]
+    # item 100 shown to three users, none of whom chose it (before the last click: a fit knows what is
+    # no later than its last interaction, as with tags): the ranker's item_log_skipped
+    batch += [ev(u, "100", EventType.IMPRESSION, 2_000_000_000_050) for u in ("3", "4", "5")]
     write(EmbeddedStore(EmbeddedConfig(event_log=path)), batch)
     upsert(FileCatalogue(path.with_name(events.CATALOGUE_FILE)), [NEW_FILM])
     out = tmp_path / "artifacts"
     settings = [a for s in TEST_SETTINGS for a in ("--set", s)]
     argv = ["--data", str(BUNDLED_DATA), "--events", str(path), "--out", str(out), "--no-progress", *settings]
     assert main(parse(argv)) == 0
-    assert "events from events.jsonl through 6: 6 read, 6 new interactions" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "events from events.jsonl through 9: 9 read, 6 new interactions, 3 shown not chosen" in printed
     version = open_current(out)
     described = version.manifest["data"]["events"]
-    assert described["watermark"] == "6" and described["counts"]["interactions"] == 6
+    assert described["watermark"] == "9" and described["counts"]["interactions"] == 6
     assert version.manifest["data"]["source"] == "ml-latest-small + events"
     assert "newcomer" in json.loads(version.file("user_ids.json").read_text())
     assert "brand-new-item" in json.loads(version.file("item_ids.json").read_text())
@@ -177,6 +200,16 @@ def test_train_on_the_bundled_data_and_the_events(tmp_path: Path, capsys: pytest
     with version.file("items.csv").open(newline="") as f:
         genres = {row["item_id"]: row["genres"] for row in csv.DictReader(f)}
     assert genres["brand-new-item"] == "Animation|Sci-Fi"
+    # The shown-not-chosen pairs are kept with the version and reach the ranker's item rows.
+    kept = events.Interactions.load(version.file(events.INTERACTIONS_FILE)).shown
+    assert sorted(zip(kept.users.tolist(), kept.items.tolist(), strict=True)) == [
+        ("3", "100"),
+        ("4", "100"),
+        ("5", "100"),
+    ]
+    skipped = np.load(version.file("item_features.npy"))[:, ITEM_FEATURES.index("item_log_skipped")]
+    row = {item: r for r, item in enumerate(json.loads(version.file("item_ids.json").read_text()))}
+    assert skipped[row["100"]] > 0 and np.count_nonzero(skipped) == 1
 
 
 def test_an_unreachable_event_source_is_one_line_and_publishes_nothing(

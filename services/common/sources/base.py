@@ -28,6 +28,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from services.common.artifacts import ArtifactError, ArtifactVersion
+from services.common.content_space import ContentSpace
 
 Rows = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
@@ -107,6 +108,8 @@ class FitData:
     event_times: npt.NDArray[np.float64]
     #: (items, d) L2-normalised content vectors (genres, tags this slice may know); zero rows for none
     content: F32
+    #: how those vectors are made from an item's genres and tags (what serving needs for a new item)
+    content_space: ContentSpace
     seed: int = 42
     threads: int = 2
 
