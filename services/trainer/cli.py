@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--events-prefix", default="recsys", help="the features service's --redis-prefix")
     parser.add_argument(
+        "--events-catalogue",
+        type=Path,
+        metavar="FILE",
+        help="with an embedded log: the features service's --catalogue-log, when it is not catalogue.jsonl "
+        "beside the log",
+    )
+    parser.add_argument(
         "--click-rating", type=float, default=4.0, help="the rating a click stands for (clicks carry none)"
     )
     parser.add_argument(
@@ -138,6 +145,7 @@ def config_from_args(ns: argparse.Namespace, *, gate: bool = False) -> TrainConf
         progress=not ns.no_progress,
         events=ns.events,
         events_prefix=ns.events_prefix,
+        events_catalogue=ns.events_catalogue,
         click_rating=ns.click_rating,
         full_events=ns.full_events,
         gate=gated,

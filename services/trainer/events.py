@@ -245,12 +245,12 @@ def _interactions(rows: list[Row]) -> Interactions:
     return Interactions(log, np.array([r[4] for r in rows], dtype=str))
 
 
-def _catalogue(source: str, prefix: str) -> tuple[CatalogueItem, ...]:
+def _catalogue(source: str, prefix: str, catalogue_file: Path | None) -> tuple[CatalogueItem, ...]:
     """The upserted items of the catalogue kept with SOURCE's store, oldest change first."""
     from services.features import catalogue
 
     if not is_redis(source):
-        entries, _, _ = catalogue.replayed(Path(source).with_name(CATALOGUE_FILE))
+        entries, _, _ = catalogue.replayed(catalogue_file or Path(source).with_name(CATALOGUE_FILE))
     else:
         import asyncio
 
@@ -289,9 +289,11 @@ def read(
     click_rating: float = 1.0,
     since: str | None = None,
     seen: set[str] | None = None,
+    catalogue_file: Path | None = None,
 ) -> EventRead:
     """Read SOURCE (after `since`, a watermark of an earlier read) into training rows; an event whose id
-    is in `seen` (the ids an earlier run trained on) is a duplicate."""
+    is in `seen` (the ids an earlier run trained on) is a duplicate. `catalogue_file`: the embedded
+    store's catalogue when it is not beside its log (the features service's --catalogue-log)."""
     if is_redis(source):
         records = _redis_records(source, prefix, since)
     else:
@@ -330,7 +332,7 @@ def read(
     shown = [r for r in impressions if (r[0], r[1]) not in chosen]
     counts["interactions"] = len(interactions)
     counts["shown_not_chosen"] = len(shown)
-    upserted = _catalogue(source, prefix)
+    upserted = _catalogue(source, prefix, catalogue_file)
     counts["catalogue_items"] = len(upserted)
     read = _interactions(interactions)
     return EventRead(

@@ -25,18 +25,20 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from services.common.artifacts import ArtifactVersion
-from services.experiment.analysis import Estimate, mean_estimate
 from services.features.store import Event, EventType
 from services.served_quality import Answers, in_process
 from services.trainer.data import Log
 from services.trainer.metrics import per_user_metrics
 from services.trainer.pipeline import Fitted
+
+if TYPE_CHECKING:
+    from services.experiment.analysis import Estimate
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +171,9 @@ def decide(
     """Whether the new version passes, given each slice user's metric under both (paired by position),
     and the mean difference new - serving: refused only when the upper end of its 95% interval is below
     -tolerance; with one user (no interval), when the difference itself is."""
+    # here, not at the top: the analysis module loads scipy.stats, and every `recsys` command loads this
+    from services.experiment.analysis import mean_estimate
+
     difference = mean_estimate(new - serving)
     high = difference.ci()[1]
     return (high if math.isfinite(high) else difference.value) >= -tolerance, difference

@@ -39,6 +39,8 @@ class TrainConfig:
     #: The platform's event log to train from as well: a Redis URL or the embedded JSON-lines log.
     events: str | None = None
     events_prefix: str = "recsys"
+    #: The embedded store's catalogue when it is not beside its log (None: catalogue.jsonl beside it).
+    events_catalogue: Path | None = None
     #: The rating a click stands for (clicks carry none).
     click_rating: float = 4.0
     #: Read the whole event log (with the base file) even when CURRENT holds an earlier read.
@@ -89,6 +91,7 @@ def train(config: TrainConfig) -> ArtifactVersion:
                 config.click_rating,
                 since=since or None,
                 seen=earlier.seen_ids() if earlier is not None else None,
+                catalogue_file=config.events_catalogue,
             )
             if read.counts.get("malformed"):
                 log.warning(

@@ -24,7 +24,7 @@ from services.features.embedded import EmbeddedConfig, EmbeddedStore
 from services.features.redis_store import RedisConfig, RedisStore
 from services.features.store import Event, EventType, OnlineStore
 from services.trainer import events
-from services.trainer.cli import add_arguments, main
+from services.trainer.cli import add_arguments, config_from_args, main
 from services.trainer.data import Log
 from tests.support import BUNDLED_DATA, TEST_SETTINGS
 
@@ -152,6 +152,21 @@ def test_the_live_catalogue_beside_the_embedded_log(tmp_path: Path) -> None:
         FileCatalogue(tmp_path / events.CATALOGUE_FILE), [CatalogueItem("1", "Toy Story, renamed"), NEW_FILM]
     )
     check_catalogue(events.read(str(path)))
+
+
+def test_a_live_catalogue_elsewhere_is_named_with_events_catalogue(tmp_path: Path) -> None:
+    """The features service's --catalogue-log put it away from the log: the trainer reads that file."""
+    path = tmp_path / "events.jsonl"
+    write(EmbeddedStore(EmbeddedConfig(event_log=path)), LOGGED)
+    elsewhere = tmp_path / "state" / "items.jsonl"
+    elsewhere.parent.mkdir()
+    upsert(FileCatalogue(elsewhere), [CatalogueItem("1", "Toy Story, renamed"), NEW_FILM])
+    assert events.read(str(path)).catalogue == ()
+    check_catalogue(events.read(str(path), catalogue_file=elsewhere))
+    parsed = parse(
+        ["--events", str(path), "--events-catalogue", str(elsewhere), "--out", str(tmp_path / "a")]
+    )
+    assert config_from_args(parsed).events_catalogue == elsewhere
 
 
 def test_the_live_catalogue_in_redis(redis_url: str) -> None:

@@ -36,6 +36,7 @@ ARTIFACT_FILES = {
     "user_ids.json",
     "user_features.npy",
     "user_history.json",
+    "content_space.json",
     "interactions.npz",
     "ranker_0.txt",
     "ranker_1.txt",
