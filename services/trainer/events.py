@@ -90,7 +90,12 @@ class Interactions:
                 arrays = {k: z[k] for k in keys}
                 # a version written before shown-not-chosen was kept has none
                 shown = (
-                    _shown_log(z["shown_users"], z["shown_items"], z["shown_timestamps"])
+                    Log(
+                        z["shown_users"],
+                        z["shown_items"],
+                        np.zeros(len(z["shown_users"]), dtype=np.float32),
+                        z["shown_timestamps"],
+                    )
                     if "shown_users" in z
                     else Log.empty()
                 )
@@ -130,12 +135,6 @@ def _concatenated(a: Log, b: Log) -> Log:
         np.concatenate([a.ratings, b.ratings]).astype(np.float32),
         np.concatenate([a.timestamps, b.timestamps]),
     )
-
-
-def _shown_log(
-    users: npt.NDArray[np.str_], items: npt.NDArray[np.str_], timestamps: npt.NDArray[np.float64]
-) -> Log:
-    return Log(users, items, np.zeros(len(users), dtype=np.float32), timestamps)
 
 
 @dataclass(frozen=True)
@@ -334,9 +333,8 @@ def read(
     counts["shown_not_chosen"] = len(shown)
     upserted = _catalogue(source, prefix, catalogue_file)
     counts["catalogue_items"] = len(upserted)
-    read = _interactions(interactions)
     return EventRead(
-        dataclasses.replace(read, shown=_interactions(shown).log),
+        dataclasses.replace(_interactions(interactions), shown=_interactions(shown).log),
         dict(counts),
         reasons,
         watermark,
