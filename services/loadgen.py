@@ -94,6 +94,8 @@ class LoadResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     #: of the requests answered OK only (a shed request's fast refusal is not a fast answer)
     ok_latency_ms: dict[str, float] = field(default_factory=dict)
+    #: of the requests refused RESOURCE_EXHAUSTED (shed): how soon a client is told to back off
+    shed_latency_ms: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,6 +120,7 @@ def summarize(latencies_ms: list[float]) -> dict[str, float]:
 async def _run(config: LoadConfig) -> LoadResult:
     latencies: list[float] = []
     ok_latencies: list[float] = []
+    shed_latencies: list[float] = []
     errors: Counter[str] = Counter()
     degraded = 0
     sent = 0
@@ -131,17 +134,19 @@ async def _run(config: LoadConfig) -> LoadResult:
         async def one(i: int, scheduled: float) -> None:
             nonlocal degraded
             request = gateway_pb2.RecommendRequest(user_id=config.users[i % len(config.users)], k=config.k)
-            ok = False
+            code = "OK"
             try:
                 response = await stub.Recommend(request, timeout=config.timeout_s, metadata=metadata)
                 degraded += response.degraded
-                ok = True
             except grpc.aio.AioRpcError as e:
-                errors[e.code().name] += 1
+                code = e.code().name
+                errors[code] += 1
             latency = (time.perf_counter() - scheduled) * 1000
             latencies.append(latency)
-            if ok:
+            if code == "OK":
                 ok_latencies.append(latency)
+            elif code == "RESOURCE_EXHAUSTED":
+                shed_latencies.append(latency)
 
         start = time.perf_counter()
         deadline = start + config.duration_s
@@ -176,6 +181,7 @@ async def _run(config: LoadConfig) -> LoadResult:
         elapsed_s=elapsed,
         latency_ms=summarize(latencies),
         ok_latency_ms=summarize(ok_latencies),
+        shed_latency_ms=summarize(shed_latencies),
         # never the key in a result file
         config={k: v for k, v in asdict(config).items() if k not in ("users", "api_key", "tls")}
         | {"users": len(config.users), "tls": config.tls is not None},
