@@ -26,10 +26,8 @@ POPULAR = "popular"
 class FusionParams:
     fused: tuple[str, ...] = ("ease", "cooc", "als", "seq")
     k: float = 60.0
-    # 300 / 100 before the eleventh validation round (docs/evaluation.md): deeper lists and more candidates
-    # gained on the nine paired splits, together with longer item-item tables
-    depth: int = 500
-    candidates: int = 150
+    depth: int = 300
+    candidates: int = 100
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,21 @@
-"""Load shedding: at most `max_in_flight` Recommends run at once, up to `max_queued` more wait for a
-slot, and the rest are refused at once (Overloaded -> RESOURCE_EXHAUSTED). Past its capacity a gateway
-that admits everything makes every request late; this one keeps the admitted ones within their budget
-and tells the others to back off. Feedback is never shed (losing an event costs more than answering it).
+"""Load shedding: at most `limit` Recommends run at once, up to `max_queued` more wait at most `queue_ms`
+for a slot, and the rest are refused at once (Overloaded -> RESOURCE_EXHAUSTED). Past its capacity a
+gateway that admits everything makes every request late; this one keeps the admitted ones within their
+budget and tells the others to back off. Feedback is never shed (losing an event costs more than
+answering it).
 
-The queue tells a burst from overload the way CoDel and Facebook's adaptive LIFO do: while it drains now
-and then, a request waits up to `queue_ms` for a slot, first come first served, so a short spike (a
-replica restarting, a GC pause) is absorbed instead of shed. Once it has not drained for `standing_ms`,
-the load is more than the slots can take: a request then waits at most `standing_queue_ms`, and the
-newest waiter gets the next slot. Under overload the requests admitted are the fresh ones, which still
-have their whole budget; the old ones, which would be late anyway, are the ones shed.
-
-The limit is a number of requests, not a latency: past the point where the platform's processes are all
-busy, more in flight adds latency and no throughput (bench/shedding.py measures both), and a request
-waiting on a slow backend is the budgets' business (they degrade it), not a reason to shed others."""
+The limit adapts (AIMD, when `lag_ms` is set) to the event loop's lag: a timer due every 5 ms is
+watched, and when the slowest tenth of a window of its wake-ups was late by more than `lag_ms`, the loop
+has more work than it can do: the limit shrinks by a tenth (at least one). Otherwise, if requests had to
+wait for a slot, it grows by one, up to `max_in_flight`. Lag, not request latency: a request waiting on
+a slow backend costs the loop nothing and is the budgets' business (they degrade it); a loop behind
+makes every request late, also before admission sees it. How many requests a machine can run at once
+depends on its speed and on what else it runs, so a fixed number is either too low or too high."""
 
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,54 +25,61 @@ from services.common.rpc import Overloaded
 
 
 class Admission:
-    def __init__(
-        self,
-        max_in_flight: int,
-        max_queued: int,
-        queue_ms: float,
-        standing_queue_ms: float | None = None,
-        standing_ms: float = 100.0,
-    ) -> None:
-        """max_in_flight 0 admits everything; standing_queue_ms None: the same wait as queue_ms."""
+    #: How often the lag timer is due, and how many of its wake-ups make a window (at most 100 ms).
+    TICK_S = 0.005
+    WINDOW = 20
+
+    def __init__(self, max_in_flight: int, max_queued: int, queue_ms: float, lag_ms: float = 0.0) -> None:
+        """max_in_flight 0 admits everything; lag_ms 0 keeps the limit at max_in_flight."""
         self.max_in_flight = max_in_flight
+        self.limit = max_in_flight
         self.max_queued = max_queued
         self.queue_s = queue_ms / 1000
-        self.standing_queue_s = self.queue_s if standing_queue_ms is None else standing_queue_ms / 1000
-        self.standing_s = standing_ms / 1000
+        self.lag_s = lag_ms / 1000
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        #: since when the queue has held waiters, gaps shorter than standing_ms bridged (None: not yet)
-        self._busy_since: float | None = None
-        #: since when the queue has been empty (None: it holds a waiter now)
-        self._empty_since: float | None = -math.inf
+        self._waited = False
+        self._watch: asyncio.Task[None] | None = None
 
-    @property
-    def standing(self) -> bool:
-        """The queue has held waiters for `standing_ms`, and has not stayed empty as long since: overload,
-        not a burst. Under overload it drains for moments between arrivals; those do not count."""
-        now = time.perf_counter()
-        if self._busy_since is None or (
-            self._empty_since is not None and now - self._empty_since > self.standing_s
-        ):
-            return False
-        return now - self._busy_since > self.standing_s
+    def _watch_lag(self) -> None:
+        if self._watch is None and self.lag_s > 0 and self.max_in_flight > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._lag_loop())
 
-    def _queue_changed(self) -> None:
-        now = time.perf_counter()
-        if not self._waiters:
-            if self._empty_since is None:
-                self._empty_since = now
-        elif self._empty_since is not None:
-            if now - self._empty_since > self.standing_s:  # a new busy spell, not a gap in one
-                self._busy_since = now
-            self._empty_since = None
+    async def _lag_loop(self) -> None:
+        lags: list[float] = []
+        started = time.perf_counter()
+        while True:
+            due = time.perf_counter() + self.TICK_S
+            await asyncio.sleep(self.TICK_S)
+            now = time.perf_counter()
+            lags.append(max(0.0, now - due))
+            # A window is WINDOW wake-ups or, when the loop is far behind, whatever fitted in that time.
+            if len(lags) >= self.WINDOW or now - started >= self.WINDOW * self.TICK_S:
+                self.adjust(sorted(lags)[int(len(lags) * 0.9)])
+                lags.clear()
+                started = now
+
+    def adjust(self, lag_s: float) -> None:
+        """One AIMD step from a window's slow-tenth lag."""
+        if lag_s > self.lag_s:
+            self.limit = max(1, min(self.limit - 1, int(self.limit * 0.9)))
+        elif self._waited and self.limit < self.max_in_flight:
+            self.limit += 1
+        self._waited = False
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         if self.max_in_flight <= 0:
             yield
             return
-        if self.in_flight >= self.max_in_flight or self._waiters:
+        self._watch_lag()
+        if self.in_flight >= self.limit or self._waiters:
             await self._wait_for_slot()  # the slot is counted in in_flight when it is granted
         else:
             self.in_flight += 1
@@ -88,17 +93,16 @@ class Admission:
             raise Overloaded(
                 f"gateway: overloaded ({self.in_flight} in flight, {len(self._waiters)} queued); retry later"
             )
-        wait_s = self.standing_queue_s if self.standing else self.queue_s
+        self._waited = True
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
-        self._queue_changed()
         try:
-            await asyncio.wait_for(asyncio.shield(slot), wait_s)
+            await asyncio.wait_for(asyncio.shield(slot), self.queue_s)
         except TimeoutError:
             if slot.done():  # granted just as the wait ran out: take it
                 return
             raise Overloaded(
-                f"gateway: overloaded (no slot within {wait_s * 1000:g} ms); retry later"
+                f"gateway: overloaded (no slot within {self.queue_s * 1000:g} ms); retry later"
             ) from None
         except asyncio.CancelledError:
             if slot.done():  # granted, but the caller is gone: give the slot back
@@ -108,13 +112,10 @@ class Admission:
             if not slot.done():
                 slot.cancel()
                 self._waiters.remove(slot)
-                self._queue_changed()
 
     def _release(self) -> None:
-        """A slot comes free: a waiter gets it (the oldest, or under overload the newest)."""
+        """A slot comes free: the oldest waiter gets it, while the limit allows."""
         self.in_flight -= 1
-        while self._waiters and self.in_flight < self.max_in_flight:
+        while self._waiters and self.in_flight < self.limit:
             self.in_flight += 1
-            slot = self._waiters.pop() if self.standing else self._waiters.popleft()
-            slot.set_result(None)
-        self._queue_changed()
+            self._waiters.popleft().set_result(None)

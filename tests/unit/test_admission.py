@@ -68,95 +68,47 @@ def test_zero_admits_everything() -> None:
     asyncio.run(main())
 
 
-def test_a_burst_waits_first_come_first_served() -> None:
+def test_the_limit_shrinks_while_the_loop_lags_and_grows_back_when_it_does_not() -> None:
     async def main() -> None:
-        admission = Admission(max_in_flight=1, max_queued=10, queue_ms=10_000, standing_queue_ms=1)
-        release = asyncio.Event()
-        order: list[str] = []
+        admission = Admission(max_in_flight=8, max_queued=100, queue_ms=10_000, lag_ms=5)
 
-        async def request(name: str, hold: bool = False) -> None:
+        async def request(seconds: float, block_s: float = 0.0) -> None:
             async with admission.admit():
-                order.append(name)
-                if hold:
-                    await release.wait()
+                time.sleep(block_s)  # CPU work on the loop: what makes it lag
+                await asyncio.sleep(seconds)
 
-        tasks = [asyncio.create_task(request("holder", hold=True))]
-        await asyncio.sleep(0)
-        tasks += [asyncio.create_task(request(f"waiter {i}")) for i in range(3)]
-        await asyncio.sleep(0.01)  # well under standing_ms (100): a burst, each with the long wait
-        release.set()
-        await asyncio.gather(*tasks)
-        assert order == ["holder", "waiter 0", "waiter 1", "waiter 2"]
-
-    asyncio.run(main())
-
-
-def test_a_standing_queue_gets_the_short_wait_and_newest_first() -> None:
-    async def main() -> None:
-        admission = Admission(
-            max_in_flight=1, max_queued=10, queue_ms=10_000, standing_queue_ms=30, standing_ms=50
-        )
-        release = asyncio.Event()
-        order: list[str] = []
-
-        async def request(name: str, hold: bool = False) -> None:
-            async with admission.admit():
-                order.append(name)
-                if hold:
-                    await release.wait()
-
-        holder = asyncio.create_task(request("holder", hold=True))
-        await asyncio.sleep(0)
-        # A burst: the queue has not stood long, so waiters keep the long wait and their order.
-        burst = [asyncio.create_task(request(f"burst {i}")) for i in range(2)]
-        await asyncio.sleep(0)
-        assert not admission.standing
-        await asyncio.sleep(0.06)  # the queue has now held waiters for longer than standing_ms
-        assert admission.standing
-        # A waiter that comes while the queue stands waits only standing_queue_ms.
-        started = time.perf_counter()
-        with pytest.raises(Overloaded, match="no slot within 30 ms"):
-            await request("shed")
-        assert time.perf_counter() - started < 1.0
-        late = asyncio.create_task(request("late"))
-        await asyncio.sleep(0)
-        release.set()
-        await asyncio.gather(holder, late, *burst)
-        # The newest waiter got the freed slot first; the queue still stood, so newest first after it.
-        assert order == ["holder", "late", "burst 1", "burst 0"]
+        # Slow backends (awaited) cost the loop nothing: the limit holds.
+        await asyncio.gather(*(request(0.05) for _ in range(40)))
+        assert admission.limit == 8
+        # Work on the loop: the timer wakes late, the limit comes down.
+        await asyncio.gather(*(request(0.0, block_s=0.02) for _ in range(40)))
+        assert admission.limit < 8
+        shrunk = admission.limit
+        # The loop keeps up again and requests queue for slots: it climbs back.
+        for _ in range(30):
+            await asyncio.gather(*(request(0.01) for _ in range(12)))
+        assert shrunk < admission.limit <= 8
         assert admission.in_flight == 0
+        await admission.close()
 
     asyncio.run(main())
 
 
-def test_the_queue_counts_as_standing_until_it_stays_empty() -> None:
-    async def main() -> None:
-        admission = Admission(
-            max_in_flight=1, max_queued=10, queue_ms=10_000, standing_queue_ms=10_000, standing_ms=40
-        )
-        hold = asyncio.Event()
-
-        async def request(hold_for: asyncio.Event | None = None) -> None:
-            async with admission.admit():
-                if hold_for is not None:
-                    await hold_for.wait()
-
-        holder = asyncio.create_task(request(hold))
-        await asyncio.sleep(0)
-        waiter = asyncio.create_task(request())
-        await asyncio.sleep(0.05)
-        assert admission.standing
-        hold.set()
-        await asyncio.gather(holder, waiter)  # the queue drains...
-        assert admission.standing  # ...for a moment: under overload that happens between arrivals
-        await asyncio.sleep(0.05)
-        assert not admission.standing  # empty for longer than standing_ms: the overload is over
-        assert admission.in_flight == 0
-
-    asyncio.run(main())
+def test_an_aimd_step() -> None:
+    admission = Admission(max_in_flight=10, max_queued=1, queue_ms=1, lag_ms=5)
+    admission.adjust(0.02)
+    assert admission.limit == 9
+    admission.adjust(0.001)
+    assert admission.limit == 9  # nobody waited: no need for more
+    admission._waited = True
+    admission.adjust(0.001)
+    assert admission.limit == 10
+    for _ in range(40):
+        admission.adjust(1.0)
+    assert admission.limit == 1
 
 
-def test_the_limit_is_never_exceeded() -> None:
+def test_the_limit_holds_without_a_lag_target_and_is_never_exceeded() -> None:
     async def main() -> None:
         admission = Admission(max_in_flight=3, max_queued=100, queue_ms=10_000)
         peak = 0
@@ -168,7 +120,7 @@ def test_the_limit_is_never_exceeded() -> None:
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(*(request() for _ in range(30)))
-        assert peak == 3 and admission.in_flight == 0
+        assert peak == 3 and admission.limit == 3 and admission.in_flight == 0
 
     asyncio.run(main())
 

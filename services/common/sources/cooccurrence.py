@@ -19,7 +19,7 @@ from services.common.sources.tables import NeighbourTable, TableSource
 @dataclass(frozen=True)
 class CooccurrenceParams:
     neighbours: int = 200
-    shrinkage: float = 50.0  # chosen on validation (docs/evaluation.md, 11th round)
+    shrinkage: float = 0.0
 
 
 def similarity(data: FitData, neighbours: int, shrinkage: float, source: str) -> NeighbourTable:

@@ -18,7 +18,7 @@ from services.common.sources.tables import TableSource
 @dataclass(frozen=True)
 class EaseParams:
     lam: float = 700.0  # best of 100..1000 for EASE alone on the validation holdout (docs/evaluation.md)
-    neighbours: int = 2000  # chosen on validation with the fusion depth (docs/evaluation.md, 11th round)
+    neighbours: int = 500
     max_items: int = 5000
 
 

@@ -17,7 +17,7 @@ from services.common.sources.tables import TableSource
 class RecentParams:
     window: int = 10
     neighbours: int = 200
-    shrinkage: float = 50.0  # chosen on validation (docs/evaluation.md, 11th round)
+    shrinkage: float = 0.0
 
 
 class Recent(TableSource):

@@ -21,7 +21,7 @@ from services.common.sources.tables import TableSource
 class Rp3betaParams:
     alpha: float = 1.0
     beta: float = 0.5
-    neighbours: int = 2000  # chosen on validation with the fusion depth (docs/evaluation.md, 11th round)
+    neighbours: int = 500
     max_items: int = 5000
 
 

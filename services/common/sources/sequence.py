@@ -22,7 +22,7 @@ from services.common.sources.tables import NeighbourTable, TableSource
 class SequenceParams:
     window: int = 5
     alpha: float = 0.7
-    neighbours: int = 2000  # chosen on validation with the fusion depth (docs/evaluation.md, 11th round)
+    neighbours: int = 500
 
 
 def sequence_pairs(data: FitData, window: int) -> sp.csr_matrix:
