@@ -59,8 +59,7 @@ def measure(
                         max_requests=100_000,
                     )
                 )
-                answered = closed.requests - sum(closed.errors.values())
-                return {"capacity_rps": answered / closed.elapsed_s, "closed_loop": closed.to_json()}
+                return {"capacity_rps": closed.answered / closed.elapsed_s, "closed_loop": closed.to_json()}
             result: LoadResult = run(
                 LoadConfig(
                     gateway, users, mode="open", rps=rate, duration_s=args.seconds, max_requests=100_000
@@ -70,7 +69,7 @@ def measure(
             return {
                 "rate_rps": rate,
                 "requests": result.requests,
-                "answered": result.requests - sum(result.errors.values()),
+                "answered": result.answered,
                 "shed": shed,
                 "shed_share": shed / max(1, result.requests),
                 "other_errors": {k: v for k, v in result.errors.items() if k != "RESOURCE_EXHAUSTED"},

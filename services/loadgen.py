@@ -99,6 +99,10 @@ class LoadResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def answered(self) -> int:
+        return self.requests - sum(self.errors.values())
+
+    @property
     def throughput_rps(self) -> float:
         return self.requests / self.elapsed_s if self.elapsed_s else 0.0
 
