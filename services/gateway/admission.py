@@ -4,6 +4,13 @@ gateway that admits everything makes every request late; this one keeps the admi
 budget and tells the others to back off. Feedback is never shed (losing an event costs more than
 answering it).
 
+A full queue is the sign of overload: callers in a closed loop (each sends its next request when the
+last is answered) never fill it when they fit in the slots and the queue, whatever their pace, while
+load offered faster than it is served fills it at once. So for `OVERLOAD_S` after a refusal at a full
+queue, a newly queued request waits at most `overload_queue_ms`: the queue, always full by then, would
+otherwise add its whole drain time to every admitted request. Like CoDel, a queue that stands is cut
+short; unlike it, a queue that only stands because of its callers' own concurrency is left alone.
+
 The limit adapts (AIMD, when `lag_ms` is set) to the event loop's lag: a timer due every 5 ms is
 watched, and when the slowest tenth of a window of its wake-ups was late by more than `lag_ms`, the loop
 has more work than it can do: the limit shrinks by a tenth (at least one). Otherwise, if requests had to
@@ -29,12 +36,25 @@ class Admission:
     TICK_S = 0.005
     WINDOW = 20
 
-    def __init__(self, max_in_flight: int, max_queued: int, queue_ms: float, lag_ms: float = 0.0) -> None:
-        """max_in_flight 0 admits everything; lag_ms 0 keeps the limit at max_in_flight."""
+    #: How long the queue's waits stay short after a refusal at a full queue.
+    OVERLOAD_S = 0.1
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_queued: int,
+        queue_ms: float,
+        overload_queue_ms: float | None = None,
+        lag_ms: float = 0.0,
+    ) -> None:
+        """max_in_flight 0 admits everything; overload_queue_ms None keeps queue_ms also in overload;
+        lag_ms 0 keeps the limit at max_in_flight."""
         self.max_in_flight = max_in_flight
         self.limit = max_in_flight
         self.max_queued = max_queued
         self.queue_s = queue_ms / 1000
+        self.overload_queue_s = self.queue_s if overload_queue_ms is None else overload_queue_ms / 1000
+        self._refused_at = -float("inf")
         self.lag_s = lag_ms / 1000
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -89,20 +109,23 @@ class Admission:
             self._release()
 
     async def _wait_for_slot(self) -> None:
+        now = time.perf_counter()
         if len(self._waiters) >= self.max_queued:
+            self._refused_at = now
             raise Overloaded(
                 f"gateway: overloaded ({self.in_flight} in flight, {len(self._waiters)} queued); retry later"
             )
+        wait_s = self.overload_queue_s if now - self._refused_at < self.OVERLOAD_S else self.queue_s
         self._waited = True
         slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(slot)
         try:
-            await asyncio.wait_for(asyncio.shield(slot), self.queue_s)
+            await asyncio.wait_for(asyncio.shield(slot), wait_s)
         except TimeoutError:
             if slot.done():  # granted just as the wait ran out: take it
                 return
             raise Overloaded(
-                f"gateway: overloaded (no slot within {self.queue_s * 1000:g} ms); retry later"
+                f"gateway: overloaded (no slot within {wait_s * 1000:g} ms); retry later"
             ) from None
         except asyncio.CancelledError:
             if slot.done():  # granted, but the caller is gone: give the slot back
