@@ -120,15 +120,6 @@ class Config(ServerConfig):
     overload_queue_ms: float = option(
         5.0, "how long it may wait for 100 ms after a Recommend found the queue full (overload)", positive
     )
-    # Off by default: at twice the capacity 2 ms kept the admitted p99 within the 100 ms budget in some
-    # runs of bench/shedding.py and not in others, and it sheds during the CPU spikes of a chaos run
-    # (bench/chaos.py: 15 of 1200 Recommends), which the fixed limit does not.
-    admission_lag_ms: float = option(
-        0.0,
-        "adaptive in-flight limit (down to 1, up to --max-in-flight): it shrinks while the event loop runs "
-        "this late (its slow tenth, e.g. 2), grows back when it does not; 0 keeps it fixed",
-        non_negative,
-    )
     api_keys_file: Path | None = option(
         None,
         "API keys file (`recsys keys add`): every call then needs `authorization: Bearer <key>` with the "
@@ -287,7 +278,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             config.max_queued,
             config.queue_ms,
             config.overload_queue_ms,
-            config.admission_lag_ms,
         )
         self.popular = PopularCache(self.backends)
         #: the hidden items, so that the cached popular list never serves one
@@ -336,7 +326,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if self._watch is not None:
             await self._watch.stop()
         await self.exposures.close()
-        await self.admission.close()
         await self.backends.close()
 
     async def _stage(
