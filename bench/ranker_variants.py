@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.validation import (  # noqa: E402
+    INNER_SHARE,
     NINE_SPLITS,
     add_arguments,
     apply,
@@ -74,12 +75,12 @@ def save_whole(path: Path, **arrays: Any) -> None:
 
 
 def cached_split(
-    data: Dataset, outer: int, inner: int, config: PipelineConfig, key: str, cache: Path
+    data: Dataset, outer: int, inner: int, share: float, config: PipelineConfig, key: str, cache: Path
 ) -> dict[str, Any]:
     """Stage A's groups and stage B's candidates (ids, features, relevant items) of one split."""
     path = cache / f"split-{outer}-{inner}{key}.npz"
     if not path.exists():
-        known, train, holdout = validation_split(data, outer, inner)
+        known, train, holdout = validation_split(data, outer, inner, share)
         universe = Universe.build(known, train)
         progress = Progress(True, f"split {outer}:{inner}{key}: ")
         groups, _ = ranker_groups(universe, train, config, progress)
@@ -132,12 +133,14 @@ def main() -> int:
     splits = [parse_split(s) for s in args.splits]
     data = load_ml100k(args.data)
     cache = args.cache / f"{code_fingerprint()}-{data.fingerprint[:12]}"
+    if args.inner_share != INNER_SHARE:
+        cache = cache.with_name(f"{cache.name}-share{args.inner_share:g}")
     started = time.perf_counter()
     scores: dict[str, dict[str, list[list[float]]]] = {name: {"ap": [], "ndcg": []} for name in variants}
     for outer, inner in splits:
         for name, pairs in variants.items():
             config = apply(base_config(inner), pairs)
-            split = cached_split(data, outer, inner, config, setting_key(pairs), cache)
+            split = cached_split(data, outer, inner, args.inner_share, config, setting_key(pairs), cache)
             ap, ndcg = per_user(split, config, inner)
             scores[name]["ap"].append(ap)
             scores[name]["ndcg"].append(ndcg)
@@ -168,6 +171,7 @@ def main() -> int:
         )
     result = {
         "splits": args.splits,
+        "inner_share": args.inner_share,
         "users": len(base_ap),
         "table": rows,
         "scores": scores,

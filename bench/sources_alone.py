@@ -52,7 +52,7 @@ def main() -> int:
     started = time.perf_counter()
     scores: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     for outer, inner in splits:
-        known, train, holdout = validation_split(data, outer, inner)
+        known, train, holdout = validation_split(data, outer, inner, args.inner_share)
         universe = Universe.build(known, train)
         for name, pairs in variants.items():
             config = apply(base_config(inner), pairs)
