@@ -76,11 +76,21 @@ def add_arguments(parser: argparse.ArgumentParser, splits: Sequence[str]) -> Non
     parser.add_argument("--splits", nargs="+", default=list(splits), help="OUTER:INNER seed pairs")
     parser.add_argument(
         "--inner-share",
-        type=float,
+        type=share_of_train,
         default=INNER_SHARE,
         help="share of the test protocol's train the inner train keeps (0.75, as the test protocol's own "
         "split; 0.9 fits the sources on 67.5%% of the data, nearer the 75%% they see at test)",
     )
+
+
+def share_of_train(text: str) -> float:
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a share between 0 and 1, e.g. 0.9")
+    return share
 
 
 def parse_split(text: str) -> tuple[int, int]:
@@ -103,8 +113,6 @@ def validation_split(
     data: Dataset, outer: int, inner: int, share: float = INNER_SHARE
 ) -> tuple[Dataset, Log, Log]:
     """(what the pipeline may know, inner train, inner holdout): the test split is never read."""
-    if not 0 < share < 1:
-        sys.exit(f"--inner-share {share:g}: expected a share between 0 and 1")
     train0, _ = stratified_split(data.log, 0.75, filter_by="item", seed=outer)
     train, holdout = stratified_split(train0, share, filter_by="item", seed=inner)
     return data.known_from(train), train, holdout

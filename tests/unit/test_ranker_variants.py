@@ -56,6 +56,7 @@ def test_variants_read_settings_and_only_the_rankers_own_share_the_defaults_cach
         (["--variant", "none:ranker.seeds=0"], "ranker: rounds and seeds must be >= 1"),
         (["--variant", "split:protocol.ratio=1.5"], "invalid protocol setting ratio=1.5"),
         (["--splits", "42"], "expected OUTER:INNER seeds"),
+        (["--inner-share", "1.5"], "--inner-share: '1.5': expected a share between 0 and 1"),
         ([], "u.data: run bench/accuracy_ml100k.py"),  # --data is an empty directory
     ],
 )
