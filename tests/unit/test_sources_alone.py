@@ -43,6 +43,8 @@ def test_scores_every_source_alone_for_each_variant(tmp_path: Path) -> None:
             "42:9999",
             "--variant",
             "weak_als:als.regularization=0.1,als.factors=32",
+            "--variant",
+            "few:fusion.candidates=5",
             "--out",
             str(out),
         ],
@@ -53,7 +55,7 @@ def test_scores_every_source_alone_for_each_variant(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     table = result["mean_map@10"]
-    assert set(table) == {"defaults", "weak_als"}
+    assert set(table) == {"defaults", "weak_als", "few"}
     for row in table.values():
         assert set(row) == set(PipelineConfig().sources) and all(0.0 <= v <= 1.0 for v in row.values())
         assert row["ease"] > row["popular"] > 0.0
@@ -62,6 +64,10 @@ def test_scores_every_source_alone_for_each_variant(tmp_path: Path) -> None:
     assert {s: v for s, v in table["weak_als"].items() if s != "als"} == {
         s: v for s, v in table["defaults"].items() if s != "als"
     }
+    # the fused candidates' recall: fewer candidates find fewer held-out items, and no source changes
+    recall = result["mean_candidate_recall"]
+    assert 0.0 < recall["few"] < recall["defaults"] <= 1.0
+    assert table["few"] == table["defaults"]
 
 
 def test_bad_variant_exits_with_a_message_naming_it(tmp_path: Path) -> None:
