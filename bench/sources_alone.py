@@ -44,11 +44,9 @@ DEFAULT_SPLITS = ("42:9999", "43:9999", "44:9999")
 
 def candidate_recall(stage: Stage, config: PipelineConfig, relevant: dict[str, set[str]]) -> float:
     """The mean over users of the share of their held-out items among their fused candidates."""
-    shares = []
-    for user, items in relevant.items():
-        candidates = set(stage.universe.ids(stage.candidates(user, config).rows))
-        shares.append(len(candidates & items) / len(items))
-    return float(np.mean(shares)) if shares else 0.0
+    n = config.fusion.candidates
+    lists = {user: stage.universe.ids(stage.candidates(user, config).rows) for user in relevant}
+    return mean_metrics(lists, relevant, n)[f"recall@{n}"]
 
 
 def main() -> int:
